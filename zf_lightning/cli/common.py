@@ -1,0 +1,91 @@
+"""What zf-train and zf-eval share: building callbacks and loggers, and the run summary on disk."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from zf_lightning.utils.io import atomic_write_json
+
+SUMMARY_FILE = "summary.json"
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def instantiate_group(group: DictConfig | None, **kwargs) -> list:
+    """Instantiate each entry of a config group such as `callbacks` or `logger` (null entries skipped)."""
+    if not group:
+        return []
+    return [instantiate(entry, **kwargs) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def instantiate_loggers(cfg: DictConfig, output_dir: Path, resume: bool) -> list[Logger]:
+    """Loggers of the config; a resumed run continues its W&B run instead of starting another one."""
+    wandb_id_file = output_dir / WANDB_ID_FILE
+    loggers = []
+    for name, entry in (cfg.get("logger") or {}).items():
+        if entry is None:
+            continue
+        if entry._target_.endswith("WandbLogger") and resume and wandb_id_file.exists():
+            loggers.append(instantiate(entry, id=wandb_id_file.read_text().strip(), resume="allow"))
+        else:
+            loggers.append(instantiate(entry))
+    return loggers
+
+
+def log_config(loggers: list[Logger], cfg: DictConfig, output_dir: Path) -> None:
+    """Send the resolved config to every logger; remember the W&B run id for a later resume."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(resolved)
+        if isinstance(logger, WandbLogger):
+            (output_dir / WANDB_ID_FILE).write_text(logger.experiment.id)
+
+
+def output_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def metrics_as_floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in sorted(metrics.items())}
+
+
+def run_with_summary(cfg: DictConfig, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `body`, then write `summary.json` (status, metrics, resolved config) whether it worked or failed."""
+    output_dir = output_dir_of(cfg)
+    started = time.time()
+    summary: dict[str, Any] = {
+        "task_name": cfg.task_name,
+        "run_name": cfg.get("run_name"),
+        "group": cfg.get("group"),
+        "tags": list(cfg.get("tags") or []),
+        "output_dir": str(output_dir),
+        "overrides": _overrides(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    try:
+        summary.update(body())
+        summary["status"] = "completed"
+        return summary
+    except BaseException as error:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(error).__name__}: {error}"
+        summary["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        summary["duration_s"] = round(time.time() - started, 2)
+        atomic_write_json(summary, output_dir / SUMMARY_FILE)
+
+
+def _overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # composed without a Hydra run (tests, notebooks)
+        return []

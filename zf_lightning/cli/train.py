@@ -1,0 +1,89 @@
+"""zf-train: train a model from the composed Hydra config; `zf-train -m ...` launches a multirun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from zf_lightning.cli import config_dir
+from zf_lightning.cli.common import (
+    SUMMARY_FILE,
+    instantiate_group,
+    instantiate_loggers,
+    log_config,
+    metrics_as_floats,
+    output_dir_of,
+    run_with_summary,
+)
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """`ckpt_path=last` means this run directory's last checkpoint; it must exist."""
+    if ckpt_path is None:
+        return None
+    path = output_dir / LAST_CHECKPOINT if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        hint = " (ckpt_path=last resumes the run in hydra.run.dir=<its output dir>)" if ckpt_path == "last" else ""
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}{hint}")
+    return str(path)
+
+
+def refuse_to_overwrite(output_dir: Path) -> None:
+    """A fresh run never writes into the directory of an earlier run."""
+    earlier = [name for name in ("checkpoints", SUMMARY_FILE) if (output_dir / name).exists()]
+    if earlier:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({', '.join(earlier)}); resume it with ckpt_path=last "
+            "or leave hydra.run.dir to its default to start a new one"
+        )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test the model of `cfg`; returns (and writes to summary.json) the metrics."""
+    output_dir = output_dir_of(cfg)
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir)
+    if ckpt_path is None:
+        refuse_to_overwrite(output_dir)
+
+    def body() -> dict[str, Any]:
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        model = instantiate(cfg.model)
+        callbacks = instantiate_group(cfg.get("callbacks"))
+        loggers = instantiate_loggers(cfg, output_dir, resume=ckpt_path is not None)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        log_config(trainer.loggers, cfg, output_dir)
+
+        result: dict[str, Any] = {}
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            result["train"] = metrics_as_floats(trainer.callback_metrics)
+            result["epochs"] = trainer.current_epoch
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if best:
+            result["best"] = {"checkpoint": best, checkpoint.monitor: float(checkpoint.best_model_score)}
+        if cfg.get("test", True):
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            result["test"] = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
+        return result
+
+    return run_with_summary(cfg, body)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    summary = train(cfg)
+    # Returned for Hydra sweepers that optimise a metric.
+    return summary.get("best", {}).get("val/top5_err")
+
+
+if __name__ == "__main__":
+    main()
