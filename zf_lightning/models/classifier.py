@@ -53,7 +53,7 @@ class ImageClassifier(L.LightningModule):
     Args:
         net: keyword arguments of `build_network`, e.g. `{"arch": "zfnet", "num_classes": 1000}`.
         optimizer: a Hydra `_target_` dict; `weight_decay` applies to weights only, not biases.
-        lr_scheduler: a Hydra `_target_` dict with a `monitor` key (plateau schedulers), or None.
+        lr_scheduler: a Hydra `_target_` dict with a `monitor` key (plateau schedulers), or None for a constant lr.
         filter_rms_radius: radius of the filter RMS renormalisation after each step; None turns it off.
 
     Batches are `(images, labels)`; at test time images may be `(B, crops, C, H, W)`, and the crops of
@@ -64,13 +64,13 @@ class ImageClassifier(L.LightningModule):
     def __init__(
         self,
         net: dict[str, Any],
-        optimizer: dict[str, Any] | None = None,
-        lr_scheduler: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] = PAPER_OPTIMIZER,  # copied, never mutated
+        lr_scheduler: dict[str, Any] | None = PAPER_LR_SCHEDULER,
         filter_rms_radius: float | None = 0.1,
     ) -> None:
         super().__init__()
         net, optimizer, lr_scheduler = (_plain(x) for x in (net, optimizer, lr_scheduler))
-        optimizer = dict(PAPER_OPTIMIZER if optimizer is None else optimizer)
+        optimizer, lr_scheduler = dict(optimizer), dict(lr_scheduler) if lr_scheduler else None
         self.save_hyperparameters({"net": net, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "filter_rms_radius": filter_rms_radius})
         self.net = build_network(**net)
         num_classes = self.net.classifier[-1].out_features

@@ -1,0 +1,141 @@
+"""zf-train and zf-eval through the real composed configs: runs, outputs on disk, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra.errors import InstantiationException
+
+from tests.conftest import cli_env, compose_config
+from zf_lightning.cli.evaluate import evaluate
+from zf_lightning.cli.train import train
+
+
+def test_fast_dev_run_of_the_default_config(compose_train, tmp_path):
+    summary = train(compose_train(["debug=fdr", "logger=csv"]))
+    assert summary["status"] == "completed"
+    assert set(summary["test"]) == {"test/loss", "test/top1_err", "test/top5_err"}
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["status"] == "completed" and on_disk["config"]["model"]["net"]["arch"] == "zfnet"
+
+
+LEARNING_RUN = [
+    "model.net.width_multiplier=0.25",
+    "data.train_per_class=160",
+    "data.val_per_class=20",
+    "data.test_per_class=10",
+    "data.batch_size=32",
+    "trainer.max_epochs=4",
+]
+
+
+@pytest.mark.slow
+def test_short_synthetic_run_learns_and_writes_csv_wandb_checkpoints_and_summary(compose_train, tmp_path):
+    out = tmp_path / "run"
+    summary = train(compose_train(LEARNING_RUN))  # default loggers: CSV + W&B offline
+    # chance is 90% top-1 error on 10 classes
+    assert summary["train"]["val/top1_err"] < 60, summary["train"]
+    assert summary["test"]["test/top1_err"] < 60, summary["test"]
+
+    metrics = pd.read_csv(out / "csv" / "metrics.csv")
+    val = metrics.dropna(subset=["val/top1_err"])
+    assert list(val["epoch"]) == [0, 1, 2, 3]
+    assert val["val/top1_err"].iloc[-1] < val["val/top1_err"].iloc[0]
+    assert metrics["train/top1_err"].notna().sum() == 4 and metrics["train/top5_err"].notna().sum() == 4
+
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch") for name in checkpoints)
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)  # plain containers only
+    assert last["hyper_parameters"]["net"]["arch"] == "zfnet"
+    assert summary["best"]["checkpoint"].startswith(str(out / "checkpoints"))
+
+    (wandb_log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    written = wandb_log.read_bytes()  # W&B's protobuf log: the strings we sent are stored verbatim
+    for expected in [b"val/top1_err", b"train/top5_err", b"filter_rms_radius", b"quickstart", b"zf-lightning"]:
+        assert expected in written, expected
+    assert (out / "wandb_run_id.txt").read_text() in wandb_log.name
+
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["status"] == "completed" and on_disk["test"] == summary["test"]
+
+    checkpoint = torch.load(summary["best"]["checkpoint"], weights_only=True)
+    assert checkpoint["SyntheticDataModule"]["mean_image"].shape == (3, 72, 72)
+
+    # zf-eval on the best checkpoint, same test data and 10 crops (default data config otherwise, so its
+    # own mean image would differ: the checkpoint's is used): the numbers zf-train reported
+    eval_cfg = compose_config(
+        "eval",
+        tmp_path / "eval",
+        [f"ckpt_path={summary['best']['checkpoint']}", "data.test_per_class=10", "data.num_workers=0"],
+    )
+    evaluated = evaluate(eval_cfg)
+    assert evaluated["ten_crop"] is True
+    for name, value in summary["test"].items():
+        assert evaluated["test"][name] == pytest.approx(value, abs=1e-4)
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_resume_from_last_checkpoint_continues_the_run(compose_train, tmp_path):
+    out = tmp_path / "run"
+    first = train(compose_train(["trainer.max_epochs=1", "logger=csv"], out))
+    assert first["epochs"] == 1
+    with pytest.raises(FileExistsError, match="ckpt_path=last"):
+        train(compose_train(["trainer.max_epochs=2", "logger=csv"], out))
+    resumed = train(compose_train(["trainer.max_epochs=2", "logger=csv", "ckpt_path=last"], out))
+    assert resumed["epochs"] == 2
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 * 10  # 200 images / batch 20, two epochs: the first was not redone
+    epochs = pd.read_csv(out / "csv" / "metrics.csv").dropna(subset=["val/top1_err"])["epoch"]
+    assert list(epochs) == [0, 1]  # the first run's metrics are still there
+
+
+def test_resume_without_a_checkpoint_says_where_it_looked(compose_train, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path='last': no checkpoint at .*checkpoints/last.ckpt"):
+        train(compose_train(["ckpt_path=last", "logger=csv"]))
+
+
+def test_missing_imagenet_root_fails_before_training(compose_train, tmp_path):
+    missing = tmp_path / "no-imagenet"
+    cfg = compose_config("train", tmp_path / "run", ["experiment=imagenet", f"data.root={missing}", "trainer=cpu", "logger=csv"])
+    with pytest.raises(InstantiationException, match=rf"FileNotFoundError.*{missing}/train/<wnid>/\*\.JPEG"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_impossible_variant_names_the_layer(compose_train, tmp_path):
+    # Hydra wraps the model's ValueError in its InstantiationException, message intact
+    with pytest.raises(InstantiationException, match=r"zfnet: pool5 \(after conv5\) gets a 1x1 map.*input_size=40"):
+        train(compose_train(["data.image_size=48", "data.crop_size=40", "logger=csv"], tmp_path / "a"))
+    with pytest.raises(InstantiationException, match=r"cannot remove layer\(s\) \[5\]"):
+        train(compose_train(["model.net.removed_layers=[5]", "logger=csv"], tmp_path / "b"))
+
+
+def run_cli(args: list[str], tmp_path: Path, script: str = "zf-train") -> subprocess.CompletedProcess:
+    executable = Path(sys.executable).parent / script
+    return subprocess.run([str(executable), *args], env=cli_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_model_name_lists_the_available_ones(tmp_path):
+    result = run_cli(["model=resnet"], tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'model/resnet'" in result.stderr and "zfnet_fc8192" in result.stderr
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("checkpoints"))
+
+
+@pytest.mark.slow
+def test_console_script_runs_a_fast_dev_run_into_a_timestamped_dir(tmp_path):
+    args = ["debug=fdr", "logger=csv", "data.train_per_class=20", "data.num_workers=0", "model.net.width_multiplier=0.125"]
+    first, second = run_cli(args, tmp_path), run_cli(args, tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
+    runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 2  # a second run never reuses the first one's directory
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+        assert (run / ".hydra" / "config.yaml").is_file()

@@ -1,0 +1,85 @@
+"""The LightningModule's recipe: filter renormalisation, 10-crop averaging, optimiser, checkpoints."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from zf_lightning.data import SyntheticDataModule
+from zf_lightning.models import ImageClassifier
+from zf_lightning.models.classifier import renormalize_filters_
+
+TINY_NET = {"arch": "zfnet", "num_classes": 10, "input_size": 64, "width_multiplier": 0.125}
+
+
+def filter_rms(conv: nn.Conv2d) -> torch.Tensor:
+    return conv.weight.detach().flatten(1).pow(2).mean(dim=1).sqrt()
+
+
+def test_renormalisation_brings_large_filters_to_the_radius_and_leaves_small_ones():
+    conv = nn.Conv2d(3, 4, 3)
+    with torch.no_grad():
+        for i, rms in enumerate([0.05, 0.3, 0.1, 2.0]):
+            w = torch.randn(3, 3, 3)
+            conv.weight[i] = w / w.pow(2).mean().sqrt() * rms
+    before = conv.weight.detach().clone()
+    renormalize_filters_(conv, radius=0.1)
+    torch.testing.assert_close(filter_rms(conv), torch.tensor([0.05, 0.1, 0.1, 0.1]))
+    assert torch.equal(conv.weight[0], before[0])  # below the radius: untouched, bit for bit
+    # rescaled, not clipped: the direction of a large filter is kept
+    torch.testing.assert_close(conv.weight[3] / conv.weight[3].norm(), before[3] / before[3].norm())
+
+
+def train_one_step_from_large_filters(tmp_path, radius):
+    """Filters start at RMS 1; one SGD step with a negligible lr; the RMS of conv1's filters after it."""
+    model = ImageClassifier(TINY_NET, optimizer={"_target_": "torch.optim.SGD", "lr": 1e-9}, lr_scheduler=None, filter_rms_radius=radius)
+    conv1 = model.net.features[0]
+    with torch.no_grad():
+        conv1.weight.normal_(0.0, 1.0)
+    data = SyntheticDataModule(train_per_class=2, val_per_class=1, test_per_class=1, batch_size=20, num_workers=0, cache_dir=tmp_path)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    return filter_rms(conv1)
+
+
+def test_renormalisation_runs_after_the_optimiser_step(tmp_path):
+    torch.testing.assert_close(train_one_step_from_large_filters(tmp_path, 0.1), torch.full((12,), 0.1))
+    assert float(train_one_step_from_large_filters(tmp_path, None).min()) > 0.5  # off: the step alone keeps them large
+
+
+def test_ten_crop_prediction_is_the_average_of_the_crop_softmaxes():
+    model = ImageClassifier(TINY_NET, filter_rms_radius=None).eval()
+    crops = torch.randn(3, 10, 3, 64, 64)
+    with torch.no_grad():
+        averaged = model.predict_proba(crops)
+        one_by_one = torch.stack([torch.stack([model(c[None])[0].softmax(-1) for c in image]).mean(0) for image in crops])
+    torch.testing.assert_close(averaged, one_by_one, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(averaged.sum(-1), torch.ones(3))
+
+
+def test_weight_decay_applies_to_weights_not_biases():
+    model = ImageClassifier(TINY_NET, lr_scheduler=None)
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
+    assert decayed["lr"] == 0.01 and decayed["momentum"] == 0.9
+
+
+def test_plateau_scheduler_divides_by_ten_and_watches_val_top1_error():
+    model = ImageClassifier(TINY_NET)
+    config = model.configure_optimizers()
+    scheduler = config["lr_scheduler"]
+    assert scheduler["monitor"] == "val/top1_err" and scheduler["interval"] == "epoch"
+    assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert scheduler["scheduler"].factor == pytest.approx(0.1)
+
+
+def test_hyperparameters_are_plain_containers():
+    from omegaconf import OmegaConf
+
+    model = ImageClassifier(OmegaConf.create(TINY_NET))
+    assert type(model.hparams.net) is dict and type(model.hparams.optimizer) is dict
