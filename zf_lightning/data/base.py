@@ -1,0 +1,133 @@
+"""What every image-classification datamodule shares: presets, the mean image, global batch size, loaders."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from zf_lightning.data.mean_image import load_or_compute_mean_image
+from zf_lightning.data.transforms import PRESETS, paper_base, paper_transforms, torchvision_transforms
+from zf_lightning.utils.io import default_cache_dir
+
+STAGE_SPLITS = {"train": "train", "val": "val", "test": "val"}
+
+
+class ImageClassificationDataModule(L.LightningDataModule, ABC):
+    """Base datamodule; subclasses say how to build a split (`make_dataset`) and name their training set.
+
+    Args:
+        num_classes: number of classes the data must have.
+        batch_size: the global batch size (the paper's 128), split evenly over devices.
+        preset: "paper" (short side `resize_size`, centre crop, mean image subtracted on the 0-255 scale,
+            random `crop_size` crops and flips) or "torchvision" (random resized crops, mean/std).
+        ten_crop_test: test on the 4 corner and centre crops and their flips, averaging predictions.
+        mean_image_max_images: estimate the mean image from a seeded random subset of this size (None: all).
+        cache_dir: where the mean image and file lists are cached (default `$ZF_CACHE_DIR` or ~/.cache/zf_lightning).
+    """
+
+    stage_splits = STAGE_SPLITS
+
+    def __init__(
+        self,
+        num_classes: int,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        preset: str = "paper",
+        resize_size: int = 256,
+        crop_size: int = 224,
+        ten_crop_test: bool = True,
+        mean_image_max_images: int | None = None,
+        cache_dir: str | Path | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"data.preset must be one of {list(PRESETS)}, got {preset!r}")
+        if crop_size > resize_size:
+            raise ValueError(f"data.crop_size ({crop_size}) must not exceed data.resize_size ({resize_size})")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.num_classes, self.batch_size, self.num_workers = num_classes, batch_size, num_workers
+        self.preset, self.resize_size, self.crop_size, self.ten_crop_test = preset, resize_size, crop_size, ten_crop_test
+        self.mean_image_max_images = mean_image_max_images
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.datasets: dict[str, Dataset] = {}
+        self.mean_image = None
+
+    @abstractmethod
+    def make_dataset(self, split: str, transform) -> Dataset:
+        """The dataset of `split`, yielding (image as PIL or uint8 tensor, label) through `transform`."""
+
+    @abstractmethod
+    def dataset_key(self) -> str:
+        """A string that identifies the training images, so that cached statistics are never mixed up."""
+
+    @property
+    def per_device_batch_size(self) -> int:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world_size:
+            raise ValueError(f"data.batch_size={self.batch_size} (global) does not divide across {world_size} devices")
+        return self.batch_size // world_size
+
+    def load_mean_image(self):
+        if self.mean_image is None:
+            key = f"{self.dataset_key()}|resize={self.resize_size}|max_images={self.mean_image_max_images}"
+            train_images = self.make_dataset("train", paper_base(self.resize_size))
+            self.mean_image = load_or_compute_mean_image(
+                key, train_images, self.cache_dir, max_images=self.mean_image_max_images, num_workers=self.num_workers
+            )
+        return self.mean_image
+
+    def state_dict(self) -> dict:
+        # Saved in checkpoints: the mean image is part of the model's input normalisation.
+        return {"mean_image": self.mean_image} if self.mean_image is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "mean_image" in state:
+            expected = (3, self.resize_size, self.resize_size)
+            if tuple(state["mean_image"].shape) != expected:
+                raise ValueError(
+                    f"the checkpoint's mean image is {tuple(state['mean_image'].shape)} but data.resize_size={self.resize_size} needs {expected}"
+                )
+            self.mean_image = state["mean_image"]
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node before `setup`, so ranks read the cached mean image.
+        if self.preset == "paper":
+            self.load_mean_image()
+
+    def transforms(self) -> dict:
+        if self.preset == "paper":
+            return paper_transforms(self.resize_size, self.crop_size, self.load_mean_image(), self.ten_crop_test)
+        return torchvision_transforms(self.resize_size, self.crop_size, self.ten_crop_test)
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        transforms = self.transforms()
+        for name in wanted.get(stage, ("train", "val", "test")):
+            if name not in self.datasets:
+                self.datasets[name] = self.make_dataset(self.stage_splits[name], transforms[name])
+
+    def _loader(self, name: str) -> DataLoader:
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.per_device_batch_size,
+            shuffle=name == "train",
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -1,0 +1,63 @@
+"""The datamodules behind `conf/data/`: the built-in synthetic data and a local ImageNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zf_lightning.data.base import ImageClassificationDataModule
+from zf_lightning.data.imagenet_folder import ImageNetFolder
+from zf_lightning.data.synthetic import SyntheticShapes
+
+
+class SyntheticDataModule(ImageClassificationDataModule):
+    """Generated shapes/textures/colours (no download); train, val and test are disjoint draws."""
+
+    stage_splits = {"train": "train", "val": "val", "test": "test"}
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        train_per_class: int = 500,
+        val_per_class: int = 50,
+        test_per_class: int = 50,
+        image_size: int = 72,
+        crop_size: int = 64,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        # image_size and crop_size play the parts of the paper's 256 and 224.
+        kwargs.setdefault("resize_size", image_size)
+        super().__init__(num_classes=num_classes, crop_size=crop_size, **kwargs)
+        self.per_class = {"train": train_per_class, "val": val_per_class, "test": test_per_class}
+        self.image_size, self.seed = image_size, seed
+        SyntheticShapes(num_classes=num_classes, image_size=image_size, seed=seed)  # fail on bad options now
+
+    def dataset_key(self) -> str:
+        return f"synthetic|classes={self.num_classes}|per_class={self.per_class['train']}|size={self.image_size}|seed={self.seed}"
+
+    def make_dataset(self, split: str, transform) -> SyntheticShapes:
+        return SyntheticShapes(split, self.num_classes, self.per_class[split], self.image_size, self.seed, transform)
+
+
+class ImageNetDataModule(ImageClassificationDataModule):
+    """A local ImageNet, `<root>/train/<wnid>/*.JPEG` and `<root>/val/<wnid>/*.JPEG`.
+
+    Validation uses the centre crop and testing the 10 crops, both on the `val` folder (test labels are
+    not public). File lists are scanned once (`prepare_data`) and cached, so ranks and restarts reuse them.
+    """
+
+    def __init__(self, root: str | Path, num_classes: int = 1000, **kwargs) -> None:
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.root = Path(root).expanduser()
+        ImageNetFolder.check_layout(self.root)  # a missing root fails here, before any training work
+
+    def dataset_key(self) -> str:
+        return f"imagenet|root={self.root.resolve()}"
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val"):
+            self.make_dataset(split, None)  # scans once and writes the file-list cache
+        super().prepare_data()
+
+    def make_dataset(self, split: str, transform) -> ImageNetFolder:
+        return ImageNetFolder(self.root, split, transform=transform, cache_dir=self.cache_dir, expected_num_classes=self.num_classes)

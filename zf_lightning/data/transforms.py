@@ -1,0 +1,58 @@
+"""Input presets: the paper's (0-255 scale, mean image subtracted) and torchvision's (mean/std normalised)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+PRESETS = ("paper", "torchvision")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class SubtractMeanImage(nn.Module):
+    """Subtract a per-pixel mean image (C, H, W): the paper's normalisation, which torchvision lacks."""
+
+    def __init__(self, mean_image: torch.Tensor) -> None:
+        super().__init__()
+        self.mean_image = mean_image.float()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape != self.mean_image.shape:
+            raise ValueError(f"image of shape {tuple(image.shape)} does not match the mean image {tuple(self.mean_image.shape)}")
+        return image - self.mean_image
+
+
+class StackCrops(nn.Module):
+    """Tuple of crops from `v2.TenCrop` -> one (crops, C, H, W) tensor."""
+
+    def forward(self, crops) -> torch.Tensor:
+        return torch.stack(list(crops))
+
+
+def paper_base(resize_size: int) -> v2.Compose:
+    """Short side to `resize_size`, centre `resize_size` square crop, float on the 0-255 scale."""
+    return v2.Compose([v2.ToImage(), v2.Resize(resize_size), v2.CenterCrop(resize_size), v2.ToDtype(torch.float32, scale=False)])
+
+
+def paper_transforms(resize_size: int, crop_size: int, mean_image: torch.Tensor, ten_crop_test: bool = True) -> dict[str, v2.Compose]:
+    """Section 3: random `crop_size` crops and flips to train, the centre crop to validate, 10 crops to test."""
+    base = [paper_base(resize_size), SubtractMeanImage(mean_image)]
+    test = [v2.TenCrop(crop_size), StackCrops()] if ten_crop_test else [v2.CenterCrop(crop_size)]
+    return {
+        "train": v2.Compose([*base, v2.RandomCrop(crop_size), v2.RandomHorizontalFlip()]),
+        "val": v2.Compose([*base, v2.CenterCrop(crop_size)]),
+        "test": v2.Compose([*base, *test]),
+    }
+
+
+def torchvision_transforms(resize_size: int, crop_size: int, ten_crop_test: bool = True) -> dict[str, v2.Compose]:
+    """The modern recipe: random resized crops, 0-1 scale, ImageNet mean/std normalisation."""
+    to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    resized = [v2.ToImage(), v2.Resize(resize_size)]
+    test = [v2.TenCrop(crop_size), StackCrops()] if ten_crop_test else [v2.CenterCrop(crop_size)]
+    return {
+        "train": v2.Compose([v2.ToImage(), v2.RandomResizedCrop(crop_size), v2.RandomHorizontalFlip(), *to_float]),
+        "val": v2.Compose([*resized, v2.CenterCrop(crop_size), *to_float]),
+        "test": v2.Compose([*resized, *to_float, *test]),
+    }
