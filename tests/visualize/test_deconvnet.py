@@ -46,8 +46,11 @@ class _IdentityBackward(torch.autograd.Function):
         return grad, None
 
 
-def reference(features: nn.Sequential, image: torch.Tensor, layer: int, maps: list[int], mode: str, method: str):
-    """(len(maps), C, H, W): x.grad of the chosen activation(s) of each map of conv `layer`, for one image."""
+def reference(features: nn.Sequential, image: torch.Tensor, layer: int, maps: list[int], mode: str, method: str, at=None):
+    """(len(maps), C, H, W): x.grad of the chosen activation(s) of each map of conv `layer`, for one image.
+
+    mode "at": the activation at location `at` = (row, col) of each map.
+    """
     x = image.detach().clone().unsqueeze(0).requires_grad_()
     modules = list(features)
     conv_positions = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d)]
@@ -65,7 +68,10 @@ def reference(features: nn.Sequential, image: torch.Tensor, layer: int, maps: li
     grads = []
     for channel in maps:
         act = h[0, channel]
-        if mode == "max":
+        if mode == "at":
+            seed = torch.zeros_like(act)
+            seed[at] = act.detach()[at]
+        elif mode == "max":
             flat = act.detach().flatten()
             first = (flat == flat.max()).nonzero()[0, 0]  # first maximum in row-major order
             seed = torch.zeros_like(flat)
@@ -144,6 +150,96 @@ def test_torchvision_alexnet_with_remainders_matches_autograd(layer, method):
     torch.manual_seed(40 + layer)
     images = torch.randn(1, 3, 69, 69)
     assert_matches_reference(net, images, layer, [2, 9], "max", method)
+
+
+# ------------------------------------------------ single activations, windows
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("layer", [1, 2, 3, 5])
+def test_project_activations_matches_autograd_at_any_location(layer, method):
+    net = _zfnet()
+    deconv = Deconvnet(net, max_batch_elements=20_000)  # forces image and entry chunks
+    torch.manual_seed(50 + layer)
+    images = torch.randn(3, 3, 64, 64)
+    h, w = deconv.feature_maps(images, [layer])[layer].shape[2:]
+    generator = torch.Generator().manual_seed(layer)
+    n = 7
+    image_index = torch.randint(0, 3, (n,), generator=generator)
+    maps = torch.randint(0, deconv.num_maps(layer), (n,), generator=generator)
+    rows = torch.randint(0, h, (n,), generator=generator)
+    cols = torch.randint(0, w, (n,), generator=generator)
+    rows[0], cols[0] = 0, w - 1  # a corner: the window reaches into the padding
+    projections = deconv.project_activations(images, layer, image_index, maps, rows, cols, method=method)
+    field = deconv.receptive_field(layer)
+    assert projections.windows.shape == (n, 3, *field.size)
+    pasted = projections.paste((64, 64))
+    for i in range(n):
+        expected = reference(net.features, images[image_index[i]], layer, [int(maps[i])], "at", method, at=(rows[i], cols[i]))[0]
+        torch.testing.assert_close(pasted[i], expected, rtol=1e-4, atol=1e-5 * max(expected.abs().max().item(), 1e-6))
+        activation = deconv.feature_maps(images[image_index[i]][None], [layer])[layer][0, maps[i], rows[i], cols[i]]
+        assert projections.values[i].item() == pytest.approx(activation.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("net_factory", [_zfnet, _alexnet])
+def test_projections_stay_inside_their_receptive_field(net_factory):
+    # With positive filters and a positive image nothing cancels: layer 1 fills its whole window, and
+    # higher layers (where pooling switches thin the paths out) stay inside theirs.
+    net = net_factory()
+    size = 64 if net_factory is _zfnet else 67
+    with torch.no_grad():
+        for module in net.features:
+            if isinstance(module, nn.Conv2d):
+                module.weight.uniform_(0.01, 1.0)
+    deconv = Deconvnet(net)
+    images = torch.rand(1, 3, size, size) + 0.1
+    for layer in range(1, 6):
+        h, w = deconv.feature_maps(images, [layer])[layer].shape[2:]
+        row, col = h // 2, w // 2
+        out = deconv.project_activations(images, layer, [0], [0], [row], [col])
+        support = out.paste((size, size))[0].abs().sum(0).nonzero()
+        top, left = deconv.receptive_field(layer).window(row, col)
+        fh, fw = deconv.receptive_field(layer).size
+        inside = [max(top, 0), min(top + fh, size) - 1, max(left, 0), min(left + fw, size) - 1]
+        found = [support[:, 0].min(), support[:, 0].max(), support[:, 1].min(), support[:, 1].max()]
+        if layer == 1:
+            assert found == inside
+        assert found[0] >= inside[0] and found[1] <= inside[1] and found[2] >= inside[2] and found[3] <= inside[3]
+
+
+def test_receptive_field_of_full_size_zfnet():
+    deconv = Deconvnet(zfnet(1000, input_size=224))
+    sizes = [deconv.receptive_field(layer).size[0] for layer in range(1, 6)]
+    strides = [deconv.receptive_field(layer).stride[0] for layer in range(1, 6)]
+    # conv1 7/2; pool 3/2; conv2 5/2; pool 3/2; conv3-5 3/1: sizes grow by (k - 1) * stride below.
+    assert sizes == [7, 7 + 2 * 2 + 4 * 4, 27 + 2 * 8 + 2 * 16, 75 + 2 * 16, 107 + 2 * 16]
+    assert strides == [2, 8, 16, 16, 16]
+
+
+def test_feature_maps_are_the_rectified_conv_outputs():
+    net = _zfnet().eval()
+    deconv = Deconvnet(net)
+    images = torch.randn(2, 3, 64, 64)
+    maps = deconv.feature_maps(images, [2, 5])
+    assert sorted(maps) == [2, 5]
+    x = images
+    conv_seen = 0
+    for module in net.features:
+        x = module(x)
+        if isinstance(module, nn.ReLU):
+            conv_seen += 1
+            if conv_seen in maps:
+                torch.testing.assert_close(maps[conv_seen], x, rtol=0, atol=0)
+
+
+def test_project_activations_errors(deconv):
+    images = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="same length"):
+        deconv.project_activations(images, 1, [0, 1], [0], [0], [0])
+    with pytest.raises(ValueError, match="image_index out of range for 2 images"):
+        deconv.project_activations(images, 1, [2], [0], [0], [0])
+    with pytest.raises(ValueError, match="out of range: layer 1 has 12 maps"):
+        deconv.project_activations(images, 1, [0], [12], [0], [0])
 
 
 # ------------------------------------------------------------------- methods

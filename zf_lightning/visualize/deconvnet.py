@@ -26,7 +26,13 @@ Semantics
   The result lives in input space and has the input's size.
 
 All (image, map) pairs go down together as one batch of B * len(maps), split into chunks so that the
-largest intermediate signal of a chunk holds at most `max_batch_elements` numbers. The model is left
+largest intermediate signal of a chunk holds at most `max_batch_elements` numbers.
+
+One activation only reaches its receptive field (7 px for ZFNet's layer 1 at 224 input, 139 px for layer
+5), so `mode="max"` and `project_activations` send each one down on a window that follows the receptive
+field from level to level instead of the whole map: the same sums, restricted to where they are nonzero.
+`project_activations` projects listed activations (image, map, row, col) and returns just those windows,
+which is what the top-9 figure and the feature-evolution callback need. The model is left
 as it was: no gradients, same weights, same train/eval mode of every module; the images are not changed.
 """
 
@@ -43,6 +49,47 @@ from torch import nn
 MODES = ("max", "map")
 METHODS = ("deconvnet", "guided", "gradient")
 SUPPORTED_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm)
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Where in the input an activation of a layer looks: rows `offset[0] + row * stride[0]` onwards, `size[0]` of them.
+
+    `offset` is negative where the window reaches into the zero padding of the first layers.
+    """
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+
+    def window(self, row, col):
+        """(top, left) input coordinates of the window of the activation at (row, col) (ints or tensors)."""
+        return self.offset[0] + row * self.stride[0], self.offset[1] + col * self.stride[1]
+
+
+@dataclass
+class Projections:
+    """Projections of single activations, each cut to its receptive-field window of the input.
+
+    windows[n] covers input rows top[n] .. top[n] + H - 1 and columns left[n] .. left[n] + W - 1, where
+    (H, W) = receptive_field.size; parts of a window outside the image (padding) are zero.
+    """
+
+    windows: torch.Tensor  # (N, C, H, W)
+    top: torch.Tensor  # (N,) int64
+    left: torch.Tensor  # (N,) int64
+    values: torch.Tensor  # (N,) the activation that was projected
+    receptive_field: ReceptiveField
+
+    def paste(self, image_size: tuple[int, int]) -> torch.Tensor:
+        """(N, C, *image_size): each window put at its place in an otherwise zero image."""
+        n, c, h, w = self.windows.shape
+        height, width = image_size
+        flat, valid = _window_index(self.top, self.left, h, w, height, width)
+        canvas = self.windows.new_zeros(n, c, height * width)
+        values = (self.windows * valid[:, None]).reshape(n, c, h * w)
+        canvas.scatter_add_(2, flat.reshape(n, 1, h * w).expand(n, c, h * w), values)
+        return canvas.reshape(n, c, height, width)
 
 
 @dataclass
@@ -121,6 +168,76 @@ class Deconvnet:
             index += 1
         return index
 
+    def receptive_field(self, layer: int) -> ReceptiveField:
+        """The input window seen by one activation of layer `layer` (sizes follow from kernels, strides, padding)."""
+        self._check_layer(layer)
+        size, stride, offset = [1, 1], [1, 1], [0, 0]
+        for module in list(self.features)[: self.conv_indices[_as_int(layer) - 1] + 1]:
+            if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+                kernel, step, pad, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
+                for axis in (0, 1):
+                    offset[axis] -= pad[axis] * stride[axis]
+                    size[axis] += dilation[axis] * (kernel[axis] - 1) * stride[axis]
+                    stride[axis] *= step[axis]
+        return ReceptiveField(tuple(size), tuple(stride), tuple(offset))
+
+    def feature_maps(self, images: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """{layer: (B, maps, h, w)}: the rectified maps of each listed layer, from one forward pass."""
+        layers = sorted({_as_int(layer) for layer in layers if self._check_layer(layer) is None})
+        tops = {self._top_index(layer): layer for layer in layers}
+        out: dict[int, torch.Tensor] = {}
+        modes = {module: module.training for module in self.features.modules()}
+        try:
+            self.features.eval()
+            with torch.no_grad():
+                x = images
+                for index, module in enumerate(list(self.features)[: max(tops) + 1]):
+                    x = F.relu(x) if isinstance(module, nn.ReLU) else module(x)
+                    if index in tops:
+                        out[tops[index]] = x
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        return out
+
+    def project_activations(
+        self,
+        images: torch.Tensor,
+        layer: int,
+        image_index,
+        maps,
+        rows,
+        cols,
+        method: str = "deconvnet",
+    ) -> Projections:
+        """Project single activations: entry n is map `maps[n]` at (`rows[n]`, `cols[n]`) of image `image_index[n]`.
+
+        Each image goes forward once however many entries use it; each entry goes down on its receptive
+        field only (see the module docstring). Returns the windows, not whole images: `Projections.paste`
+        places them in image-sized canvases.
+        """
+        self._check_images(images)
+        self._check_layer(layer)
+        layer = _as_int(layer)
+        if method not in METHODS:
+            raise ValueError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
+        device = images.device
+        image_index, maps, rows, cols = (torch.as_tensor(v, device=device, dtype=torch.long).reshape(-1) for v in (image_index, maps, rows, cols))
+        if not len({image_index.numel(), maps.numel(), rows.numel(), cols.numel()}) == 1:
+            raise ValueError("Deconvnet: image_index, maps, rows and cols must have the same length")
+        self._check_map_tensor(layer, maps)
+        if image_index.numel() and (image_index.min() < 0 or image_index.max() >= images.shape[0]):
+            raise ValueError(f"Deconvnet: image_index out of range for {images.shape[0]} images")
+
+        modes = {module: module.training for module in self.features.modules()}
+        try:
+            self.features.eval()
+            with torch.no_grad():
+                return self._project_activations(images, layer, image_index, maps, rows, cols, method)
+        finally:
+            for module, training in modes.items():
+                module.training = training
+
     # ---------------------------------------------------------------- forward
     def _forward(self, images: torch.Tensor, top: int, masks: bool = True) -> tuple[torch.Tensor, list[_Record]]:
         """Run features[0..top] functionally, recording pooling switches (and ReLU masks if `masks`)."""
@@ -167,6 +284,134 @@ class Deconvnet:
             # LocalResponseNorm: identity
         return signal
 
+    @staticmethod
+    def _down_windows(signal, top, left, records, rows, method):
+        """Send windows down: `signal` (N, C, h, w) sits at (`top`, `left`) of the full map above `records`.
+
+        Each step grows the window by exactly what the module below can reach and drops what falls in the
+        padding, so the result equals the full-map pass restricted to the window.
+        """
+        for record in reversed(records):
+            module = record.module
+            n, c, h, w = signal.shape
+            if isinstance(module, nn.ReLU):
+                if method == "deconvnet":
+                    signal = F.relu(signal)
+                else:
+                    mask = _gather_window(record.saved, rows, top, left, h, w)
+                    if method == "guided":
+                        signal = F.relu(signal)
+                    signal = signal * mask
+            elif isinstance(module, nn.MaxPool2d):
+                height, width = record.input_shape[2:]
+                kernel, step, pad, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
+                switches = _gather_window(record.saved, rows, top, left, h, w)  # flat indices into the input map
+                top, left = top * step[0] - pad[0], left * step[1] - pad[1]
+                new_h = (h - 1) * step[0] + dilation[0] * (kernel[0] - 1) + 1
+                new_w = (w - 1) * step[1] + dilation[1] * (kernel[1] - 1) + 1
+                local = (switches // width - top[:, None, None, None]) * new_w + (switches % width - left[:, None, None, None])
+                # Outside the map the signal is zero; any in-range index will do for those entries.
+                local = local.clamp_(0, new_h * new_w - 1).reshape(n, c, h * w)
+                unpooled = signal.new_zeros(n, c, new_h * new_w)
+                unpooled.scatter_add_(2, local, signal.reshape(n, c, h * w))
+                signal = unpooled.reshape(n, c, new_h, new_w)
+            elif isinstance(module, nn.Conv2d):
+                height, width = record.input_shape[2:]
+                signal = F.conv_transpose2d(signal, module.weight, None, module.stride, 0, 0, module.groups, module.dilation)
+                top, left = top * module.stride[0] - module.padding[0], left * module.stride[1] - module.padding[1]
+                _, valid = _window_index(top, left, signal.shape[2], signal.shape[3], height, width)
+                signal = signal * valid[:, None]  # what lands in the padding is not part of the input
+            # LocalResponseNorm: identity
+        return signal, top, left
+
+    def _project_activations(self, images, layer, image_index, maps, rows, cols, method) -> Projections:
+        field = self.receptive_field(layer)
+        conv_index = self.conv_indices[layer - 1]
+        top_index = self._top_index(layer)
+        total = image_index.numel()
+        windows = images.new_zeros(total, images.shape[1], *field.size)
+        values = images.new_zeros(total)
+        if total == 0:
+            top, left = field.window(rows, cols)
+            return Projections(windows, top, left, values, field)
+
+        # Images go forward in chunks (their recorded switches and masks take memory), each only once.
+        used = torch.unique(image_index)
+        per_image = self._forward_elements(images.shape[1:], top_index)
+        image_chunk = len(used) if self.max_batch_elements is None else max(1, self.max_batch_elements // per_image)
+        per_entry = self._window_elements(layer)
+        entry_chunk = total if self.max_batch_elements is None else max(1, self.max_batch_elements // per_entry)
+        for start in range(0, len(used), image_chunk):
+            chunk_images = used[start : start + image_chunk]
+            local_of = torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
+            local_of[chunk_images] = torch.arange(len(chunk_images), device=images.device)
+            entries = (local_of[image_index] >= 0).nonzero().flatten()
+            activation, records = self._forward(images.index_select(0, chunk_images), top_index, masks=method != "deconvnet")
+            below = records[: conv_index + 1]
+            for first in range(0, len(entries), entry_chunk):
+                picked = entries[first : first + entry_chunk]
+                local_rows = local_of[image_index[picked]]
+                value = activation[local_rows, maps[picked], rows[picked], cols[picked]]
+                signal = activation.new_zeros(len(picked), activation.shape[1], 1, 1)
+                signal[torch.arange(len(picked), device=images.device), maps[picked], 0, 0] = value
+                out, _, _ = self._down_windows(signal, rows[picked].clone(), cols[picked].clone(), below, local_rows, method)
+                windows[picked] = out
+                values[picked] = value
+        top, left = field.window(rows, cols)
+        return Projections(windows, top, left, values, field)
+
+    def _forward_elements(self, image_shape, top_index: int) -> int:
+        """Numbers `_forward` keeps per image up to features[top_index] (a memory estimate for chunking)."""
+        channels, height, width = image_shape
+        total = 0
+        for module in list(self.features)[: top_index + 1]:
+            if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+                height, width = _output_size(module, height, width)
+                channels = module.out_channels if isinstance(module, nn.Conv2d) else channels
+            total += 2 * channels * height * width  # the output and the recorded mask or switches
+        return max(1, total)
+
+    def _window_elements(self, layer: int) -> int:
+        """Numbers in the largest window signal of one entry on its way down from `layer`."""
+        h = w = 1
+        largest = 1
+        for module in reversed(list(self.features)[: self.conv_indices[layer - 1] + 1]):
+            if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+                kernel, step, _, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
+                h = (h - 1) * step[0] + dilation[0] * (kernel[0] - 1) + 1
+                w = (w - 1) * step[1] + dilation[1] * (kernel[1] - 1) + 1
+                channels = module.in_channels if isinstance(module, nn.Conv2d) else None
+                if channels is not None:
+                    largest = max(largest, module.out_channels * h * w, channels * h * w)
+        return largest
+
+    def _project_max(self, images, layer, map_list, method) -> torch.Tensor:
+        """mode="max": find each map's strongest location, then project those activations on their windows."""
+        batch = images.shape[0]
+        activation = self.feature_maps(images, [layer])[layer]
+        k, (h, w) = len(map_list), activation.shape[2:]
+        chosen = activation[:, map_list].reshape(batch, k, h * w)
+        where = chosen.argmax(dim=2)  # first maximum in row-major order
+        image_index = torch.arange(batch, device=images.device).repeat_interleave(k)
+        maps = torch.tensor(map_list, device=images.device).repeat(batch)
+        where = where.reshape(-1)
+        projections = self._project_activations(images, layer, image_index, maps, where // w, where % w, method)
+        return projections.paste(tuple(images.shape[2:])).reshape(batch, k, *images.shape[1:])
+
+    def _check_images(self, images) -> None:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"Deconvnet: images must be a 4-D (B, C, H, W) tensor, got {shape}")
+
+    def _check_map_tensor(self, layer: int, maps: torch.Tensor) -> None:
+        num_maps = self.num_maps(layer)
+        bad = maps[(maps < 0) | (maps >= num_maps)]
+        if bad.numel():
+            raise ValueError(
+                f"Deconvnet: map index(es) {bad.tolist()} out of range: layer {layer} has {num_maps} maps "
+                f"(valid indices 0..{num_maps - 1})"
+            )
+
     # ------------------------------------------------------------------ public
     def project(
         self,
@@ -188,9 +433,7 @@ class Deconvnet:
         Returns:
             (B, len(maps), C, H, W): out[b, k] is the projection of map maps[k] for image b.
         """
-        if not isinstance(images, torch.Tensor) or images.dim() != 4:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"Deconvnet: images must be a 4-D (B, C, H, W) tensor, got {shape}")
+        self._check_images(images)
         self._check_layer(layer)
         layer = _as_int(layer)
         if mode not in MODES:
@@ -219,6 +462,8 @@ class Deconvnet:
                 module.training = training
 
     def _project(self, images, layer, map_list, mode, method) -> torch.Tensor:
+        if mode == "max":
+            return self._project_max(images, layer, map_list, method)
         top = self._top_index(layer)
         activation, records = self._forward(images, top, masks=method != "deconvnet")
         batch, channels, h, w = activation.shape
@@ -248,6 +493,42 @@ class Deconvnet:
             below = records[: self.conv_indices[layer - 1] + 1]
             out[start:stop] = self._down(signal, below, rows_all[start:stop], method)
         return out.reshape(batch, k, *images.shape[1:])
+
+
+def _window_index(top, left, h: int, w: int, height: int, width: int):
+    """Flat indices into a (height, width) map of the (h, w) windows at (top, left), clamped, and which are inside."""
+    ys = top[:, None] + torch.arange(h, device=top.device)
+    xs = left[:, None] + torch.arange(w, device=left.device)
+    valid = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
+    flat = ys.clamp(0, height - 1)[:, :, None] * width + xs.clamp(0, width - 1)[:, None, :]
+    return flat, valid
+
+
+def _gather_window(tensor: torch.Tensor, rows, top, left, h: int, w: int) -> torch.Tensor:
+    """(N, C, h, w) windows of `tensor` (B, C, H, W): image rows[n] at (top[n], left[n]); zero outside."""
+    batch, channels, height, width = tensor.shape
+    flat, valid = _window_index(top, left, h, w, height, width)
+    picked = tensor.reshape(batch, channels, height * width)[rows[:, None, None], :, flat]  # (N, h, w, C)
+    picked = picked.permute(0, 3, 1, 2)
+    return picked * valid[:, None] if picked.dtype != torch.bool else picked & valid[:, None]
+
+
+def _output_size(module: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """Spatial size after a Conv2d or MaxPool2d (PyTorch's formulas, ceil mode included)."""
+    kernel, step, pad, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
+    ceil = isinstance(module, nn.MaxPool2d) and module.ceil_mode
+    sizes = []
+    for size, k, s, p, d in zip((height, width), kernel, step, pad, dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        out = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (out - 1) * s >= size + p:  # the last window must start inside the input or left padding
+            out -= 1
+        sizes.append(out)
+    return sizes[0], sizes[1]
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def _as_int(value) -> int | None:
