@@ -64,3 +64,16 @@ def compose_train(tmp_path):
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """Environment for running the console scripts in a subprocess with outputs under tmp_path."""
     return {**os.environ, "ZF_LOG_DIR": str(tmp_path / "logs"), "WANDB_SILENT": "true"}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of the TINY model after one epoch on the default synthetic data (trained once per session)."""
+    from zf_lightning.cli.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    cfg = compose_config("train", out, [*TINY, "trainer.max_epochs=1", "logger=csv", "test=false", f"data.cache_dir={cache}"])
+    summary = train(cfg)
+    GlobalHydra.instance().clear()
+    return Path(summary["best"]["checkpoint"])

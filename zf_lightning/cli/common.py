@@ -6,7 +6,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -14,6 +14,9 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.utils.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from zf_lightning.models import ImageClassifier
 
 SUMMARY_FILE = "summary.json"
 WANDB_ID_FILE = "wandb_run_id.txt"
@@ -47,6 +50,14 @@ def log_config(loggers: list[Logger], cfg: DictConfig, output_dir: Path) -> None
         logger.log_hyperparams(resolved)
         if isinstance(logger, WandbLogger):
             (output_dir / WANDB_ID_FILE).write_text(logger.experiment.id)
+
+
+def finish_loggers(loggers: list[Logger], status: str = "success") -> None:
+    """Close every logger; W&B runs are finished so that the next job of a multirun starts its own run."""
+    for logger in loggers:
+        logger.finalize(status)
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
 
 
 def output_dir_of(cfg: DictConfig) -> Path:
@@ -89,3 +100,36 @@ def _overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except ValueError:  # composed without a Hydra run (tests, notebooks)
         return []
+
+
+def check_compatible(model: ImageClassifier, datamodule, ckpt_path: Path) -> None:
+    """The data must have the checkpoint's classes and input size; say which differs."""
+    net = model.hparams.net
+    if net.get("num_classes") != datamodule.num_classes:
+        raise ValueError(
+            f"checkpoint {ckpt_path} has {net.get('num_classes')} classes but data.num_classes={datamodule.num_classes}"
+        )
+    if net.get("input_size") != datamodule.crop_size:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was built for {net.get('input_size')}px inputs but data.crop_size={datamodule.crop_size}"
+        )
+
+
+def load_checkpoint_with_data(ckpt_path: str | Path, data_cfg: DictConfig):
+    """(model, datamodule) from a zf-train checkpoint: weights only, checked against the data, with its mean image.
+
+    The training run's mean image comes from the checkpoint, so inputs are normalised exactly as in training.
+    """
+    import torch
+
+    from zf_lightning.models import ImageClassifier
+
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
+    model = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    datamodule = instantiate(data_cfg)
+    check_compatible(model, datamodule, ckpt_path)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+    return model, datamodule

@@ -7,26 +7,19 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from zf_lightning.cli import config_dir
-from zf_lightning.cli.common import instantiate_loggers, log_config, metrics_as_floats, output_dir_of, run_with_summary
-from zf_lightning.models import ImageClassifier
-
-
-def check_compatible(model: ImageClassifier, datamodule, ckpt_path: Path) -> None:
-    """The data must have the checkpoint's classes and input size; say which differs."""
-    net = model.hparams.net
-    if net.get("num_classes") != datamodule.num_classes:
-        raise ValueError(
-            f"checkpoint {ckpt_path} has {net.get('num_classes')} classes but data.num_classes={datamodule.num_classes}"
-        )
-    if net.get("input_size") != datamodule.crop_size:
-        raise ValueError(
-            f"checkpoint {ckpt_path} was built for {net.get('input_size')}px inputs but data.crop_size={datamodule.crop_size}"
-        )
+from zf_lightning.cli.common import (
+    finish_loggers,
+    instantiate_loggers,
+    load_checkpoint_with_data,
+    log_config,
+    metrics_as_floats,
+    output_dir_of,
+    run_with_summary,
+)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -37,16 +30,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     def body() -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
-        model = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-        datamodule = instantiate(cfg.data)
-        check_compatible(model, datamodule, ckpt_path)
-        # The training run's mean image, so inputs are normalised exactly as the model was trained.
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
+        model, datamodule = load_checkpoint_with_data(ckpt_path, cfg.data)
         loggers = instantiate_loggers(cfg, output_dir, resume=False)
         trainer = instantiate(cfg.trainer, logger=loggers or False)
         log_config(trainer.loggers, cfg, output_dir)
-        trainer.test(model, datamodule=datamodule)
+        try:
+            trainer.test(model, datamodule=datamodule)
+        finally:
+            finish_loggers(trainer.loggers)
         test = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
         return {"checkpoint": str(ckpt_path), "ten_crop": bool(getattr(datamodule, "ten_crop_test", False)), "test": test}
 

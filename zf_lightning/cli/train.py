@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from zf_lightning.cli import config_dir
 from zf_lightning.cli.common import (
     SUMMARY_FILE,
+    finish_loggers,
     instantiate_group,
     instantiate_loggers,
     log_config,
@@ -62,17 +63,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_config(trainer.loggers, cfg, output_dir)
 
         result: dict[str, Any] = {}
-        if cfg.get("train", True):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-            result["train"] = metrics_as_floats(trainer.callback_metrics)
-            result["epochs"] = trainer.current_epoch
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None else ""
-        if best:
-            result["best"] = {"checkpoint": best, checkpoint.monitor: float(checkpoint.best_model_score)}
-        if cfg.get("test", True):
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-            result["test"] = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
+        status = "failed"
+        try:
+            if cfg.get("train", True):
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                result["train"] = metrics_as_floats(trainer.callback_metrics)
+                result["epochs"] = trainer.current_epoch
+            checkpoint = trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint is not None else ""
+            if best:
+                result["best"] = {"checkpoint": best, checkpoint.monitor: float(checkpoint.best_model_score)}
+            if cfg.get("test", True):
+                trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+                result["test"] = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
+            status = "success"
+        finally:
+            finish_loggers(trainer.loggers, status)
         return result
 
     return run_with_summary(cfg, body)

@@ -6,7 +6,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from zf_lightning.data.mean_image import load_or_compute_mean_image
 from zf_lightning.data.transforms import PRESETS, paper_base, paper_transforms, torchvision_transforms
@@ -105,6 +107,17 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         if self.preset == "paper":
             return paper_transforms(self.resize_size, self.crop_size, self.load_mean_image(), self.ten_crop_test)
         return torchvision_transforms(self.resize_size, self.crop_size, self.ten_crop_test)
+
+    def display_transform(self) -> v2.Compose:
+        """The validation crop without normalisation, on the 0-1 scale: what a figure shows of an input."""
+        return v2.Compose([v2.ToImage(), v2.Resize(self.resize_size), v2.CenterCrop(self.crop_size), v2.ToDtype(torch.float32, scale=True)])
+
+    def split_dataset(self, split: str, display: bool = False) -> Dataset:
+        """Split "train", "val" or "test" without augmentation (centre crops), for analysis and figures."""
+        if split not in self.stage_splits:
+            raise ValueError(f"split must be one of {list(self.stage_splits)}, got {split!r}")
+        transform = self.display_transform() if display else self.transforms()["val"]
+        return self.make_dataset(self.stage_splits[split], transform)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}

@@ -38,3 +38,15 @@ def atomic_write_json(data, path: str | Path) -> None:
             f.write("\n")
 
     _atomic(Path(path), write)
+
+
+def atomic_write_npz(arrays: dict, path: str | Path) -> Path:
+    """Compressed npz of named arrays; returns the path."""
+    import numpy as np
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: numpy would append ".npz" to a temporary name
+            np.savez_compressed(f, **arrays)
+
+    _atomic(Path(path), write)
+    return Path(path)

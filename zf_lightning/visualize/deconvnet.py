@@ -527,6 +527,16 @@ def _output_size(module: nn.Module, height: int, width: int) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
+def cut_windows(images: torch.Tensor, image_index, top, left, size: tuple[int, int]) -> torch.Tensor:
+    """(N, C, *size) windows of `images` (B, C, H, W): window n from image image_index[n] at (top[n], left[n]).
+
+    Parts outside the image are zero, as in the receptive fields of the first layers' padding.
+    """
+    device = images.device
+    image_index, top, left = (torch.as_tensor(v, dtype=torch.long, device=device).reshape(-1) for v in (image_index, top, left))
+    return _gather_window(images, image_index, top, left, size[0], size[1])
+
+
 def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 

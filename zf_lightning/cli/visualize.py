@@ -1,0 +1,150 @@
+"""zf-visualize: the paper's feature figures from a checkpoint.
+
+    zf-visualize top9 ckpt_path=PATH [split=val] [layers=[1,5]] [maps_per_layer=16] [+maps={5:[3,17]}]
+    zf-visualize filters ckpt_paths=[ALEXNET.ckpt,ZFNET.ckpt]
+
+Each command is a Hydra app (conf/visualize_<command>.yaml): overrides, multiruns and run directories
+work as for zf-train.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Subset
+
+from zf_lightning.cli import config_dir
+from zf_lightning.cli.common import finish_loggers, instantiate_loggers, load_checkpoint_with_data, log_config, output_dir_of, run_with_summary
+from zf_lightning.utils.io import atomic_write_npz
+from zf_lightning.visualize import METHODS, Deconvnet
+from zf_lightning.visualize.figures import save_png, top9_figure
+from zf_lightning.visualize.top_activations import choose_maps, find_top_activations, project_top_activations
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def maps_by_layer(deconv: Deconvnet, layers, maps_per_layer: int, explicit: dict | None, seed: int) -> dict[int, list[int]]:
+    """Which maps to show per layer: listed ones where given, otherwise a seeded random draw."""
+    explicit = {int(k): list(v) for k, v in (explicit or {}).items()}
+    unknown = sorted(set(explicit) - set(int(layer) for layer in layers))
+    if unknown:
+        raise ValueError(f"maps lists layers {unknown} that are not in layers={list(layers)}")
+    chosen = {}
+    for layer in layers:
+        layer = int(layer)
+        if not 1 <= layer <= deconv.num_layers:
+            raise ValueError(f"layers: {layer} is not a conv layer of this model (1..{deconv.num_layers})")
+        num_maps = deconv.num_maps(layer)
+        if layer in explicit:
+            bad = [m for m in explicit[layer] if not 0 <= int(m) < num_maps]
+            if bad:
+                raise ValueError(f"maps for layer {layer}: {bad} out of range (the layer has {num_maps} maps, 0..{num_maps - 1})")
+            chosen[layer] = [int(m) for m in explicit[layer]]
+        else:
+            if maps_per_layer < 1:
+                raise ValueError(f"maps_per_layer must be >= 1, got {maps_per_layer}")
+            chosen[layer] = choose_maps(num_maps, maps_per_layer, seed, layer)
+    return chosen
+
+
+def _log_images(loggers, images: dict[str, Path]) -> None:
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for key, path in images.items():
+                logger.log_image(key=key, images=[str(path)])
+
+
+def top9(cfg: DictConfig) -> dict[str, Any]:
+    """Fig. 2: the top-k activations of the chosen maps over a split, their projections and patches."""
+    output_dir = output_dir_of(cfg)
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {cfg.method!r}")
+
+    def body() -> dict[str, Any]:
+        L.seed_everything(cfg.seed, workers=True)
+        device = resolve_device(cfg.device)
+        model, datamodule = load_checkpoint_with_data(cfg.ckpt_path, cfg.data)
+        net = model.net.to(device).eval()
+        deconv = Deconvnet(net)
+        chosen = maps_by_layer(deconv, cfg.layers, cfg.maps_per_layer, cfg.get("maps"), cfg.seed)
+        dataset = datamodule.split_dataset(cfg.split)
+        display = datamodule.split_dataset(cfg.split, display=True)
+        if cfg.max_images is not None:
+            dataset = Subset(dataset, range(min(cfg.max_images, len(dataset))))
+        loggers = instantiate_loggers(cfg, output_dir, resume=False)
+        log_config(loggers, cfg, output_dir)
+
+        started = time.perf_counter()
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+        batches = _indexed_batches(loader, device)
+        found = find_top_activations(deconv, batches, chosen, k=cfg.top_k)
+        scan_s = time.perf_counter() - started
+
+        def load(source) -> Callable[[list[int]], torch.Tensor]:
+            return lambda indices: torch.stack([source[i][0] for i in indices]).to(device)
+
+        layers: dict[str, Any] = {}
+        started = time.perf_counter()
+        pngs = {}
+        for layer, top in found.items():
+            projected = project_top_activations(deconv, top, load(dataset), load(display), method=cfg.method)
+            png = save_png(top9_figure(projected.projections, projected.patches), output_dir / f"top9_layer{layer}.png")
+            npz = atomic_write_npz(projected.as_arrays(), output_dir / f"top9_layer{layer}.npz")
+            pngs[f"top9/layer{layer}"] = png
+            layers[str(layer)] = {
+                "maps": top.maps.tolist(),
+                "receptive_field": list(projected.receptive_field.size),
+                "png": str(png),
+                "npz": str(npz),
+            }
+        project_s = time.perf_counter() - started
+        _log_images(loggers, pngs)
+        finish_loggers(loggers)
+        return {
+            "checkpoint": str(cfg.ckpt_path),
+            "split": cfg.split,
+            "num_images": len(dataset),
+            "method": cfg.method,
+            "layers": layers,
+            "timing_s": {"scan": round(scan_s, 3), "project": round(project_s, 3)},
+        }
+
+    return run_with_summary(cfg, body)
+
+
+def _indexed_batches(loader: DataLoader, device: torch.device):
+    """(images, dataset indices) per batch of a sequential loader."""
+    seen = 0
+    for images, _ in loader:
+        yield images.to(device), torch.arange(seen, seen + len(images))
+        seen += len(images)
+
+
+COMMANDS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"top9": top9}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        given = sys.argv[1] if len(sys.argv) > 1 else "nothing"
+        sys.exit(f"usage: zf-visualize {{{','.join(COMMANDS)}}} [hydra overrides]; got {given}")
+    command = sys.argv.pop(1)
+    task = COMMANDS[command]
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name=f"visualize_{command}")(task)()
+
+
+if __name__ == "__main__":
+    main()

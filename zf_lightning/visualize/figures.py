@@ -1,0 +1,56 @@
+"""Image grids for the paper's figures, built with torchvision's make_grid and saved as PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid, save_image
+
+
+def contrast_stretch(images: torch.Tensor) -> torch.Tensor:
+    """Each image (last 3 dims) centred on its mean and scaled by its largest deviation into [0, 1].
+
+    Projections are signed and tiny; the paper shows them contrast-enhanced, grey meaning zero change.
+    """
+    flat = images.flatten(-3)
+    centred = flat - flat.mean(dim=-1, keepdim=True)
+    scale = centred.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (0.5 + 0.5 * centred / scale).reshape(images.shape)
+
+
+def enlarge(images: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Nearest-neighbour upscaling by a whole factor so that small windows (7 px at layer 1) stay visible."""
+    factor = max(1, math.ceil(min_size / max(images.shape[-2:])))
+    if factor == 1:
+        return images
+    shape = images.shape
+    return F.interpolate(images.reshape(-1, *shape[-3:]), scale_factor=factor, mode="nearest").reshape(*shape[:-2], shape[-2] * factor, shape[-1] * factor)
+
+
+def blocks_grid(cells: torch.Tensor, min_size: int = 48, pad_value: float = 1.0) -> torch.Tensor:
+    """(M, k, C, h, w) -> one image: each row of k cells as a square block, the M blocks in a square grid."""
+    maps, k = cells.shape[:2]
+    cells = enlarge(cells.float().cpu(), min_size)
+    per_row = math.ceil(math.sqrt(k))
+    blocks = torch.stack([make_grid(cells[m], nrow=per_row, padding=1, pad_value=pad_value) for m in range(maps)])
+    return make_grid(blocks, nrow=math.ceil(math.sqrt(maps)), padding=6, pad_value=pad_value)
+
+
+def top9_figure(projections: torch.Tensor, patches: torch.Tensor | None, min_size: int = 48) -> torch.Tensor:
+    """The paper's Fig. 2 layout for one layer: the projections' 3x3 blocks, the image patches' beside them."""
+    left = blocks_grid(contrast_stretch(projections), min_size)
+    if patches is None or patches.numel() == 0:
+        return left
+    right = blocks_grid(patches.clamp(0, 1), min_size)
+    gap = torch.ones(left.shape[0], left.shape[1], 12)
+    return torch.cat([left, gap, right], dim=2)
+
+
+def save_png(image: torch.Tensor, path: Path) -> Path:
+    """Write a (C, H, W) image in [0, 1] as PNG, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(image, path)
+    return path
