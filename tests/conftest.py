@@ -66,14 +66,24 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "ZF_LOG_DIR": str(tmp_path / "logs"), "WANDB_SILENT": "true"}
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint of the TINY model after one epoch on the default synthetic data (trained once per session)."""
+def _train_tiny(tmp_path_factory, name: str, overrides: list[str] = ()) -> Path:
     from zf_lightning.cli.train import train
 
-    out = tmp_path_factory.mktemp("tiny_run")
+    out = tmp_path_factory.mktemp(name)
     cache = tmp_path_factory.getbasetemp() / "cache"
-    cfg = compose_config("train", out, [*TINY, "trainer.max_epochs=1", "logger=csv", "test=false", f"data.cache_dir={cache}"])
+    cfg = compose_config("train", out, [*TINY, "trainer.max_epochs=1", "logger=csv", "test=false", f"data.cache_dir={cache}", *overrides])
     summary = train(cfg)
     GlobalHydra.instance().clear()
     return Path(summary["best"]["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of the TINY ZFNet after one epoch on the default synthetic data (trained once per session)."""
+    return _train_tiny(tmp_path_factory, "tiny_zfnet")
+
+
+@pytest.fixture(scope="session")
+def tiny_alexnet_checkpoint(tmp_path_factory) -> Path:
+    """The same for AlexNet (11x11/4 first layer)."""
+    return _train_tiny(tmp_path_factory, "tiny_alexnet", ["model=alexnet"])

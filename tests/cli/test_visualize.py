@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import compose_config
 from zf_lightning.cli.common import load_checkpoint_with_data
-from zf_lightning.cli.visualize import top9
+from zf_lightning.cli.visualize import filter_statistics, filters, top9
 from zf_lightning.visualize import Deconvnet
 
 
@@ -80,3 +80,43 @@ def test_top9_bad_input_fails_before_writing_figures(tiny_checkpoint, tmp_path, 
 def test_top9_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
         top9(compose_top9(tmp_path, tmp_path / "nope.ckpt", ["~logger"]))
+
+
+def test_filters_side_by_side_for_alexnet_and_zfnet(tiny_alexnet_checkpoint, tiny_checkpoint, tmp_path):
+    cfg = compose_config(
+        "visualize_filters",
+        tmp_path / "filters",
+        [f"ckpt_paths=[{tiny_alexnet_checkpoint},{tiny_checkpoint}]", "data.val_per_class=2", "layer2_maps=4"],
+    )
+    summary = filters(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert summary["status"] == "completed"
+    assert summary["titles"][0].startswith("alexnet conv1 11x11/4") and summary["titles"][1].startswith("zfnet conv1 7x7/2")
+    for name in ("filters_layer1.png", "layer2_projections.png"):
+        assert (out / name).stat().st_size > 5000
+    arrays = np.load(out / "filters.npz")
+    alex, zf = (load_checkpoint_with_data(path, cfg.data)[0].net for path in (tiny_alexnet_checkpoint, tiny_checkpoint))
+    np.testing.assert_array_equal(arrays["ckpt0_layer1_filters"], alex.features[0].weight.detach().numpy())
+    np.testing.assert_array_equal(arrays["ckpt1_layer1_filters"], zf.features[0].weight.detach().numpy())
+    assert arrays["ckpt0_layer2_projections"].shape[:2] == (4, 1) and arrays["ckpt1_layer2_maps"].shape == (4,)
+    stats = summary["layer1"][str(tiny_checkpoint)]
+    assert stats["filters"] == zf.features[0].out_channels and 0 <= stats["dead_filters"] < stats["filters"]
+    assert b"filters/layer1" in next(out.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+
+
+def test_filter_statistics_counts_dead_filters():
+    weight = torch.ones(4, 3, 2, 2)
+    weight[1] *= 0.01  # RMS 1% of the largest: dead
+    weight[2] *= 0.5
+    stats = filter_statistics(weight)
+    assert stats == {"filters": 4, "rms_mean": pytest.approx((1 + 0.01 + 0.5 + 1) / 4), "rms_max": pytest.approx(1.0), "dead_filters": 1}
+
+
+def test_filters_errors(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="ckpt_paths is empty"):
+        filters(compose_config("visualize_filters", tmp_path / "a", ["ckpt_paths=[]", "~logger"]))
+    missing = tmp_path / "missing.ckpt"
+    cfg = compose_config("visualize_filters", tmp_path / "b", [f"ckpt_paths=[{tiny_checkpoint},{missing}]", "~logger"])
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        filters(cfg)
+    assert not (Path(cfg.paths.output_dir) / "filters_layer1.png").exists()

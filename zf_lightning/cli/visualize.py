@@ -27,7 +27,7 @@ from zf_lightning.cli import config_dir
 from zf_lightning.cli.common import finish_loggers, instantiate_loggers, load_checkpoint_with_data, log_config, output_dir_of, run_with_summary
 from zf_lightning.utils.io import atomic_write_npz
 from zf_lightning.visualize import METHODS, Deconvnet
-from zf_lightning.visualize.figures import save_png, top9_figure
+from zf_lightning.visualize.figures import blocks_grid, contrast_stretch, filters_grid, save_png, side_by_side, top9_figure
 from zf_lightning.visualize.top_activations import choose_maps, find_top_activations, project_top_activations
 
 
@@ -134,7 +134,76 @@ def _indexed_batches(loader: DataLoader, device: torch.device):
         seen += len(images)
 
 
-COMMANDS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"top9": top9}
+def filter_statistics(weight: torch.Tensor) -> dict[str, float]:
+    """RMS of each filter: the paper's Fig. 6 points at 'dead' filters, here those under 5% of the largest RMS."""
+    rms = weight.detach().float().pow(2).mean(dim=(1, 2, 3)).sqrt()
+    return {
+        "filters": int(len(rms)),
+        "rms_mean": float(rms.mean()),
+        "rms_max": float(rms.max()),
+        "dead_filters": int((rms < 0.05 * rms.max()).sum()),
+    }
+
+
+def filters(cfg: DictConfig) -> dict[str, Any]:
+    """Fig. 6: layer-1 filters of one or more checkpoints side by side, and their layer-2 projections."""
+    output_dir = output_dir_of(cfg)
+    ckpt_paths = [str(path) for path in (cfg.ckpt_paths or [])]
+    if not ckpt_paths:
+        raise ValueError("ckpt_paths is empty: give one or more checkpoints, e.g. ckpt_paths=[alexnet.ckpt,zfnet.ckpt]")
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {cfg.method!r}")
+
+    def body() -> dict[str, Any]:
+        L.seed_everything(cfg.seed, workers=True)
+        device = resolve_device(cfg.device)
+        # Load and check every checkpoint before drawing anything.
+        loaded = [load_checkpoint_with_data(path, cfg.data) for path in ckpt_paths]
+        loggers = instantiate_loggers(cfg, output_dir, resume=False)
+        log_config(loggers, cfg, output_dir)
+        titles, filter_panels, projection_panels, arrays, stats = [], [], [], {}, {}
+        for position, ((model, datamodule), path) in enumerate(zip(loaded, ckpt_paths)):
+            net = model.net.to(device).eval()
+            deconv = Deconvnet(net)
+            conv1 = net.features[deconv.conv_indices[0]]
+            title = f"{model.hparams.net.get('arch', '?')} conv1 {conv1.kernel_size[0]}x{conv1.kernel_size[1]}/{conv1.stride[0]} ({Path(path).stem})"
+            titles.append(title)
+            filter_panels.append(filters_grid(conv1.weight))
+            stats[path] = filter_statistics(conv1.weight)
+            arrays[f"ckpt{position}_layer1_filters"] = conv1.weight.detach().cpu().numpy()
+
+            if deconv.num_layers >= 2:
+                dataset = datamodule.split_dataset(cfg.split)
+                display = datamodule.split_dataset(cfg.split, display=True)
+                if cfg.max_images is not None:
+                    dataset = Subset(dataset, range(min(cfg.max_images, len(dataset))))
+                maps = choose_maps(deconv.num_maps(2), cfg.layer2_maps, cfg.seed, 2)
+                loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+                top = find_top_activations(deconv, _indexed_batches(loader, device), {2: maps}, k=1)[2]
+                load = lambda source: (lambda idx: torch.stack([source[i][0] for i in idx]).to(device))  # noqa: E731
+                projected = project_top_activations(deconv, top, load(dataset), load(display), method=cfg.method)
+                projection_panels.append(blocks_grid(contrast_stretch(projected.projections.transpose(0, 1)), 48))
+                arrays.update(projected.as_arrays(prefix=f"ckpt{position}_layer2_"))
+        pngs = {"filters/layer1": side_by_side(filter_panels, titles, output_dir / "filters_layer1.png", "Layer-1 filters")}
+        if projection_panels:
+            pngs["filters/layer2_projections"] = side_by_side(
+                projection_panels, titles, output_dir / "layer2_projections.png", "Layer-2 features: strongest activation of each map, projected"
+            )
+        npz = atomic_write_npz(arrays, output_dir / "filters.npz")
+        _log_images(loggers, pngs)
+        finish_loggers(loggers)
+        return {
+            "checkpoints": ckpt_paths,
+            "titles": titles,
+            "layer1": stats,
+            "png": {key: str(path) for key, path in pngs.items()},
+            "npz": str(npz),
+        }
+
+    return run_with_summary(cfg, body)
+
+
+COMMANDS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"top9": top9, "filters": filters}
 
 
 def main() -> None:

@@ -49,6 +49,40 @@ def top9_figure(projections: torch.Tensor, patches: torch.Tensor | None, min_siz
     return torch.cat([left, gap, right], dim=2)
 
 
+def filters_grid(weight: torch.Tensor, display_size: int = 44, per_row: int | None = None) -> torch.Tensor:
+    """Conv filters (out, 3, k, k) as one image, each filter min-max scaled on its own (as in the paper's Fig. 6),
+    enlarged to about `display_size` px so that filters of different kernel sizes show at the same scale."""
+    weight = weight.detach().float().cpu()
+    if weight.shape[1] != 3:  # not an RGB layer: show each filter's mean over inputs as grey
+        weight = weight.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    flat = weight.flatten(1)
+    low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+    scaled = ((flat - low) / (high - low).clamp_min(1e-12)).reshape(weight.shape)
+    scaled = enlarge(scaled, display_size)
+    return make_grid(scaled, nrow=per_row or math.ceil(math.sqrt(len(scaled))), padding=2, pad_value=1.0)
+
+
+def side_by_side(panels: list[torch.Tensor], titles: list[str], path: Path, suptitle: str = "") -> Path:
+    """Images (C, H, W) in [0, 1] next to each other with titles (matplotlib), as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6.4), squeeze=False)
+    for axis, panel, title in zip(axes[0], panels, titles):
+        axis.imshow(panel.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+        axis.set_title(title, fontsize=10)
+        axis.axis("off")
+    if suptitle:
+        figure.suptitle(suptitle)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def save_png(image: torch.Tensor, path: Path) -> Path:
     """Write a (C, H, W) image in [0, 1] as PNG, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
