@@ -7,7 +7,13 @@ import torch
 
 from zf_lightning.models import zfnet
 from zf_lightning.visualize import Deconvnet, cut_windows
-from zf_lightning.visualize.top_activations import RunningTopK, choose_maps, find_top_activations, project_top_activations
+from zf_lightning.visualize.top_activations import (
+    RunningTopK,
+    choose_maps,
+    find_top_activations,
+    project_all_top_activations,
+    project_top_activations,
+)
 
 
 def brute_force_top(activations: torch.Tensor, k: int):
@@ -109,6 +115,21 @@ def test_find_and_project_top_activations(net):
             patch = cut_windows(display[image : image + 1], [0], [top_row], [left], field.size)[0]
             torch.testing.assert_close(result.patches[m, j], patch, rtol=0, atol=0)
             assert (result.window_top[m, j].item(), result.window_left[m, j].item()) == (top_row, left)
+
+
+def test_all_layers_at_once_equals_layer_by_layer(net):
+    # Sharing forward passes across layers (and chunks of images) must not change any projection.
+    deconv = Deconvnet(net, max_batch_elements=50_000)
+    torch.manual_seed(2)
+    images = torch.randn(15, 3, 64, 64)
+    chosen = {1: [1, 2], 2: [0], 4: [3, 9], 5: [4]}
+    found = find_top_activations(deconv, [(images, torch.arange(15))], chosen, k=4)
+    together = project_all_top_activations(deconv, found, lambda idx: images[idx], lambda idx: images[idx].sigmoid(), method="guided", images_per_chunk=4)
+    for layer, top in found.items():
+        alone = project_top_activations(deconv, top, lambda idx: images[idx], lambda idx: images[idx].sigmoid(), method="guided", images_per_chunk=100)
+        torch.testing.assert_close(together[layer].projections, alone.projections, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(together[layer].patches, alone.patches, rtol=0, atol=0)
+        assert torch.equal(together[layer].window_top, alone.window_top)
 
 
 def test_cut_windows_pads_with_zeros():

@@ -28,7 +28,12 @@ from zf_lightning.cli.common import finish_loggers, instantiate_loggers, load_ch
 from zf_lightning.utils.io import atomic_write_npz
 from zf_lightning.visualize import METHODS, Deconvnet
 from zf_lightning.visualize.figures import blocks_grid, contrast_stretch, filters_grid, save_png, side_by_side, top9_figure
-from zf_lightning.visualize.top_activations import choose_maps, find_top_activations, project_top_activations
+from zf_lightning.visualize.top_activations import (
+    choose_maps,
+    find_top_activations,
+    project_all_top_activations,
+    project_top_activations,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,13 +105,13 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
         layers: dict[str, Any] = {}
         started = time.perf_counter()
         pngs = {}
-        for layer, top in found.items():
-            projected = project_top_activations(deconv, top, load(dataset), load(display), method=cfg.method)
+        all_projected = project_all_top_activations(deconv, found, load(dataset), load(display), method=cfg.method)
+        for layer, projected in all_projected.items():
             png = save_png(top9_figure(projected.projections, projected.patches), output_dir / f"top9_layer{layer}.png")
             npz = atomic_write_npz(projected.as_arrays(), output_dir / f"top9_layer{layer}.npz")
             pngs[f"top9/layer{layer}"] = png
             layers[str(layer)] = {
-                "maps": top.maps.tolist(),
+                "maps": projected.top.maps.tolist(),
                 "receptive_field": list(projected.receptive_field.size),
                 "png": str(png),
                 "npz": str(npz),

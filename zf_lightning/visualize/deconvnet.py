@@ -39,7 +39,7 @@ as it was: no gradients, same weights, same train/eval mode of every module; the
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -216,34 +216,50 @@ class Deconvnet:
         field only (see the module docstring). Returns the windows, not whole images: `Projections.paste`
         places them in image-sized canvases.
         """
+        return self.project_activations_by_layer(images, {layer: (image_index, maps, rows, cols)}, method)[_as_int(layer)]
+
+    def project_activations_by_layer(
+        self, images: torch.Tensor, requests: Mapping[int, tuple], method: str = "deconvnet"
+    ) -> dict[int, Projections]:
+        """`project_activations` for several layers at once: {layer: (image_index, maps, rows, cols)}.
+
+        An image used by several layers goes forward once, up to the deepest of them.
+        """
         self._check_images(images)
-        self._check_layer(layer)
-        layer = _as_int(layer)
         if method not in METHODS:
             raise ValueError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
         device = images.device
-        image_index, maps, rows, cols = (torch.as_tensor(v, device=device, dtype=torch.long).reshape(-1) for v in (image_index, maps, rows, cols))
-        if not len({image_index.numel(), maps.numel(), rows.numel(), cols.numel()}) == 1:
-            raise ValueError("Deconvnet: image_index, maps, rows and cols must have the same length")
-        self._check_map_tensor(layer, maps)
-        if image_index.numel() and (image_index.min() < 0 or image_index.max() >= images.shape[0]):
-            raise ValueError(f"Deconvnet: image_index out of range for {images.shape[0]} images")
+        checked = {}
+        for layer, request in requests.items():
+            self._check_layer(layer)
+            layer = _as_int(layer)
+            image_index, maps, rows, cols = (torch.as_tensor(v, device=device, dtype=torch.long).reshape(-1) for v in request)
+            if not len({image_index.numel(), maps.numel(), rows.numel(), cols.numel()}) == 1:
+                raise ValueError("Deconvnet: image_index, maps, rows and cols must have the same length")
+            self._check_map_tensor(layer, maps)
+            if image_index.numel() and (image_index.min() < 0 or image_index.max() >= images.shape[0]):
+                raise ValueError(f"Deconvnet: image_index out of range for {images.shape[0]} images")
+            checked[layer] = (image_index, maps, rows, cols)
 
         modes = {module: module.training for module in self.features.modules()}
         try:
             self.features.eval()
             with torch.no_grad():
-                return self._project_activations(images, layer, image_index, maps, rows, cols, method)
+                return self._project_activations(images, checked, method)
         finally:
             for module, training in modes.items():
                 module.training = training
 
     # ---------------------------------------------------------------- forward
-    def _forward(self, images: torch.Tensor, top: int, masks: bool = True) -> tuple[torch.Tensor, list[_Record]]:
-        """Run features[0..top] functionally, recording pooling switches (and ReLU masks if `masks`)."""
+    def _forward(self, images: torch.Tensor, top: int, masks: bool = True, keep=()):
+        """Run features[0..top] functionally, recording pooling switches (and ReLU masks if `masks`).
+
+        Returns the output, the records, and {index: output} of the modules whose indices are in `keep`.
+        """
         records: list[_Record] = []
+        kept: dict[int, torch.Tensor] = {}
         x = images
-        for module in list(self.features)[: top + 1]:
+        for index, module in enumerate(list(self.features)[: top + 1]):
             record = _Record(module, tuple(x.shape))
             if isinstance(module, nn.ReLU):
                 record.saved = (x > 0) if masks else None
@@ -256,7 +272,9 @@ class Deconvnet:
             else:  # Conv2d, LocalResponseNorm: out of place, eval mode
                 x = module(x)
             records.append(record)
-        return x, records
+            if index in keep:
+                kept[index] = x
+        return x, records, kept
 
     # --------------------------------------------------------------- downward
     @staticmethod
@@ -324,41 +342,45 @@ class Deconvnet:
             # LocalResponseNorm: identity
         return signal, top, left
 
-    def _project_activations(self, images, layer, image_index, maps, rows, cols, method) -> Projections:
-        field = self.receptive_field(layer)
-        conv_index = self.conv_indices[layer - 1]
-        top_index = self._top_index(layer)
-        total = image_index.numel()
-        windows = images.new_zeros(total, images.shape[1], *field.size)
-        values = images.new_zeros(total)
-        if total == 0:
+    def _project_activations(self, images, requests, method) -> dict[int, Projections]:
+        device = images.device
+        results = {}
+        for layer, (image_index, maps, rows, cols) in requests.items():
+            field = self.receptive_field(layer)
+            windows = images.new_zeros(image_index.numel(), images.shape[1], *field.size)
             top, left = field.window(rows, cols)
-            return Projections(windows, top, left, values, field)
+            results[layer] = Projections(windows, top, left, images.new_zeros(image_index.numel()), field)
+        requests = {layer: request for layer, request in requests.items() if request[0].numel()}
+        if not requests:
+            return results
 
-        # Images go forward in chunks (their recorded switches and masks take memory), each only once.
-        used = torch.unique(image_index)
-        per_image = self._forward_elements(images.shape[1:], top_index)
+        # Images go forward in chunks (their recorded switches and masks take memory), each only once,
+        # up to the deepest layer that uses them.
+        top_of = {layer: self._top_index(layer) for layer in requests}
+        deepest = max(top_of.values())
+        used = torch.unique(torch.cat([request[0] for request in requests.values()]))
+        per_image = self._forward_elements(images.shape[1:], deepest)
         image_chunk = len(used) if self.max_batch_elements is None else max(1, self.max_batch_elements // per_image)
-        per_entry = self._window_elements(layer)
-        entry_chunk = total if self.max_batch_elements is None else max(1, self.max_batch_elements // per_entry)
         for start in range(0, len(used), image_chunk):
             chunk_images = used[start : start + image_chunk]
-            local_of = torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
-            local_of[chunk_images] = torch.arange(len(chunk_images), device=images.device)
-            entries = (local_of[image_index] >= 0).nonzero().flatten()
-            activation, records = self._forward(images.index_select(0, chunk_images), top_index, masks=method != "deconvnet")
-            below = records[: conv_index + 1]
-            for first in range(0, len(entries), entry_chunk):
-                picked = entries[first : first + entry_chunk]
-                local_rows = local_of[image_index[picked]]
-                value = activation[local_rows, maps[picked], rows[picked], cols[picked]]
-                signal = activation.new_zeros(len(picked), activation.shape[1], 1, 1)
-                signal[torch.arange(len(picked), device=images.device), maps[picked], 0, 0] = value
-                out, _, _ = self._down_windows(signal, rows[picked].clone(), cols[picked].clone(), below, local_rows, method)
-                windows[picked] = out
-                values[picked] = value
-        top, left = field.window(rows, cols)
-        return Projections(windows, top, left, values, field)
+            local_of = torch.full((images.shape[0],), -1, dtype=torch.long, device=device)
+            local_of[chunk_images] = torch.arange(len(chunk_images), device=device)
+            _, records, kept = self._forward(images.index_select(0, chunk_images), deepest, masks=method != "deconvnet", keep=set(top_of.values()))
+            for layer, (image_index, maps, rows, cols) in requests.items():
+                activation = kept[top_of[layer]]
+                below = records[: self.conv_indices[layer - 1] + 1]
+                entries = (local_of[image_index] >= 0).nonzero().flatten()
+                entry_chunk = len(entries) if self.max_batch_elements is None else max(1, self.max_batch_elements // self._window_elements(layer))
+                for first in range(0, len(entries), entry_chunk):
+                    picked = entries[first : first + entry_chunk]
+                    local_rows = local_of[image_index[picked]]
+                    value = activation[local_rows, maps[picked], rows[picked], cols[picked]]
+                    signal = activation.new_zeros(len(picked), activation.shape[1], 1, 1)
+                    signal[torch.arange(len(picked), device=device), maps[picked], 0, 0] = value
+                    out, _, _ = self._down_windows(signal, rows[picked].clone(), cols[picked].clone(), below, local_rows, method)
+                    results[layer].windows[picked] = out
+                    results[layer].values[picked] = value
+        return results
 
     def _forward_elements(self, image_shape, top_index: int) -> int:
         """Numbers `_forward` keeps per image up to features[top_index] (a memory estimate for chunking)."""
@@ -395,7 +417,7 @@ class Deconvnet:
         image_index = torch.arange(batch, device=images.device).repeat_interleave(k)
         maps = torch.tensor(map_list, device=images.device).repeat(batch)
         where = where.reshape(-1)
-        projections = self._project_activations(images, layer, image_index, maps, where // w, where % w, method)
+        projections = self._project_activations(images, {layer: (image_index, maps, where // w, where % w)}, method)[layer]
         return projections.paste(tuple(images.shape[2:])).reshape(batch, k, *images.shape[1:])
 
     def _check_images(self, images) -> None:
@@ -465,7 +487,7 @@ class Deconvnet:
         if mode == "max":
             return self._project_max(images, layer, map_list, method)
         top = self._top_index(layer)
-        activation, records = self._forward(images, top, masks=method != "deconvnet")
+        activation, records, _ = self._forward(images, top, masks=method != "deconvnet")
         batch, channels, h, w = activation.shape
         k = len(map_list)
         map_index = torch.tensor(map_list, device=images.device)

@@ -123,46 +123,68 @@ def project_top_activations(
         load_images: dataset indices -> (n, C, H, W) network inputs, on the model's device.
         load_display: dataset indices -> (n, C, H, W) the same crops for display (0-1); None: no patches.
     """
-    maps, k = top.values.shape
-    flat_index = top.image_index.reshape(-1)
-    unique = torch.unique(flat_index).tolist()
-    field = deconv.receptive_field(top.layer)
-    projections = patches = None
-    window_top = window_left = None
+    return project_all_top_activations(deconv, {top.layer: top}, load_images, load_display, method, images_per_chunk)[top.layer]
+
+
+def project_all_top_activations(
+    deconv: Deconvnet,
+    tops: Mapping[int, TopActivations],
+    load_images: Callable[[list[int]], torch.Tensor],
+    load_display: Callable[[list[int]], torch.Tensor] | None = None,
+    method: str = "deconvnet",
+    images_per_chunk: int = 64,
+) -> dict[int, TopProjections]:
+    """`project_top_activations` for several layers: an image in the top-k of several layers is loaded and
+    sent forward once (up to the deepest of them)."""
+    flat = {layer: top.image_index.reshape(-1) for layer, top in tops.items()}
+    unique = torch.unique(torch.cat(list(flat.values()))).tolist()
+    fields = {layer: deconv.receptive_field(layer) for layer in tops}
+    out = {}
+    for layer, top in tops.items():
+        n = top.values.numel()
+        out[layer] = {"projections": None, "patches": None, "top": torch.zeros(n, dtype=torch.long), "left": torch.zeros(n, dtype=torch.long)}
     for start in range(0, len(unique), images_per_chunk):
         chunk = unique[start : start + images_per_chunk]
         images = load_images(chunk)
-        local_of = {index: position for position, index in enumerate(chunk)}
-        entries = [n for n, index in enumerate(flat_index.tolist()) if index in local_of]
-        entry = torch.tensor(entries, dtype=torch.long)
-        local = torch.tensor([local_of[i] for i in flat_index[entry].tolist()], dtype=torch.long)
-        map_ids = top.maps.repeat_interleave(k)[entry]
-        result = deconv.project_activations(
-            images, top.layer, local, map_ids, top.rows.reshape(-1)[entry], top.cols.reshape(-1)[entry], method=method
+        display = load_display(chunk).to(images.device) if load_display is not None else None
+        position = torch.full((max(unique) + 1,), -1, dtype=torch.long)
+        position[torch.tensor(chunk)] = torch.arange(len(chunk))
+        requests, entries = {}, {}
+        for layer, top in tops.items():
+            local = position[flat[layer]]
+            entry = (local >= 0).nonzero().flatten()
+            if not len(entry):
+                continue
+            k = top.values.shape[1]
+            entries[layer] = (entry, local[entry])
+            requests[layer] = (local[entry], top.maps.repeat_interleave(k)[entry], top.rows.reshape(-1)[entry], top.cols.reshape(-1)[entry])
+        results = deconv.project_activations_by_layer(images, requests, method=method)
+        for layer, result in results.items():
+            entry, local = entries[layer]
+            slot = out[layer]
+            if slot["projections"] is None:
+                slot["projections"] = result.windows.new_zeros(flat[layer].numel(), result.windows.shape[1], *fields[layer].size)
+                if display is not None:
+                    slot["patches"] = result.windows.new_zeros(flat[layer].numel(), display.shape[1], *fields[layer].size)
+            where = entry.to(result.windows.device)
+            slot["projections"][where] = result.windows
+            slot["top"][entry], slot["left"][entry] = result.top.cpu(), result.left.cpu()
+            if display is not None:
+                slot["patches"][where] = cut_windows(display, local.to(display.device), result.top, result.left, fields[layer].size)
+    projected = {}
+    for layer, top in tops.items():
+        maps, k = top.values.shape
+        slot = out[layer]
+        patches = slot["patches"]
+        projected[layer] = TopProjections(
+            top,
+            slot["projections"].reshape(maps, k, *slot["projections"].shape[1:]),
+            patches.reshape(maps, k, *patches.shape[1:]) if patches is not None else slot["projections"].new_zeros(0),
+            slot["top"].reshape(maps, k),
+            slot["left"].reshape(maps, k),
+            fields[layer],
         )
-        if projections is None:
-            projections = result.windows.new_zeros(maps * k, *result.windows.shape[1:])
-            window_top = torch.zeros(maps * k, dtype=torch.long)
-            window_left = torch.zeros(maps * k, dtype=torch.long)
-            if load_display is not None:
-                patches = result.windows.new_zeros(maps * k, images.shape[1], *field.size)
-        projections[entry.to(projections.device)] = result.windows
-        window_top[entry], window_left[entry] = result.top.cpu(), result.left.cpu()
-        if load_display is not None:
-            display = load_display(chunk).to(projections.device)
-            patches[entry.to(patches.device)] = cut_windows(display, local.to(display.device), result.top, result.left, field.size)
-    if patches is None:
-        patches = projections.new_zeros(0)
-    else:
-        patches = patches.reshape(maps, k, *patches.shape[1:])
-    return TopProjections(
-        top,
-        projections.reshape(maps, k, *projections.shape[1:]),
-        patches,
-        window_top.reshape(maps, k),
-        window_left.reshape(maps, k),
-        field,
-    )
+    return projected
 
 
 def choose_maps(num_maps: int, count: int, seed: int, layer: int) -> list[int]:
