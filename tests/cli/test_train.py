@@ -96,6 +96,16 @@ def test_resume_from_last_checkpoint_continues_the_run(compose_train, tmp_path):
     assert list(epochs) == [0, 1]  # the first run's metrics are still there
 
 
+def test_last_checkpoint_is_refreshed_every_epoch_even_without_a_new_best(compose_train, tmp_path):
+    # Monitoring "epoch" (mode min) makes epoch 0 the best forever: Lightning's own save_last would
+    # then leave last.ckpt at epoch 0.
+    out = tmp_path / "run"
+    summary = train(compose_train(["trainer.max_epochs=2", "logger=csv", "test=false", "callbacks.model_checkpoint.monitor=epoch"], out))
+    assert Path(summary["best"]["checkpoint"]).name == "epoch000.ckpt"
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 10
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch000.ckpt", "last.ckpt"]
+
+
 def test_resume_without_a_checkpoint_says_where_it_looked(compose_train, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ckpt_path='last': no checkpoint at .*checkpoints/last.ckpt"):
         train(compose_train(["ckpt_path=last", "logger=csv"]))

@@ -25,7 +25,9 @@ def compute_mean_image(dataset, max_images: int | None = None, seed: int = 0, ba
     if max_images is not None and max_images < len(dataset):
         generator = torch.Generator().manual_seed(seed)
         dataset = Subset(dataset, torch.randperm(len(dataset), generator=generator)[:max_images].tolist())
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    # Its own generator: iterating a DataLoader otherwise draws a seed from the global RNG, and a cold
+    # cache would then train differently from a warm one.
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
     total, count = None, 0
     for images, _ in track(loader, description="Computing the mean image"):
         batch_sum = images.double().sum(dim=0)

@@ -161,8 +161,12 @@ class Deconvnet:
                 f"conv layers), got {layer!r}"
             )
 
+    def feature_map_index(self, layer: int) -> int:
+        """Index in `features` of the module whose output is layer `layer`'s feature map (its ReLU, if any)."""
+        self._check_layer(layer)
+        return self._top_index(_as_int(layer))
+
     def _top_index(self, layer: int) -> int:
-        """Index in `features` of the module whose output is layer `layer`'s feature map."""
         index = self.conv_indices[layer - 1]
         if index + 1 < len(self.features) and isinstance(self.features[index + 1], nn.ReLU):
             index += 1
