@@ -379,11 +379,16 @@ class Deconvnet:
                     picked = entries[first : first + entry_chunk]
                     local_rows = local_of[image_index[picked]]
                     value = activation[local_rows, maps[picked], rows[picked], cols[picked]]
+                    results[layer].values[picked] = value
+                    # A zero activation projects to zero under every rule: no need to send it down.
+                    live = value != 0
+                    picked, local_rows, value = picked[live], local_rows[live], value[live]
+                    if not len(picked):
+                        continue
                     signal = activation.new_zeros(len(picked), activation.shape[1], 1, 1)
                     signal[torch.arange(len(picked), device=device), maps[picked], 0, 0] = value
                     out, _, _ = self._down_windows(signal, rows[picked].clone(), cols[picked].clone(), below, local_rows, method)
                     results[layer].windows[picked] = out
-                    results[layer].values[picked] = value
         return results
 
     def _forward_elements(self, image_shape, top_index: int) -> int:
@@ -400,15 +405,16 @@ class Deconvnet:
     def _window_elements(self, layer: int) -> int:
         """Numbers in the largest window signal of one entry on its way down from `layer`."""
         h = w = 1
-        largest = 1
+        channels = self.num_maps(layer)
+        largest = channels
         for module in reversed(list(self.features)[: self.conv_indices[layer - 1] + 1]):
             if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
                 kernel, step, _, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
                 h = (h - 1) * step[0] + dilation[0] * (kernel[0] - 1) + 1
                 w = (w - 1) * step[1] + dilation[1] * (kernel[1] - 1) + 1
-                channels = module.in_channels if isinstance(module, nn.Conv2d) else None
-                if channels is not None:
-                    largest = max(largest, module.out_channels * h * w, channels * h * w)
+                if isinstance(module, nn.Conv2d):
+                    channels = module.in_channels
+                largest = max(largest, channels * h * w)
         return largest
 
     def _project_max(self, images, layer, map_list, method) -> torch.Tensor:
