@@ -24,7 +24,8 @@ from zf_lightning.cli.train import train
 from zf_lightning.data import SyntheticDataModule
 from zf_lightning.models import ImageClassifier
 from zf_lightning.visualize import Deconvnet
-from zf_lightning.visualize.evolution import FIGURE_NAME, FeatureEvolution, best_across_ranks, contrast_normalize
+from zf_lightning.visualize.evolution import FIGURE_NAME, FeatureEvolution, best_across_ranks
+from zf_lightning.visualize.figures import contrast_stretch
 
 TINY_NET = {"arch": "zfnet", "num_classes": 10, "input_size": 64, "width_multiplier": 0.125, "init_std": None}
 
@@ -354,12 +355,14 @@ def test_the_figure_goes_to_wandb_when_a_wandb_logger_is_used(tmp_path):
     assert not other.log_image.called
 
 
-def test_contrast_normalize_centres_and_fills_the_unit_range():
+def test_contrast_stretch_centres_and_fills_the_unit_range():
     window = torch.tensor([[[0.0, 1.0], [2.0, 5.0]]])
-    cell = contrast_normalize(window)
+    cell = contrast_stretch(window)
     assert cell.mean().item() == pytest.approx(0.5)
     assert cell.min().item() >= 0 and cell.max().item() == pytest.approx(1.0)
-    assert torch.equal(contrast_normalize(torch.zeros(3, 4, 4)), torch.full((3, 4, 4), 0.5))
+    assert torch.equal(contrast_stretch(torch.zeros(3, 4, 4)), torch.full((3, 4, 4), 0.5))
+    batch = torch.stack([window, 3 * window + 1])  # each image of a batch on its own
+    torch.testing.assert_close(contrast_stretch(batch), torch.stack([cell, cell]))
 
 
 # ------------------------------------------------------------------- config

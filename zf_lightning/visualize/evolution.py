@@ -48,6 +48,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from zf_lightning.visualize.deconvnet import METHODS, Deconvnet, _as_int, cut_windows
+from zf_lightning.visualize.figures import contrast_stretch
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +69,6 @@ def best_across_ranks(values: torch.Tensor, images: torch.Tensor) -> tuple[torch
     rank = values.argmax(dim=0)  # the first maximum: the lowest rank wins ties
     maps = torch.arange(values.shape[1], device=values.device)
     return values[rank, maps], images[rank, maps], rank
-
-
-def contrast_normalize(window: torch.Tensor) -> torch.Tensor:
-    """One cell of the figure, contrast-enhanced on its own, as the paper's Fig. 4 does per projection.
-
-    Chosen rule: subtract the cell's mean (over channels and pixels), divide by twice its largest absolute
-    deviation and add 0.5, so the mean is mid-grey and the values fill [0, 1] symmetrically around it
-    (a cell without contrast is plain grey). The sign of a projection is kept: positive and negative
-    parts of the reconstruction stay distinguishable.
-    """
-    centred = window - window.mean()
-    scale = centred.abs().max()
-    return 0.5 + centred / (2 * scale) if scale > 0 else torch.full_like(window, 0.5)
 
 
 class FeatureEvolution(L.Callback):
@@ -379,7 +367,7 @@ class FeatureEvolution(L.Callback):
         """The figure's cells: pixels (3, H, W) in [0, 1], rows as (layer, map, y centre), columns as (epoch, x centre).
 
         One `make_grid` block per layer (rows: its maps, columns: the snapshot epochs so far), blocks stacked
-        with white space between layers. Every cell is contrast-normalised on its own (`contrast_normalize`)
+        with white space between layers. Every cell is contrast-normalised on its own (`figures.contrast_stretch`)
         and resized to `cell_size` pixels, whatever the layer's receptive field.
         """
         epochs = sorted(self.columns)
@@ -391,7 +379,7 @@ class FeatureEvolution(L.Callback):
         for layer in (int(x) for x in first["layers"]):
             maps = first[f"maps_layer{layer}"].tolist()
             cells = [
-                _resize(contrast_normalize(torch.from_numpy(self.columns[epoch][f"windows_layer{layer}"][k])), size)
+                _resize(contrast_stretch(torch.from_numpy(self.columns[epoch][f"windows_layer{layer}"][k])), size)
                 for k in range(len(maps)) for epoch in epochs
             ]
             if blocks:

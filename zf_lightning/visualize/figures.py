@@ -13,7 +13,9 @@ from torchvision.utils import make_grid, save_image
 def contrast_stretch(images: torch.Tensor) -> torch.Tensor:
     """Each image (last 3 dims) centred on its mean and scaled by its largest deviation into [0, 1].
 
-    Projections are signed and tiny; the paper shows them contrast-enhanced, grey meaning zero change.
+    Projections are signed and tiny; the paper shows them contrast-enhanced. The mean goes to mid-grey and
+    the values fill [0, 1] symmetrically around it, so positive and negative parts stay distinguishable;
+    an image without contrast is plain grey.
     """
     flat = images.flatten(-3)
     centred = flat - flat.mean(dim=-1, keepdim=True)
