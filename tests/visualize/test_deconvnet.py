@@ -109,21 +109,14 @@ def _alexnet():
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mode", ["max", "map"])
 @pytest.mark.parametrize("layer", [1, 2, 3, 4, 5])
-def test_zfnet_matches_autograd(layer, mode, method):
-    net = _zfnet()
-    torch.manual_seed(10 + layer)
-    images = torch.randn(2, 3, 64, 64)
-    assert_matches_reference(net, images, layer, [0, 5, 11], mode, method)
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("mode", ["max", "map"])
-@pytest.mark.parametrize("layer", [1, 2, 3, 4, 5])
-def test_alexnet_matches_autograd(layer, mode, method):
-    net = _alexnet()
-    torch.manual_seed(20 + layer)
-    images = torch.randn(2, 3, 67, 67)
-    assert_matches_reference(net, images, layer, [1, 7], mode, method)
+@pytest.mark.parametrize(
+    ("make_net", "size", "seed", "maps"), [(_zfnet, 64, 10, [0, 5, 11]), (_alexnet, 67, 20, [1, 7])], ids=["zfnet", "alexnet"]
+)
+def test_paper_nets_match_autograd(make_net, size, seed, maps, layer, mode, method):
+    net = make_net()
+    torch.manual_seed(seed + layer)
+    images = torch.randn(2, 3, size, size)
+    assert_matches_reference(net, images, layer, maps, mode, method)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,10 @@ def _atomic(path: Path, write) -> None:
             os.remove(tmp)
 
 
+def atomic_write_bytes(data: bytes, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
 def atomic_torch_save(obj, path: str | Path) -> None:
     _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
 

@@ -47,6 +47,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision.utils import make_grid
 
+from zf_lightning.utils.io import atomic_write_bytes
 from zf_lightning.visualize.deconvnet import METHODS, Deconvnet, _as_int, cut_windows
 from zf_lightning.visualize.figures import contrast_stretch
 
@@ -344,10 +345,10 @@ class FeatureEvolution(L.Callback):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, epoch=np.int64(epoch), **self.columns[epoch])
-        _atomic_write(self.output_dir / f"epoch_{epoch:03d}.npz", buffer.getvalue())
+        atomic_write_bytes(buffer.getvalue(), self.output_dir / f"epoch_{epoch:03d}.npz")
         buffer = io.BytesIO()
         self.render().save(buffer, format="png", compress_level=1)  # fast: the image is small anyway
-        _atomic_write(self.figure_path, buffer.getvalue())
+        atomic_write_bytes(buffer.getvalue(), self.figure_path)
 
     @property
     def figure_path(self) -> Path:
@@ -437,13 +438,6 @@ def _resize(window: torch.Tensor, size: int) -> torch.Tensor:
         return window
     mode = "nearest-exact" if max(h, w) <= size else "area"
     return F.interpolate(window[None], size=(size, size), mode=mode)[0]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """A crash never leaves a half-written snapshot for a resumed run to read."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _check_epochs(epochs: Any) -> list[int]:
