@@ -1,0 +1,79 @@
+"""The paper's Fig. 5 plots: feature distances and P(true class) as images are translated, scaled, rotated."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from zf_lightning.analysis.invariance import TRANSFORMATIONS, InvarianceResult
+
+X_LABELS = {
+    "translation": "Vertical translation (pixels)",
+    "scale": "Scale (ratio)",
+    "rotation": "Rotation (degrees)",
+}
+
+
+def build_invariance_figure(
+    results: Mapping[str, InvarianceResult], image_labels: Sequence[str] | None = None, title: str = ""
+):
+    """A matplotlib Figure: one row per transformation present (translation, scale, rotation), one column per
+    layer (distance) and a last column P(true class); one line per image. The caller closes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [kind for kind in TRANSFORMATIONS if kind in results]
+    unknown = sorted(set(results) - set(TRANSFORMATIONS))
+    if not kinds or unknown:
+        raise ValueError(
+            f"invariance_figure: results must have keys from {TRANSFORMATIONS}, got {sorted(results)}"
+        )
+    layers = results[kinds[0]].layers
+    batch = results[kinds[0]].true_class_prob.shape[0]
+    for kind in kinds:
+        if results[kind].layers != layers or results[kind].true_class_prob.shape[0] != batch:
+            raise ValueError(
+                f"invariance_figure: all results must share layers {layers} and {batch} images; "
+                f"{kind!r} has layers {results[kind].layers} and {results[kind].true_class_prob.shape[0]} images"
+            )
+    labels = list(image_labels) if image_labels is not None else [f"image {b}" for b in range(batch)]
+    if len(labels) != batch:
+        raise ValueError(f"invariance_figure: got {len(labels)} image_labels for {batch} images; expected one per image")
+
+    columns = len(layers) + 1
+    figure, axes = plt.subplots(len(kinds), columns, figsize=(4.2 * columns, 3.4 * len(kinds)), squeeze=False)
+    for row, kind in zip(axes, kinds):
+        result = results[kind]
+        amounts = result.amounts.cpu().numpy()
+        curves = [result.distances[layer] for layer in layers] + [result.true_class_prob]
+        y_labels = [f"Canonical distance, layer {layer}" for layer in layers] + ["P(true class)"]
+        for axis, values, y_label in zip(row, curves, y_labels):
+            for b in range(batch):
+                axis.plot(amounts, values[b].cpu().numpy(), marker=".", markersize=3, linewidth=1, label=labels[b])
+            axis.set_xlabel(X_LABELS[kind])
+            axis.set_ylabel(y_label)
+            axis.grid(alpha=0.3)
+        row[-1].set_ylim(-0.02, 1.02)
+    axes[0, -1].legend(fontsize=8, loc="best")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def invariance_figure(
+    results: Mapping[str, InvarianceResult], path, image_labels: Sequence[str] | None = None, title: str = ""
+) -> Path:
+    """Save the Fig. 5 layout of `results` ({kind: InvarianceResult}) as a PNG at `path` (folder created)."""
+    figure = build_invariance_figure(results, image_labels, title)  # selects the Agg backend first
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        figure.savefig(path, dpi=120)
+    finally:
+        plt.close(figure)
+    return path
