@@ -1,0 +1,372 @@
+"""Correspondence analysis, Zeiler & Fergus 2014 section 5.2 (the table of eye and nose occlusions).
+
+The same part (left eye, right eye, nose, ...) is masked out in each of N images of objects in the same
+pose, and we measure how consistently the masking changes a layer's feature vector across the images:
+
+    eps_i = x_i - x~_i
+    Delta = sum over ordered pairs (i, j), i != j, of H(sign(eps_i), sign(eps_j)) / D
+
+x_i and x~_i are the layer's feature vectors (`LayerFeatures`: the rectified conv output flattened for
+layers 1..5, the rectified fc6 / fc7 output for 6 and 7) of image i and of its occluded copy; D is the
+feature length and H the Hamming distance: the number of positions where the signs differ. The sum is
+the paper's double sum, so each unordered pair counts twice; there are N (N - 1) ordered pairs, and
+dividing Delta by that gives the per-pair mean, in [0, 1] (`per_pair=True` in the tables). The paper does
+not state its normalisation. A lower Delta means a more consistent change.
+
+Signs are -1, 0 and +1 (`torch.sign`), and 0 differs from +1 and from -1. The features are rectified, so
+many entries are 0 in both the image and its occluded copy; their eps is 0 in every image and they agree.
+
+Tolerance: the same image gives features that differ by up to about 3e-7 of the layer's largest
+activation when it goes through the network in batches of different sizes (measured on CPU, float32,
+full-size ZFNet), so an entry the occlusion leaves unchanged could get a random sign from rounding noise.
+An eps entry counts as 0 when |eps| <= tolerance * max(max_k |x_i[k]|, max_k |x~_i[k]|) (default 1e-5,
+about 30 times that noise; it also zeroes the rare real changes that small). tolerance=0 takes the raw
+signs. On a GPU, TF32 convolutions (PyTorch's default for cuDNN) round to about 1e-3: turn TF32 off
+(`torch.backends.cudnn.allow_tf32 = False`) or raise the tolerance.
+
+Boxes are `Box(left, top, right, bottom)` in pixels of the network input, right and bottom exclusive;
+the occluded copy has the box filled with `fill` in every channel (0 = the mean pixel of mean-subtracted
+inputs, as in the occlusion analysis).
+
+Random control: for each repeat, each image and each part a box of that part's size (the same height and
+width as the image's part box) is drawn at a uniformly random position that lies fully inside the image
+(one `torch.Generator` seeded with `seed`, drawn in the order repeat, image, part: top, then left). The
+"random" row of a repeat is the mean over parts of the random boxes' Delta. The part rows use the fixed
+part boxes: they are the same in every repeat, so their std over repeats is 0. Means and stds over
+repeats are population statistics (numpy's default, ddof=0).
+
+Efficiency: the originals go through the network once; the occluded copies (images x parts, then repeats
+x images x parts for the control) go through `LayerFeatures` in batches of `batch_size` copies, and each
+batch is reduced at once to int8 sign vectors. Delta comes from counts of each sign per position: the
+ordered pairs that differ at a position number N^2 - sum_s n_s^2.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from zf_lightning.analysis.features import LayerFeatures
+
+RANDOM = "random"
+
+
+class Box(NamedTuple):
+    """A rectangle in pixels of the network input; right and bottom are exclusive."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+
+# ------------------------------------------------------------------------------------------ Hamming measure
+def sign_hamming_delta(eps: torch.Tensor) -> float:
+    """Sum over ordered pairs i != j of the Hamming distance between sign(eps_i) and sign(eps_j), over D.
+
+    `eps` is (N, D); 0 is a sign of its own (see the module docstring). Divide by N (N - 1) for the
+    per-pair mean.
+    """
+    if not isinstance(eps, torch.Tensor) or eps.dim() != 2 or eps.shape[1] == 0:
+        shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+        raise ValueError(f"sign_hamming_delta: eps must be a 2-D (N, D) tensor with D >= 1, got {shape}")
+    if eps.is_floating_point() and torch.isnan(eps).any():
+        raise ValueError("sign_hamming_delta: eps contains NaN; expected finite differences")
+    signs = torch.sign(eps)
+    count, length = eps.shape
+    same = sum(((signs == value).sum(dim=0, dtype=torch.int64) ** 2).sum() for value in (-1, 0, 1))
+    return float(count * count * length - int(same)) / length
+
+
+# --------------------------------------------------------------------------------------------------- boxes
+def _as_box(value, where: str) -> Box:
+    """`value` as a Box: 4 integers with 0 <= left < right and 0 <= top < bottom."""
+    expected = "4 integers [left, top, right, bottom]"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 4:
+        raise ValueError(f"{where} must be {expected}, got {value!r}")
+    numbers = []
+    for v in value:
+        if isinstance(v, bool):
+            raise ValueError(f"{where} must be {expected}, got {value!r}")
+        try:
+            numbers.append(operator.index(v))
+        except TypeError:
+            raise ValueError(f"{where} must be {expected}, got {value!r}") from None
+    box = Box(*numbers)
+    if min(box) < 0:
+        raise ValueError(f"{where} has a negative coordinate: {list(box)}; expected pixel coordinates >= 0")
+    if box.left >= box.right or box.top >= box.bottom:
+        raise ValueError(f"{where} is empty: {list(box)}; expected left < right and top < bottom")
+    return box
+
+
+def _check_boxes(boxes: Mapping[str, Mapping], where: str) -> dict[str, dict[str, Box]]:
+    """Validated {image: {part: Box}}, every image with the same part names (in the first image's order)."""
+    if not isinstance(boxes, Mapping) or not boxes:
+        raise ValueError(f"{where}: expected a non-empty mapping of image -> {{part -> box}}, got {boxes!r}")
+    out: dict[str, dict[str, Box]] = {}
+    for image, parts in boxes.items():
+        if not isinstance(parts, Mapping) or not parts:
+            raise ValueError(f"{where}: image {image!r} must map part names to boxes, got {parts!r}")
+        out[str(image)] = {str(part): _as_box(box, f"{where}: box {part!r} of image {image!r}") for part, box in parts.items()}
+    first, names = next(iter(out.items()))
+    for image, parts in out.items():
+        missing = [part for part in names if part not in parts]
+        extra = [part for part in parts if part not in names]
+        if missing or extra:
+            raise ValueError(
+                f"{where}: every image must have the same parts as {first!r} ({list(names)}); image {image!r}"
+                + (f" lacks {missing}" if missing else "")
+                + (" and" if missing and extra else "")
+                + (f" has extra {extra}" if extra else "")
+            )
+    return {image: {part: parts[part] for part in names} for image, parts in out.items()}
+
+
+def load_part_boxes(path: str | Path) -> dict[str, dict[str, Box]]:
+    """{image file name: {part: Box}} from a .json, .yaml or .yml file of {image: {part: [l, t, r, b]}}."""
+    path = Path(path)
+    if path.suffix.lower() not in (".json", ".yaml", ".yml"):
+        raise ValueError(f"part boxes file {path}: unknown suffix {path.suffix!r}; expected .json, .yaml or .yml")
+    if not path.is_file():
+        raise ValueError(f"part boxes file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            import json
+
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as error:  # the parsers' own errors say where the syntax is wrong
+        raise ValueError(f"part boxes file {path} could not be parsed: {error}") from error
+    return _check_boxes(data, f"part boxes file {path}")
+
+
+def check_boxes_inside(boxes: Mapping[str, Mapping[str, Box]], image_sizes: Mapping[str, tuple[int, int]]) -> None:
+    """Raise ValueError unless the same images are in both and every box lies inside its (height, width) image."""
+    only_boxes = [image for image in boxes if image not in image_sizes]
+    only_images = [image for image in image_sizes if image not in boxes]
+    if only_boxes or only_images:
+        raise ValueError(
+            "part boxes and images do not match:"
+            + (f" image(s) {only_boxes} have boxes but no image" if only_boxes else "")
+            + (";" if only_boxes and only_images else "")
+            + (f" image(s) {only_images} have no boxes" if only_images else "")
+        )
+    for image, parts in boxes.items():
+        height, width = image_sizes[image]
+        for part, box in parts.items():
+            if min(box) < 0 or box.right > width or box.bottom > height:
+                raise ValueError(
+                    f"box {part} of {image} {list(box)} lies outside the image ({width} x {height}); expected "
+                    f"0 <= left < right <= {width} and 0 <= top < bottom <= {height}"
+                )
+
+
+# -------------------------------------------------------------------------------------------------- result
+@dataclass
+class CorrespondenceResult:
+    """Delta per row (each part, then "random") and layer, for each repeat."""
+
+    parts: list[str]
+    layers: tuple[int, ...]
+    repeats: int
+    num_images: int
+    deltas: dict[str, dict[int, np.ndarray]]  # {row: {layer: (repeats,)}}, rows: parts then "random"
+    part_boxes: np.ndarray  # (N, parts, 4) int64: the fixed boxes (left, top, right, bottom)
+    random_boxes: np.ndarray  # (repeats, N, parts, 4) int64: the drawn control boxes
+
+    @property
+    def pairs(self) -> int:
+        """Ordered image pairs in Delta: divide by it for the per-pair mean."""
+        return self.num_images * (self.num_images - 1)
+
+    @property
+    def rows(self) -> list[str]:
+        return [*self.parts, RANDOM]
+
+    def to_frame(self, per_pair: bool = False):
+        """pandas DataFrame: rows parts then "random", columns (layer, "mean" | "std") over repeats."""
+        import pandas as pd
+
+        scale = 1 / self.pairs if per_pair else 1.0
+        columns = pd.MultiIndex.from_product([self.layers, ["mean", "std"]], names=["layer", "stat"])
+        values = [
+            [stat(self.deltas[row][layer] * scale) for layer in self.layers for stat in (np.mean, np.std)]
+            for row in self.rows
+        ]
+        return pd.DataFrame(values, index=pd.Index(self.rows, name="occlusion"), columns=columns)
+
+    def to_markdown(self, per_pair: bool = False, digits: int = 3) -> str:
+        """The paper's table: rows parts and Random, columns "Layer 5", "Layer 7", cells "mean ± std"."""
+        scale = 1 / self.pairs if per_pair else 1.0
+        header = ["Occlusion location", *(f"Layer {layer}" for layer in self.layers)]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(self.layers)) + "|"]
+        for row in self.rows:
+            cells = [
+                f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+                for values in (self.deltas[row][layer] * scale for layer in self.layers)
+            ]
+            lines.append("| " + " | ".join(["Random" if row == RANDOM else row, *cells]) + " |")
+        return "\n".join(lines) + "\n"
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for `np.savez`; `deltas` is (rows, layers, repeats) in the order of `rows`, `layers`."""
+        return {
+            "rows": np.array(self.rows),
+            "parts": np.array(self.parts),
+            "layers": np.array(self.layers),
+            "deltas": np.array([[self.deltas[row][layer] for layer in self.layers] for row in self.rows]),
+            "pairs": np.array(self.pairs),
+            "part_boxes": self.part_boxes,
+            "random_boxes": self.random_boxes,
+        }
+
+
+# -------------------------------------------------------------------------------------------------- engine
+class Correspondence:
+    """Delta of each part and of random boxes of the parts' sizes (see the module docstring).
+
+    Args:
+        model: a network `LayerFeatures` accepts (a `PaperConvNet`).
+        layers: paper layer numbers (5 and 7 in the paper).
+        repeats: how many times the random boxes are drawn (the part rows are the same in each).
+        seed: seeds the generator of the random boxes.
+        batch_size: occluded copies per forward pass (the memory budget).
+        fill: the value pasted into each box (0 = the mean pixel of mean-subtracted inputs).
+        tolerance: |eps| at most this times the larger of the two vectors' largest |entry| counts as 0.
+        channels_last: run the convolutions in channels-last memory format (faster on CPU).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[int] = (5, 7),
+        repeats: int = 5,
+        seed: int = 0,
+        batch_size: int = 64,
+        fill: float = 0.0,
+        tolerance: float = 1e-5,
+        channels_last: bool = True,
+    ) -> None:
+        for name, value in (("repeats", repeats), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Correspondence: {name} must be an int >= 1, got {value!r}")
+        if not tolerance >= 0:
+            raise ValueError(f"Correspondence: tolerance must be >= 0, got {tolerance!r}")
+        try:
+            self.extractor = LayerFeatures(model, layers, channels_last=channels_last)
+        except ValueError as error:
+            raise ValueError(f"Correspondence: {error}") from None
+        self.layers = tuple(self.extractor.layers)
+        self.repeats, self.seed, self.batch_size = repeats, int(seed), batch_size
+        self.fill, self.tolerance = float(fill), float(tolerance)
+
+    def _check(self, images, boxes) -> dict[str, dict[str, Box]]:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"Correspondence: images must be a 4-D (N, C, H, W) tensor, got {shape}")
+        count, _, height, width = images.shape
+        if count < 2:
+            raise ValueError(f"Correspondence: needs at least 2 images to compare, got {count}")
+        if isinstance(boxes, Mapping) or not isinstance(boxes, Sequence) or len(boxes) != count:
+            got = f"{len(boxes)} entries" if isinstance(boxes, Sequence) else type(boxes).__name__
+            raise ValueError(
+                f"Correspondence: boxes must be a sequence with one {{part: box}} mapping per image; got {got} for {count} images"
+            )
+        named = _check_boxes({str(i): parts for i, parts in enumerate(boxes)}, "Correspondence")
+        # Inside the image also means a random box of the part's size fits somewhere.
+        labelled = {f"image {i}": parts for i, parts in named.items()}
+        check_boxes_inside(labelled, {image: (height, width) for image in labelled})
+        return named
+
+    def _draw_random_boxes(self, part_boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+        """(repeats, N, parts, 4): boxes of each part box's size at uniformly random positions inside the image."""
+        generator = torch.Generator().manual_seed(self.seed)
+        out = np.empty((self.repeats, *part_boxes.shape), dtype=np.int64)
+        for repeat in range(self.repeats):
+            for image, parts in enumerate(part_boxes):
+                for index, (left, top, right, bottom) in enumerate(parts):
+                    box_height, box_width = bottom - top, right - left
+                    new_top = int(torch.randint(height - box_height + 1, (1,), generator=generator))
+                    new_left = int(torch.randint(width - box_width + 1, (1,), generator=generator))
+                    out[repeat, image, index] = (new_left, new_top, new_left + box_width, new_top + box_height)
+        return out
+
+    def _signs(self, images, originals, image_index: torch.Tensor, boxes: np.ndarray) -> dict[int, torch.Tensor]:
+        """{layer: (copies, D) int8}: sign(x - x~) of the occluded copies, through the network in batches."""
+        signs = {layer: torch.empty(len(boxes), originals[layer].shape[1], dtype=torch.int8) for layer in self.layers}
+        for start in range(0, len(boxes), self.batch_size):
+            stop = min(start + self.batch_size, len(boxes))
+            which = image_index[start:stop]
+            copies = images.index_select(0, which.to(images.device))  # a new tensor: the inputs stay as they were
+            for copy, (left, top, right, bottom) in zip(copies, boxes[start:stop].tolist()):
+                copy[:, top:bottom, left:right] = self.fill
+            occluded = self.extractor(copies).features
+            for layer in self.layers:
+                clean = originals[layer].index_select(0, which.to(images.device))
+                eps = clean - occluded[layer]
+                scale = torch.maximum(clean.abs().amax(dim=1), occluded[layer].abs().amax(dim=1))
+                keep = eps.abs() > self.tolerance * scale[:, None]
+                signs[layer][start:stop] = (torch.sign(eps) * keep).to(torch.int8).cpu()
+        return signs
+
+    def compute(self, images: torch.Tensor, boxes: Sequence[Mapping[str, Box]]) -> CorrespondenceResult:
+        """Delta of `images` (N, C, H, W), mean-subtracted, with `boxes[i]` = {part: Box} of image i."""
+        named = self._check(images, boxes)
+        parts = list(next(iter(named.values())))
+        count, _, height, width = images.shape
+        part_boxes = np.array([[named[image][part] for part in parts] for image in named], dtype=np.int64)
+        random_boxes = self._draw_random_boxes(part_boxes, height, width)
+
+        with torch.no_grad():
+            images = images.detach()
+            originals: dict[int, list] = {layer: [] for layer in self.layers}
+            for start in range(0, count, self.batch_size):
+                for layer, values in self.extractor(images[start : start + self.batch_size]).features.items():
+                    originals[layer].append(values)
+            originals = {layer: torch.cat(values) for layer, values in originals.items()}
+            # Copies in the order (image, part), then (repeat, image, part): the reshapes below undo it.
+            all_boxes = np.concatenate([part_boxes.reshape(-1, 4), random_boxes.reshape(-1, 4)])
+            image_index = torch.arange(count).repeat_interleave(len(parts)).repeat(1 + self.repeats)
+            signs = self._signs(images, originals, image_index, all_boxes)
+
+        fixed = count * len(parts)
+        deltas: dict[str, dict[int, np.ndarray]] = {row: {} for row in [*parts, RANDOM]}
+        for layer, values in signs.items():
+            part_signs = values[:fixed].reshape(count, len(parts), -1)
+            random_signs = values[fixed:].reshape(self.repeats, count, len(parts), -1)
+            for index, part in enumerate(parts):
+                deltas[part][layer] = np.full(self.repeats, sign_hamming_delta(part_signs[:, index]))
+            deltas[RANDOM][layer] = np.array(
+                [np.mean([sign_hamming_delta(random_signs[r, :, p]) for p in range(len(parts))]) for r in range(self.repeats)]
+            )
+        return CorrespondenceResult(
+            parts=parts,
+            layers=self.layers,
+            repeats=self.repeats,
+            num_images=count,
+            deltas=deltas,
+            part_boxes=part_boxes,
+            random_boxes=random_boxes,
+        )
+
+    __call__ = compute
