@@ -60,6 +60,23 @@ def finish_loggers(loggers: list[Logger], status: str = "success") -> None:
             logger.experiment.finish()
 
 
+def log_images(loggers: list[Logger], images: dict[str, Path]) -> None:
+    """PNG files to W&B as images, one key each (other loggers keep them on disk only)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for key, path in images.items():
+                logger.log_image(key=key, images=[str(path)])
+
+
+def resolve_device(name: str):
+    """"auto" -> the GPU when there is one; otherwise the device named ("cpu", "cuda:1")."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def output_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 

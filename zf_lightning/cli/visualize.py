@@ -19,12 +19,20 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from zf_lightning.cli import config_dir
-from zf_lightning.cli.common import finish_loggers, instantiate_loggers, load_checkpoint_with_data, log_config, output_dir_of, run_with_summary
+from zf_lightning.cli.common import (
+    finish_loggers,
+    instantiate_loggers,
+    load_checkpoint_with_data,
+    log_config,
+    log_images,
+    output_dir_of,
+    resolve_device,
+    run_with_summary,
+)
 from zf_lightning.utils.io import atomic_write_npz
 from zf_lightning.visualize import METHODS, Deconvnet
 from zf_lightning.visualize.figures import blocks_grid, contrast_stretch, filters_grid, save_png, side_by_side, top9_figure
@@ -34,12 +42,6 @@ from zf_lightning.visualize.top_activations import (
     project_all_top_activations,
     project_top_activations,
 )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def maps_by_layer(deconv: Deconvnet, layers, maps_per_layer: int, explicit: dict | None, seed: int) -> dict[int, list[int]]:
@@ -64,13 +66,6 @@ def maps_by_layer(deconv: Deconvnet, layers, maps_per_layer: int, explicit: dict
                 raise ValueError(f"maps_per_layer must be >= 1, got {maps_per_layer}")
             chosen[layer] = choose_maps(num_maps, maps_per_layer, seed, layer)
     return chosen
-
-
-def _log_images(loggers, images: dict[str, Path]) -> None:
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            for key, path in images.items():
-                logger.log_image(key=key, images=[str(path)])
 
 
 def top9(cfg: DictConfig) -> dict[str, Any]:
@@ -117,7 +112,7 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
                 "npz": str(npz),
             }
         project_s = time.perf_counter() - started
-        _log_images(loggers, pngs)
+        log_images(loggers, pngs)
         finish_loggers(loggers)
         return {
             "checkpoint": str(cfg.ckpt_path),
@@ -195,7 +190,7 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
                 projection_panels, titles, output_dir / "layer2_projections.png", "Layer-2 features: strongest activation of each map, projected"
             )
         npz = atomic_write_npz(arrays, output_dir / "filters.npz")
-        _log_images(loggers, pngs)
+        log_images(loggers, pngs)
         finish_loggers(loggers)
         return {
             "checkpoints": ckpt_paths,

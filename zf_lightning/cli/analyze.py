@@ -1,0 +1,214 @@
+"""zf-analyze: the paper's analyses of a trained network.
+
+    zf-analyze occlusion ckpt_path=PATH [images.image_dir=DIR | images.split=val images.max_images=8]
+    zf-analyze invariance ckpt_path=PATH [images...]
+    zf-analyze correspondence ckpt_path=PATH correspondence.boxes=BOXES.yaml images.image_dir=DIR
+
+Each command is a Hydra app (conf/analyze_<command>.yaml; the image source is the `images` group). It
+writes a PNG figure, the raw numbers (npz and CSV) and summary.json in its run directory, and logs them
+to W&B. Every input (checkpoint, images, labels, boxes) is checked before any analysis runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+from torchvision.transforms.v2.functional import get_size
+
+from zf_lightning.cli import config_dir
+from zf_lightning.cli.common import (
+    finish_loggers,
+    instantiate_loggers,
+    load_checkpoint_with_data,
+    log_config,
+    log_images,
+    output_dir_of,
+    resolve_device,
+    run_with_summary,
+)
+from zf_lightning.data.user_images import UserImages
+from zf_lightning.utils.io import atomic_write_bytes, atomic_write_npz
+
+
+@dataclass
+class AnalysisImages:
+    """The images an analysis runs on, as the network sees them and as a figure shows them."""
+
+    names: list[str]
+    inputs: torch.Tensor  # (N, C, h, w), normalised as in training
+    display: torch.Tensor  # (N, 3, h, w) in [0, 1], the same crop
+    targets: torch.Tensor  # (N,) int64
+    label_source: str  # "labels" (given), "dataset" (the split's) or "predicted" (the model's top class)
+    original_sizes: list[tuple[int, int]]  # (height, width) before resizing, the frame of part boxes
+    class_names: list[str] | None
+
+
+def check_source(images_cfg: DictConfig) -> None:
+    """Exactly one source: a folder of the user's images or a split of the datamodule."""
+    if images_cfg.image_dir is None and images_cfg.split is None:
+        raise ValueError("images: give images.image_dir=FOLDER (your images) or images.split=train|val|test (the datamodule's)")
+    if images_cfg.image_dir is not None and images_cfg.labels is None and images_cfg.get("require_labels", False):
+        raise ValueError("images.labels is required here: a file name -> class mapping (inline or a .json/.yaml file)")
+    if images_cfg.max_images is not None and images_cfg.max_images < 1:
+        raise ValueError(f"images.max_images must be >= 1 or null, got {images_cfg.max_images}")
+
+
+def load_images(images_cfg: DictConfig, datamodule, model) -> AnalysisImages:
+    """Decode and check every image (and its label) up front; predicted labels where none are given."""
+    check_source(images_cfg)
+    transform, display_transform = datamodule.transforms()["val"], datamodule.display_transform()
+    num_classes = datamodule.num_classes
+    if images_cfg.image_dir is not None:
+        class_names = _class_names(datamodule)
+        labels = images_cfg.labels
+        labels = OmegaConf.to_container(labels) if isinstance(labels, DictConfig) else labels
+        folder = UserImages(images_cfg.image_dir, labels, class_names, num_classes)
+        chosen = range(min(len(folder), images_cfg.max_images or len(folder)))
+        raw = [folder[i][0] for i in chosen]
+        names, sizes = [folder.names[i] for i in chosen], [folder.sizes[i] for i in chosen]
+        targets = [folder.targets[i] for i in chosen]
+        label_source = "labels" if labels is not None else "predicted"
+    else:
+        split = images_cfg.split
+        if split not in datamodule.stage_splits:
+            raise ValueError(f"images.split must be one of {list(datamodule.stage_splits)}, got {split!r}")
+        raw_split = datamodule.make_dataset(datamodule.stage_splits[split], None)
+        class_names = list(getattr(raw_split, "classes", []) or []) or None
+        indices = list(images_cfg.indices) if images_cfg.indices is not None else list(range(min(len(raw_split), images_cfg.max_images or len(raw_split))))
+        bad = [i for i in indices if not 0 <= int(i) < len(raw_split)]
+        if bad:
+            raise ValueError(f"images.indices {bad} out of range: split {split!r} has {len(raw_split)} images")
+        items = [raw_split[int(i)] for i in indices]
+        raw, targets = [image for image, _ in items], [int(label) for _, label in items]
+        names = [f"{split}_{int(i):05d}" for i in indices]
+        sizes = [tuple(get_size(image)) for image in raw]
+        label_source = "dataset"
+    inputs = torch.stack([transform(image) for image in raw])
+    display = torch.stack([display_transform(image) for image in raw])
+    if label_source == "predicted":
+        with torch.no_grad():
+            targets = model.net.eval()(inputs).argmax(dim=1).tolist()
+    return AnalysisImages(names, inputs, display, torch.tensor(targets, dtype=torch.long), label_source, sizes, class_names)
+
+
+def _class_names(datamodule) -> list[str] | None:
+    try:
+        return list(datamodule.make_dataset(datamodule.stage_splits["val"], None).classes)
+    except (AttributeError, FileNotFoundError):
+        return None
+
+
+def load_model_and_images(cfg: DictConfig):
+    """The checkpoint (checked against `arch` and the data) and the images, before any analysis work."""
+    check_source(cfg.images)
+    model, datamodule = load_checkpoint_with_data(cfg.ckpt_path, cfg.data)
+    arch = model.hparams.net.get("arch")
+    if cfg.get("arch") is not None and arch != cfg.arch:
+        raise ValueError(f"checkpoint {cfg.ckpt_path} is a {arch!r} network but the config says arch={cfg.arch!r}")
+    images = load_images(cfg.images, datamodule, model)
+    return model, datamodule, images
+
+
+def _class_name(class_names, index: int) -> str:
+    return class_names[index] if class_names and 0 <= index < len(class_names) else str(index)
+
+
+def _write_csv(frame, path: Path) -> Path:
+    atomic_write_bytes(frame.to_csv(index=False).encode(), path)
+    return path
+
+
+def _log_tables(loggers, tables: dict[str, Any]) -> None:
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for key, frame in tables.items():
+                logger.log_table(key=key, dataframe=frame)
+
+
+def occlusion(cfg: DictConfig) -> dict[str, Any]:
+    """Fig. 7: occlusion maps (b)-(e) for each image."""
+    import pandas as pd
+
+    from zf_lightning.analysis.occlusion import OcclusionSensitivity
+    from zf_lightning.visualize.occlusion_figure import occlusion_figure
+
+    output_dir = output_dir_of(cfg)
+    settings = cfg.occlusion
+
+    def body() -> dict[str, Any]:
+        L.seed_everything(cfg.seed, workers=True)
+        device = resolve_device(cfg.device)
+        model, datamodule, images = load_model_and_images(cfg)
+        engine = OcclusionSensitivity(
+            model.net.to(device), layer=settings.layer, window=settings.window, stride=settings.stride,
+            batch_size=settings.batch_size, include_partial=settings.include_partial, occluder_value=0.0,
+        )
+        crop = images.inputs.shape[-1]
+        if max(engine.window) > crop:
+            raise ValueError(f"occlusion.window={settings.window} is larger than the {crop}x{crop} input; expected at most {crop}")
+        loggers = instantiate_loggers(cfg, output_dir, resume=False)
+        log_config(loggers, cfg, output_dir)
+
+        result = engine.compute(images.inputs.to(device), images.targets.to(device))
+        png = occlusion_figure(images.display, result, output_dir / "occlusion.png", images.names, images.class_names)
+        arrays = {key: value.cpu().numpy() for key, value in vars(result).items() if isinstance(value, torch.Tensor)}
+        npz = atomic_write_npz({**arrays, "names": np.array(images.names)}, output_dir / "occlusion.npz")
+        rows = []
+        for b, name in enumerate(images.names):
+            prob = result.true_class_prob[b]
+            lowest = int(prob.argmin())
+            row, col = divmod(lowest, prob.shape[1])
+            target = int(images.targets[b])
+            rows.append({
+                "image": name,
+                "target": target,
+                "target_name": _class_name(images.class_names, target),
+                "label_source": images.label_source,
+                "chosen_map": int(result.chosen_map[b]),
+                "p_target_unoccluded": float(result.probabilities[b, target]),
+                "p_target_min": float(prob.min()),
+                "p_target_min_top": int(result.rows[row]),
+                "p_target_min_left": int(result.cols[col]),
+                "top_class_unoccluded": int(result.probabilities[b].argmax()),
+                "classes_in_map": sorted(int(c) for c in result.top_class[b].unique()),
+            })
+        frame = pd.DataFrame(rows)
+        csv = _write_csv(frame, output_dir / "occlusion.csv")
+        log_images(loggers, {"occlusion/figure": png})
+        _log_tables(loggers, {"occlusion/images": frame.astype({"classes_in_map": str})})
+        finish_loggers(loggers)
+        return {
+            "checkpoint": str(cfg.ckpt_path),
+            "num_images": len(images.names),
+            "label_source": images.label_source,
+            "positions": [len(result.rows), len(result.cols)],
+            "images": rows,
+            "files": {"png": str(png), "npz": str(npz), "csv": str(csv)},
+        }
+
+    return run_with_summary(cfg, body)
+
+
+COMMANDS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"occlusion": occlusion}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        given = sys.argv[1] if len(sys.argv) > 1 else "nothing"
+        sys.exit(f"usage: zf-analyze {{{','.join(COMMANDS)}}} [hydra overrides]; got {given}")
+    command = sys.argv.pop(1)
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name=f"analyze_{command}")(COMMANDS[command])()
+
+
+if __name__ == "__main__":
+    main()
