@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import compose_config
-from zf_lightning.cli.analyze import occlusion
+from zf_lightning.cli.analyze import correspondence, invariance, occlusion
 from zf_lightning.cli.common import load_checkpoint_with_data
 
 
@@ -125,3 +125,106 @@ def test_bad_input_fails_before_any_output_and_keeps_earlier_files(tiny_checkpoi
     assert (out / "occlusion.png").read_bytes() == b"an earlier figure"
     assert not (out / "occlusion.npz").exists() and not list(out.glob("wandb/offline-run-*"))
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_invariance_writes_curves_figure_and_equals_the_engine(tiny_checkpoint, tmp_path):
+    from zf_lightning.analysis.features import LayerFeatures
+    from zf_lightning.analysis.invariance import Invariance
+
+    cfg = compose_analyze("invariance", tmp_path, tiny_checkpoint, [
+        "images.max_images=2", "invariance.amounts.translation=[-8,0,8]", "invariance.amounts.scale=[1.0,1.5]",
+        "invariance.amounts.rotation=[0,90,180]", "invariance.layers=[1,7]",
+    ])
+    summary = invariance(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert summary["status"] == "completed" and summary["layers"] == [1, 7]
+    assert summary["curves"]["rotation"]["amounts"] == [0.0, 90.0, 180.0]
+    assert (out / "invariance.png").stat().st_size > 5000
+    frame_lines = (out / "invariance.csv").read_text().splitlines()
+    assert len(frame_lines) == 1 + 2 * (3 + 2 + 3)  # one row per (kind, amount, image)
+
+    model, datamodule = load_checkpoint_with_data(tiny_checkpoint, cfg.data)
+    dataset = datamodule.split_dataset("val")
+    images = torch.stack([dataset[i][0] for i in range(2)])
+    targets = torch.tensor([dataset[i][1] for i in range(2)])
+    expected = Invariance(model.net, layers=(1, 7)).compute(images, targets, {"rotation": [0, 90, 180]})["rotation"]
+    arrays = np.load(out / "invariance.npz")
+    np.testing.assert_allclose(arrays["rotation_true_class_prob"], expected.true_class_prob.numpy(), rtol=1e-5)
+    # By hand: a quarter turn is rot90 (clockwise for torchvision's positive angle); distance relative to the original.
+    features = LayerFeatures(model.net, (7,))
+    original, turned = features(images).features[7], features(torch.rot90(images, k=-1, dims=(-2, -1))).features[7]
+    by_hand = (turned - original).norm(dim=1) / original.norm(dim=1)
+    np.testing.assert_allclose(arrays["rotation_distance_layer7"][:, 1], by_hand.numpy(), rtol=1e-4, atol=1e-5)
+    assert b"invariance/figure" in next(out.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+
+
+def test_invariance_defaults_follow_the_crop_size_and_unknown_transforms_are_refused(tiny_checkpoint, tmp_path):
+    from zf_lightning.analysis.invariance import default_amounts
+
+    summary = invariance(compose_analyze("invariance", tmp_path / "a", tiny_checkpoint, ["images.max_images=1", "~logger", "invariance.transformations=[translation]"]))
+    assert summary["curves"]["translation"]["amounts"] == default_amounts(64)["translation"]
+    assert set(summary["curves"]) == {"translation"}
+    cfg = compose_analyze("invariance", tmp_path / "b", tiny_checkpoint, ["~logger", "+invariance.amounts.shear=[1]"])
+    with pytest.raises(ValueError, match=r"invariance.transformations / invariance.amounts: \['shear'\] given; expected some of"):
+        invariance(cfg)
+    assert not (Path(cfg.paths.output_dir) / "invariance.png").exists()
+
+
+BOXES_72 = {  # on the built-in data's 72 px originals; the network sees the centre 64 px
+    "val_00000": {"centre": [28, 28, 44, 44], "top_left": [4, 4, 20, 20]},
+    "val_00001": {"centre": [28, 28, 44, 44], "top_left": [4, 4, 20, 20]},
+    "val_00002": {"centre": [30, 26, 46, 42], "top_left": [4, 4, 20, 20]},
+}
+
+
+def test_correspondence_writes_the_papers_table_and_equals_the_engine(tiny_checkpoint, tmp_path):
+    import yaml
+
+    from zf_lightning.analysis.correspondence import Box, Correspondence
+    from zf_lightning.data.user_images import box_in_input
+
+    boxes_file = tmp_path / "boxes.yaml"
+    boxes_file.write_text(yaml.safe_dump(BOXES_72))
+    cfg = compose_analyze("correspondence", tmp_path, tiny_checkpoint, [f"correspondence.boxes={boxes_file}", "correspondence.repeats=3"])
+    summary = correspondence(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert summary["status"] == "completed" and summary["images"] == list(BOXES_72) and summary["pairs"] == 6
+    table = (out / "correspondence.md").read_text()
+    for text in ("Layer 5", "Layer 7", "centre", "top_left", "Random", "±"):
+        assert text in table
+    assert (out / "correspondence.csv").read_text().splitlines()[0] == "occlusion,layer5_mean,layer5_std,layer7_mean,layer7_std"
+    assert (out / "correspondence.png").stat().st_size > 5000
+
+    model, datamodule = load_checkpoint_with_data(tiny_checkpoint, cfg.data)
+    dataset = datamodule.split_dataset("val")
+    images = torch.stack([dataset[i][0] for i in range(3)])
+    converted = [{part: Box(*box_in_input(box, (72, 72), 72, 64)) for part, box in parts.items()} for parts in BOXES_72.values()]
+    assert converted[0]["centre"] == Box(24, 24, 40, 40)  # the 72 px image's centre 64 px start at 4
+    expected = Correspondence(model.net, repeats=3, seed=cfg.seed).compute(images, converted)
+    arrays = np.load(out / "correspondence.npz")
+    np.testing.assert_array_equal(arrays["part_boxes"], expected.part_boxes)
+    np.testing.assert_allclose(arrays["deltas"], expected.as_arrays()["deltas"])
+    assert b"correspondence/table" in next(out.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "boxes, match",
+    [
+        ({**BOXES_72, "val_00002": {"centre": [60, 60, 80, 80], "top_left": [4, 4, 20, 20]}}, r"box centre of val_00002 \[60, 60, 80, 80\] lies outside the image"),
+        ({**BOXES_72, "val_00002": {"centre": [0, 0, 3, 3], "top_left": [4, 4, 20, 20]}}, r"part 'centre' of val_00002: .*falls outside the centre 64x64 crop"),
+        ({**BOXES_72, "val_00099": BOXES_72["val_00000"]}, r"names images that are not among the loaded images: \['val_00099'\]"),
+        (None, "correspondence.boxes is required"),
+    ],
+)
+def test_correspondence_bad_boxes_fail_before_any_output(tiny_checkpoint, tmp_path, boxes, match):
+    import yaml
+
+    overrides = ["~logger", "images.max_images=3"]
+    if boxes is not None:
+        (tmp_path / "boxes.yaml").write_text(yaml.safe_dump(boxes))
+        overrides.append(f"correspondence.boxes={tmp_path / 'boxes.yaml'}")
+    cfg = compose_analyze("correspondence", tmp_path, tiny_checkpoint, overrides)
+    with pytest.raises(ValueError, match=match):
+        correspondence(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert not any((out / f"correspondence.{ext}").exists() for ext in ("png", "npz", "csv", "md"))

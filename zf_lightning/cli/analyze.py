@@ -199,7 +199,143 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
     return run_with_summary(cfg, body)
 
 
-COMMANDS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"occlusion": occlusion}
+def invariance(cfg: DictConfig) -> dict[str, Any]:
+    """Fig. 5: feature distances and p(correct class) under vertical translation, scale and rotation."""
+    import pandas as pd
+
+    from zf_lightning.analysis.invariance import TRANSFORMATIONS, Invariance, default_amounts
+    from zf_lightning.visualize.invariance_figure import invariance_figure
+
+    output_dir = output_dir_of(cfg)
+    settings = cfg.invariance
+
+    def body() -> dict[str, Any]:
+        L.seed_everything(cfg.seed, workers=True)
+        device = resolve_device(cfg.device)
+        kinds = list(settings.transformations or [])
+        given = OmegaConf.to_container(settings.amounts) if settings.amounts is not None else {}
+        unknown = sorted((set(kinds) | set(given)) - set(TRANSFORMATIONS))
+        if unknown or not kinds:
+            raise ValueError(
+                f"invariance.transformations / invariance.amounts: {unknown or 'nothing'} given; expected some of {list(TRANSFORMATIONS)}"
+            )
+        model, datamodule, images = load_model_and_images(cfg)
+        defaults = default_amounts(int(images.inputs.shape[-1]))
+        amounts = {kind: defaults[kind] if given.get(kind) is None else list(given[kind]) for kind in kinds}
+        engine = Invariance(model.net.to(device), layers=list(settings.layers), batch_size=settings.batch_size)
+        loggers = instantiate_loggers(cfg, output_dir, resume=False)
+        log_config(loggers, cfg, output_dir)
+
+        results = engine.compute(images.inputs.to(device), images.targets.to(device), amounts)
+        labels = [f"{name} ({_class_name(images.class_names, int(t))})" for name, t in zip(images.names, images.targets)]
+        png = invariance_figure(results, output_dir / "invariance.png", image_labels=labels)
+        arrays = {"names": np.array(images.names)}
+        for kind, result in results.items():
+            arrays.update(result.as_arrays(prefix=f"{kind}_"))
+        npz = atomic_write_npz(arrays, output_dir / "invariance.npz")
+        frame = pd.concat([result.to_frame() for result in results.values()], ignore_index=True)
+        frame.insert(2, "image_name", [images.names[i] for i in frame["image"]])
+        csv = _write_csv(frame, output_dir / "invariance.csv")
+        log_images(loggers, {"invariance/figure": png})
+        _log_tables(loggers, {"invariance/curves": frame})
+        finish_loggers(loggers)
+        curves = {
+            kind: {
+                "amounts": result.amounts.tolist(),
+                **{f"mean_distance_layer{layer}": result.distances[layer].nanmean(dim=0).tolist() for layer in result.layers},
+                "mean_true_class_prob": result.true_class_prob.mean(dim=0).tolist(),
+            }
+            for kind, result in results.items()
+        }
+        return {
+            "checkpoint": str(cfg.ckpt_path),
+            "num_images": len(images.names),
+            "label_source": images.label_source,
+            "layers": list(engine.layers),
+            "curves": curves,
+            "files": {"png": str(png), "npz": str(npz), "csv": str(csv)},
+        }
+
+    return run_with_summary(cfg, body)
+
+
+def part_boxes_in_input(boxes_file, images: AnalysisImages, datamodule) -> tuple[list[int], list[dict]]:
+    """The images named in the boxes file (their positions in `images`) and their boxes in input pixels."""
+    from zf_lightning.analysis.correspondence import Box, check_boxes_inside, load_part_boxes
+    from zf_lightning.data.user_images import box_in_input
+
+    boxes = load_part_boxes(boxes_file)
+    position = {name: i for i, name in enumerate(images.names)}
+    missing = [name for name in boxes if name not in position]
+    if missing:
+        raise ValueError(f"correspondence.boxes names images that are not among the loaded images: {missing}; loaded: {images.names}")
+    chosen = [position[name] for name in boxes]
+    check_boxes_inside(boxes, {name: images.original_sizes[position[name]] for name in boxes})
+    crop = int(images.inputs.shape[-1])
+    mapped = []
+    for name, parts in boxes.items():
+        converted = {}
+        for part, box in parts.items():
+            try:
+                converted[part] = Box(*box_in_input(box, images.original_sizes[position[name]], datamodule.resize_size, crop, datamodule.preset))
+            except ValueError as error:
+                raise ValueError(f"correspondence.boxes: part {part!r} of {name}: {error}") from None
+        mapped.append(converted)
+    return chosen, mapped
+
+
+def correspondence(cfg: DictConfig) -> dict[str, Any]:
+    """The paper's correspondence table: how consistently occluding a part changes layers 5 and 7."""
+    from zf_lightning.analysis.correspondence import Correspondence
+    from zf_lightning.visualize.correspondence_figure import correspondence_figure
+
+    output_dir = output_dir_of(cfg)
+    settings = cfg.correspondence
+
+    def body() -> dict[str, Any]:
+        L.seed_everything(cfg.seed, workers=True)
+        device = resolve_device(cfg.device)
+        if settings.boxes is None:
+            raise ValueError("correspondence.boxes is required: a .json/.yaml file of image name -> {part: [left, top, right, bottom]}")
+        model, datamodule, images = load_model_and_images(cfg)
+        chosen, boxes = part_boxes_in_input(settings.boxes, images, datamodule)
+        engine = Correspondence(model.net.to(device), layers=list(settings.layers), repeats=settings.repeats,
+                                seed=cfg.seed, batch_size=settings.batch_size, tolerance=settings.tolerance)
+        loggers = instantiate_loggers(cfg, output_dir, resume=False)
+        log_config(loggers, cfg, output_dir)
+
+        names = [images.names[i] for i in chosen]
+        result = engine.compute(images.inputs[chosen].to(device), boxes)
+        png = correspondence_figure(images.display[chosen], result, output_dir / "correspondence.png", names, settings.per_pair)
+        npz = atomic_write_npz({**result.as_arrays(), "names": np.array(names)}, output_dir / "correspondence.npz")
+        frame = result.to_frame(per_pair=settings.per_pair)
+        frame.columns = [f"layer{layer}_{stat}" for layer, stat in frame.columns]
+        frame = frame.reset_index()
+        csv = _write_csv(frame, output_dir / "correspondence.csv")
+        markdown = result.to_markdown(per_pair=settings.per_pair)
+        atomic_write_bytes(markdown.encode(), output_dir / "correspondence.md")
+        log_images(loggers, {"correspondence/figure": png})
+        _log_tables(loggers, {"correspondence/table": frame})
+        finish_loggers(loggers)
+        return {
+            "checkpoint": str(cfg.ckpt_path),
+            "images": names,
+            "parts": result.parts,
+            "pairs": result.pairs,
+            "per_pair": bool(settings.per_pair),
+            "table": frame.to_dict(orient="records"),
+            "markdown": markdown,
+            "files": {"png": str(png), "npz": str(npz), "csv": str(csv), "markdown": str(output_dir / "correspondence.md")},
+        }
+
+    return run_with_summary(cfg, body)
+
+
+COMMANDS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
+    "occlusion": occlusion,
+    "invariance": invariance,
+    "correspondence": correspondence,
+}
 
 
 def main() -> None:
