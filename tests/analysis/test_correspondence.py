@@ -272,7 +272,7 @@ def test_load_part_boxes_json_and_yaml(tmp_path):
 @pytest.mark.parametrize(
     "text,match",
     [
-        ("[1, 2]", "expected a non-empty mapping"),
+        ("[1, 2]", "expected a mapping of image file name"),
         ('{"a.jpg": [1, 2, 3, 4]}', "image 'a.jpg' must map part names to boxes"),
         ('{"a.jpg": {"nose": [1, 2, 3]}}', r"box 'nose' of image 'a.jpg' must be 4 integers"),
         ('{"a.jpg": {"nose": [1, 2, 3.5, 4]}}', r"box 'nose' of image 'a.jpg' must be 4 integers"),
@@ -293,10 +293,10 @@ def test_load_part_boxes_errors(tmp_path, text, match):
 
 
 def test_load_part_boxes_file_errors(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="missing.yaml'?: no such file"):
         load_part_boxes(tmp_path / "missing.yaml")
     (tmp_path / "boxes.txt").write_text("{}")
-    with pytest.raises(ValueError, match=r"unknown suffix '.txt'; expected .json, .yaml or .yml"):
+    with pytest.raises(ValueError, match=r"boxes.txt'?: expected a .json, .yaml or .yml file, got '.txt'"):
         load_part_boxes(tmp_path / "boxes.txt")
 
 

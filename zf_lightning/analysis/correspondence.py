@@ -140,24 +140,9 @@ def _check_boxes(boxes: Mapping[str, Mapping], where: str) -> dict[str, dict[str
 
 def load_part_boxes(path: str | Path) -> dict[str, dict[str, Box]]:
     """{image file name: {part: Box}} from a .json, .yaml or .yml file of {image: {part: [l, t, r, b]}}."""
-    path = Path(path)
-    if path.suffix.lower() not in (".json", ".yaml", ".yml"):
-        raise ValueError(f"part boxes file {path}: unknown suffix {path.suffix!r}; expected .json, .yaml or .yml")
-    if not path.is_file():
-        raise ValueError(f"part boxes file {path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            import json
+    from zf_lightning.data.user_images import load_mapping
 
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as error:  # the parsers' own errors say where the syntax is wrong
-        raise ValueError(f"part boxes file {path} could not be parsed: {error}") from error
-    return _check_boxes(data, f"part boxes file {path}")
+    return _check_boxes(load_mapping(path, "part boxes file"), f"part boxes file {path}")
 
 
 def check_boxes_inside(boxes: Mapping[str, Mapping[str, Box]], image_sizes: Mapping[str, tuple[int, int]]) -> None:

@@ -75,7 +75,10 @@ def load_mapping(source: str | Path | Mapping, what: str) -> dict:
     if path.suffix.lower() not in (".json", ".yaml", ".yml"):
         raise ValueError(f"{what}={str(path)!r}: expected a .json, .yaml or .yml file, got {path.suffix!r}")
     text = path.read_text()
-    data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:  # their messages say where the syntax is wrong
+        raise ValueError(f"{what}={str(path)!r} could not be parsed: {error}") from None
     if not isinstance(data, Mapping):
         raise ValueError(f"{what}={str(path)!r}: expected a mapping of image file name -> ..., got {type(data).__name__}")
     return dict(data)
