@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.analysis.tiny_models import lively_tiny_zfnet
 from zf_lightning.analysis.correspondence import (
     Box,
     Correspondence,
@@ -17,7 +18,6 @@ from zf_lightning.analysis.correspondence import (
     load_part_boxes,
     sign_hamming_delta,
 )
-from zf_lightning.models import zfnet
 
 SIZE = 64
 N = 4
@@ -26,14 +26,7 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = zfnet(10, width_multiplier=0.125, input_size=SIZE, init_std=None).eval()
-    # PyTorch's default init lets the signal fade at this width; Kaiming weights keep layers 5 and 7 alive.
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(module.weight)
-            nn.init.normal_(module.bias, 0.0, 0.1)
-    return net
+    return lively_tiny_zfnet(10, SIZE)
 
 
 @pytest.fixture(scope="module")

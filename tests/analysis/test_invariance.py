@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.analysis.tiny_models import lively_tiny_zfnet
 from zf_lightning.analysis.invariance import TRANSFORMATIONS, Invariance, default_amounts, transform_images
-from zf_lightning.models import zfnet
 from zf_lightning.visualize.invariance_figure import build_invariance_figure, invariance_figure
 
 SIZE = 64
@@ -27,16 +27,7 @@ PROB_TOL = {"rtol": 1e-5, "atol": 1e-6}
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = zfnet(NUM_CLASSES, width_multiplier=0.125, input_size=SIZE, init_std=None).eval()
-    # As in test_occlusion: Kaiming weights and a sharper last layer, so that transforms change the outputs.
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(module.weight)
-            nn.init.normal_(module.bias, 0.0, 0.1)
-    with torch.no_grad():
-        net.classifier[-1].weight.mul_(3)
-    return net
+    return lively_tiny_zfnet(NUM_CLASSES, SIZE)
 
 
 @pytest.fixture(scope="module")

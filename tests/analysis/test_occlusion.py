@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
+from tests.analysis.tiny_models import lively_tiny_zfnet
 from zf_lightning.analysis.occlusion import OcclusionSensitivity, occluder_positions
-from zf_lightning.models import zfnet
 from zf_lightning.visualize.deconvnet import Deconvnet
 
 SIZE = 64
@@ -16,17 +15,7 @@ NUM_CLASSES = 10
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = zfnet(NUM_CLASSES, width_multiplier=0.125, input_size=SIZE, init_std=None).eval()
-    # PyTorch's default init lets the signal fade to near-uniform probabilities at this width; Kaiming
-    # weights and a sharper last layer give maps that occlusion visibly changes.
-    for module in net.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(module.weight)
-            nn.init.normal_(module.bias, 0.0, 0.1)
-    with torch.no_grad():
-        net.classifier[-1].weight.mul_(3)
-    return net
+    return lively_tiny_zfnet(NUM_CLASSES, SIZE)
 
 
 @pytest.fixture(scope="module")

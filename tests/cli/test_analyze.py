@@ -228,3 +228,20 @@ def test_correspondence_bad_boxes_fail_before_any_output(tiny_checkpoint, tmp_pa
         correspondence(cfg)
     out = Path(cfg.paths.output_dir)
     assert not any((out / f"correspondence.{ext}").exists() for ext in ("png", "npz", "csv", "md"))
+
+
+def test_a_job_that_fails_after_its_loggers_started_finishes_them_as_failed(tiny_checkpoint, tmp_path, monkeypatch):
+    import zf_lightning.cli.common as common
+
+    finished = []
+    monkeypatch.setattr(common, "finish_loggers", lambda loggers, status="success": finished.append((len(loggers), status)))
+    cfg = compose_analyze("occlusion", tmp_path, tiny_checkpoint, ["images.max_images=1"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory in the middle of the analysis")
+
+    monkeypatch.setattr("zf_lightning.analysis.occlusion.OcclusionSensitivity.compute", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        occlusion(cfg)
+    assert finished == [(1, "failed")]  # the W&B run is closed, so the next job of a multirun starts its own
+    assert json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())["error"].startswith("RuntimeError: out of memory")

@@ -28,9 +28,8 @@ from torchvision.transforms.v2.functional import get_size
 from zf_lightning.cli import config_dir
 from zf_lightning.cli.common import (
     finish_loggers,
-    instantiate_loggers,
+    job_loggers,
     load_checkpoint_with_data,
-    log_config,
     log_images,
     output_dir_of,
     resolve_device,
@@ -128,11 +127,37 @@ def _write_csv(frame, path: Path) -> Path:
     return path
 
 
-def _log_tables(loggers, tables: dict[str, Any]) -> None:
+def _publish(loggers, figures: dict[str, Path], tables: dict[str, Any]) -> None:
+    """Figures and tables (pandas) to W&B, then close the loggers: one W&B run per analysis."""
+    log_images(loggers, figures)
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             for key, frame in tables.items():
                 logger.log_table(key=key, dataframe=frame)
+    finish_loggers(loggers)
+
+
+def occlusion_rows(result, images: AnalysisImages) -> list[dict[str, Any]]:
+    """One CSV row per image: its label, the tracked map, and where occlusion hurts the correct class most."""
+    rows = []
+    for b, name in enumerate(images.names):
+        prob = result.true_class_prob[b]
+        row, col = divmod(int(prob.argmin()), prob.shape[1])
+        target = int(images.targets[b])
+        rows.append({
+            "image": name,
+            "target": target,
+            "target_name": _class_name(images.class_names, target),
+            "label_source": images.label_source,
+            "chosen_map": int(result.chosen_map[b]),
+            "p_target_unoccluded": float(result.probabilities[b, target]),
+            "p_target_min": float(prob.min()),
+            "p_target_min_top": int(result.rows[row]),
+            "p_target_min_left": int(result.cols[col]),
+            "top_class_unoccluded": int(result.probabilities[b].argmax()),
+            "classes_in_map": sorted(int(c) for c in result.top_class[b].unique()),
+        })
+    return rows
 
 
 def occlusion(cfg: DictConfig) -> dict[str, Any]:
@@ -156,37 +181,15 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
         crop = images.inputs.shape[-1]
         if max(engine.window) > crop:
             raise ValueError(f"occlusion.window={settings.window} is larger than the {crop}x{crop} input; expected at most {crop}")
-        loggers = instantiate_loggers(cfg, output_dir, resume=False)
-        log_config(loggers, cfg, output_dir)
-
-        result = engine.compute(images.inputs.to(device), images.targets.to(device))
-        png = occlusion_figure(images.display, result, output_dir / "occlusion.png", images.names, images.class_names)
-        arrays = {key: value.cpu().numpy() for key, value in vars(result).items() if isinstance(value, torch.Tensor)}
-        npz = atomic_write_npz({**arrays, "names": np.array(images.names)}, output_dir / "occlusion.npz")
-        rows = []
-        for b, name in enumerate(images.names):
-            prob = result.true_class_prob[b]
-            lowest = int(prob.argmin())
-            row, col = divmod(lowest, prob.shape[1])
-            target = int(images.targets[b])
-            rows.append({
-                "image": name,
-                "target": target,
-                "target_name": _class_name(images.class_names, target),
-                "label_source": images.label_source,
-                "chosen_map": int(result.chosen_map[b]),
-                "p_target_unoccluded": float(result.probabilities[b, target]),
-                "p_target_min": float(prob.min()),
-                "p_target_min_top": int(result.rows[row]),
-                "p_target_min_left": int(result.cols[col]),
-                "top_class_unoccluded": int(result.probabilities[b].argmax()),
-                "classes_in_map": sorted(int(c) for c in result.top_class[b].unique()),
-            })
-        frame = pd.DataFrame(rows)
-        csv = _write_csv(frame, output_dir / "occlusion.csv")
-        log_images(loggers, {"occlusion/figure": png})
-        _log_tables(loggers, {"occlusion/images": frame.astype({"classes_in_map": str})})
-        finish_loggers(loggers)
+        with job_loggers(cfg, output_dir) as loggers:
+            result = engine.compute(images.inputs.to(device), images.targets.to(device))
+            png = occlusion_figure(images.display, result, output_dir / "occlusion.png", images.names, images.class_names)
+            arrays = {key: value.cpu().numpy() for key, value in vars(result).items() if isinstance(value, torch.Tensor)}
+            npz = atomic_write_npz({**arrays, "names": np.array(images.names)}, output_dir / "occlusion.npz")
+            rows = occlusion_rows(result, images)
+            frame = pd.DataFrame(rows)
+            csv = _write_csv(frame, output_dir / "occlusion.csv")
+            _publish(loggers, {"occlusion/figure": png}, {"occlusion/images": frame.astype({"classes_in_map": str})})
         return {
             "checkpoint": str(cfg.ckpt_path),
             "num_images": len(images.names),
@@ -223,22 +226,18 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
         defaults = default_amounts(int(images.inputs.shape[-1]))
         amounts = {kind: defaults[kind] if given.get(kind) is None else list(given[kind]) for kind in kinds}
         engine = Invariance(model.net.to(device), layers=list(settings.layers), batch_size=settings.batch_size)
-        loggers = instantiate_loggers(cfg, output_dir, resume=False)
-        log_config(loggers, cfg, output_dir)
-
-        results = engine.compute(images.inputs.to(device), images.targets.to(device), amounts)
-        labels = [f"{name} ({_class_name(images.class_names, int(t))})" for name, t in zip(images.names, images.targets)]
-        png = invariance_figure(results, output_dir / "invariance.png", image_labels=labels)
-        arrays = {"names": np.array(images.names)}
-        for kind, result in results.items():
-            arrays.update(result.as_arrays(prefix=f"{kind}_"))
-        npz = atomic_write_npz(arrays, output_dir / "invariance.npz")
-        frame = pd.concat([result.to_frame() for result in results.values()], ignore_index=True)
-        frame.insert(2, "image_name", [images.names[i] for i in frame["image"]])
-        csv = _write_csv(frame, output_dir / "invariance.csv")
-        log_images(loggers, {"invariance/figure": png})
-        _log_tables(loggers, {"invariance/curves": frame})
-        finish_loggers(loggers)
+        with job_loggers(cfg, output_dir) as loggers:
+            results = engine.compute(images.inputs.to(device), images.targets.to(device), amounts)
+            labels = [f"{name} ({_class_name(images.class_names, int(t))})" for name, t in zip(images.names, images.targets)]
+            png = invariance_figure(results, output_dir / "invariance.png", image_labels=labels)
+            arrays = {"names": np.array(images.names)}
+            for kind, result in results.items():
+                arrays.update(result.as_arrays(prefix=f"{kind}_"))
+            npz = atomic_write_npz(arrays, output_dir / "invariance.npz")
+            frame = pd.concat([result.to_frame() for result in results.values()], ignore_index=True)
+            frame.insert(2, "image_name", [images.names[i] for i in frame["image"]])
+            csv = _write_csv(frame, output_dir / "invariance.csv")
+            _publish(loggers, {"invariance/figure": png}, {"invariance/curves": frame})
         curves = {
             kind: {
                 "amounts": result.amounts.tolist(),
@@ -301,22 +300,18 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
         chosen, boxes = part_boxes_in_input(settings.boxes, images, datamodule)
         engine = Correspondence(model.net.to(device), layers=list(settings.layers), repeats=settings.repeats,
                                 seed=cfg.seed, batch_size=settings.batch_size, tolerance=settings.tolerance)
-        loggers = instantiate_loggers(cfg, output_dir, resume=False)
-        log_config(loggers, cfg, output_dir)
-
-        names = [images.names[i] for i in chosen]
-        result = engine.compute(images.inputs[chosen].to(device), boxes)
-        png = correspondence_figure(images.display[chosen], result, output_dir / "correspondence.png", names, settings.per_pair)
-        npz = atomic_write_npz({**result.as_arrays(), "names": np.array(names)}, output_dir / "correspondence.npz")
-        frame = result.to_frame(per_pair=settings.per_pair)
-        frame.columns = [f"layer{layer}_{stat}" for layer, stat in frame.columns]
-        frame = frame.reset_index()
-        csv = _write_csv(frame, output_dir / "correspondence.csv")
-        markdown = result.to_markdown(per_pair=settings.per_pair)
-        atomic_write_bytes(markdown.encode(), output_dir / "correspondence.md")
-        log_images(loggers, {"correspondence/figure": png})
-        _log_tables(loggers, {"correspondence/table": frame})
-        finish_loggers(loggers)
+        with job_loggers(cfg, output_dir) as loggers:
+            names = [images.names[i] for i in chosen]
+            result = engine.compute(images.inputs[chosen].to(device), boxes)
+            png = correspondence_figure(images.display[chosen], result, output_dir / "correspondence.png", names, settings.per_pair)
+            npz = atomic_write_npz({**result.as_arrays(), "names": np.array(names)}, output_dir / "correspondence.npz")
+            frame = result.to_frame(per_pair=settings.per_pair)
+            frame.columns = [f"layer{layer}_{stat}" for layer, stat in frame.columns]
+            frame = frame.reset_index()
+            csv = _write_csv(frame, output_dir / "correspondence.csv")
+            markdown = result.to_markdown(per_pair=settings.per_pair)
+            atomic_write_bytes(markdown.encode(), output_dir / "correspondence.md")
+            _publish(loggers, {"correspondence/figure": png}, {"correspondence/table": frame})
         return {
             "checkpoint": str(cfg.ckpt_path),
             "images": names,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,19 @@ def finish_loggers(loggers: list[Logger], status: str = "success") -> None:
         logger.finalize(status)
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger.experiment.finish()
+
+
+@contextmanager
+def job_loggers(cfg: DictConfig, output_dir: Path):
+    """The job's loggers with the config logged; on an error they are finished as failed, so that the next
+    job of a multirun does not write into this job's W&B run. The job finishes them itself on success."""
+    loggers = instantiate_loggers(cfg, output_dir, resume=False)
+    log_config(loggers, cfg, output_dir)
+    try:
+        yield loggers
+    except BaseException:
+        finish_loggers(loggers, "failed")
+        raise
 
 
 def log_images(loggers: list[Logger], images: dict[str, Path]) -> None:
