@@ -20,7 +20,7 @@ from zf_lightning.cli.train import train
 def test_fast_dev_run_of_the_default_config(compose_train, tmp_path):
     summary = train(compose_train(["debug=fdr", "logger=csv"]))
     assert summary["status"] == "completed"
-    assert set(summary["test"]) == {"test/loss", "test/top1_err", "test/top5_err"}
+    assert set(summary["test"]) == {"test/loss", "test/top1_err", "test/top5_err", "test/mean_class_acc"}
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["config"]["model"]["net"]["arch"] == "zfnet"
 

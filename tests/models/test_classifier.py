@@ -83,3 +83,42 @@ def test_hyperparameters_are_plain_containers():
 
     model = ImageClassifier(OmegaConf.create(TINY_NET))
     assert type(model.hparams.net) is dict and type(model.hparams.optimizer) is dict
+
+
+def test_mean_class_accuracy_is_the_mean_of_per_class_accuracies():
+    model = ImageClassifier({"arch": "zfnet", "num_classes": 3, "input_size": 64, "width_multiplier": 0.125})
+    labels = torch.tensor([0, 0, 0, 0, 1, 2, 2])
+    predicted = torch.tensor([0, 0, 0, 1, 1, 0, 2])  # class accuracies 3/4, 1/1, 1/2
+    logits = torch.nn.functional.one_hot(predicted, 3).float()
+    metrics = model.metrics("test")
+    metrics.update(logits, labels)
+    computed = metrics.compute()
+    assert computed["test/mean_class"].item() == pytest.approx((3 / 4 + 1 + 1 / 2) / 3)
+    assert computed["test/top1"].item() == pytest.approx(5 / 7)  # the plain accuracy differs on unbalanced data
+
+
+def test_multilabel_loss_leaves_out_ignored_labels():
+    from zf_lightning.models.classifier import masked_multilabel_loss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 1.5, -2.0]])
+    targets = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]])
+    kept = targets >= 0
+    expected = nn.functional.binary_cross_entropy_with_logits(logits[kept], targets[kept])
+    assert masked_multilabel_loss(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+    from_probabilities = masked_multilabel_loss(logits.sigmoid(), targets, probabilities=True)
+    assert from_probabilities.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_pretrained_weights_of_another_variant_are_refused_with_the_differences(tmp_path):
+    from zf_lightning.models.classifier import load_pretrained_weights
+
+    source = ImageClassifier({"arch": "zfnet", "num_classes": 10, "input_size": 64, "width_multiplier": 0.125})
+    path = tmp_path / "source.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    same = ImageClassifier({"arch": "zfnet", "num_classes": 3, "input_size": 64, "width_multiplier": 0.125})
+    fresh = load_pretrained_weights(same.net, path)
+    assert fresh == ["classifier.6.weight", "classifier.6.bias"]
+    assert torch.equal(same.net.features[0].weight, source.net.features[0].weight)
+    wider = ImageClassifier({"arch": "zfnet", "num_classes": 3, "input_size": 64, "width_multiplier": 0.25})
+    with pytest.raises(ValueError, match=r"does not fit the configured network.*features.0.weight: checkpoint \(12, 3, 7, 7\) vs model \(24, 3, 7, 7\)"):
+        load_pretrained_weights(wider.net, path)

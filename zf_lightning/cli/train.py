@@ -72,7 +72,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint is not None else ""
             if best:
-                result["best"] = {"checkpoint": best, checkpoint.monitor: float(checkpoint.best_model_score)}
+                result["best"] = {"checkpoint": best}
+                if checkpoint.monitor is not None:  # None: the last checkpoint, nothing selected
+                    result["best"][checkpoint.monitor] = float(checkpoint.best_model_score)
             if cfg.get("test", True):
                 trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
                 result["test"] = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}

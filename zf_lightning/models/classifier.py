@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -42,9 +43,52 @@ def renormalize_filters_(module: nn.Module, radius: float) -> None:
             conv.weight.mul_((radius / rms).clamp(max=1.0))
 
 
-def average_crop_probabilities(logits: torch.Tensor, num_crops: int) -> torch.Tensor:
-    """(B * num_crops, K) logits -> (B, K) softmax probabilities averaged over the crops of each image."""
-    return logits.softmax(dim=-1).unflatten(0, (-1, num_crops)).mean(dim=1)
+TRANSFER_MODES = ("scratch", "pretrained", "finetune")
+TASKS = ("multiclass", "multilabel")
+
+
+def average_crop_probabilities(logits: torch.Tensor, num_crops: int, multilabel: bool = False) -> torch.Tensor:
+    """(B * num_crops, K) logits -> (B, K) probabilities (softmax, or sigmoid per label) averaged over each image's crops."""
+    probabilities = logits.sigmoid() if multilabel else logits.softmax(dim=-1)
+    return probabilities.unflatten(0, (-1, num_crops)).mean(dim=1)
+
+
+def masked_multilabel_loss(scores: torch.Tensor, targets: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+    """Binary cross-entropy per label from logits (or probabilities), leaving out targets of -1 (VOC's
+    difficult-only: neither present nor absent)."""
+    known = targets >= 0
+    present = targets.clamp_min(0).to(scores.dtype)
+    if probabilities:
+        losses = F.binary_cross_entropy(scores.clamp(1e-7, 1 - 1e-7), present, reduction="none")
+    else:
+        losses = F.binary_cross_entropy_with_logits(scores, present, reduction="none")
+    return (losses * known).sum() / known.sum().clamp_min(1)
+
+
+def load_pretrained_weights(net: nn.Module, checkpoint: str | Path) -> list[str]:
+    """Copy every weight of a zf-train checkpoint's network into `net` except its last (class) layer.
+
+    Returns the names left at their initial values. Shapes must match the checkpoint's: say which differ.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"transfer.checkpoint={str(path)!r}: no such checkpoint (the ImageNet-trained model to transfer)")
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {name[len("net."):]: value for name, value in state.items() if name.startswith("net.")}
+    last = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
+    own = net.state_dict()
+    kept = {name: value for name, value in weights.items() if not name.startswith(f"{last}.")}
+    missing = sorted(set(own) - set(kept) - {f"{last}.weight", f"{last}.bias"})
+    mismatched = [f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(own[name].shape)}"
+                  for name, value in kept.items() if name in own and value.shape != own[name].shape]
+    unexpected = sorted(set(kept) - set(own))
+    if missing or mismatched or unexpected:
+        raise ValueError(
+            f"transfer.checkpoint={str(path)!r} does not fit the configured network (model=...: use the variant it was trained as): "
+            f"missing {missing}, shape mismatches {mismatched}, unexpected {unexpected}"
+        )
+    net.load_state_dict(kept, strict=False)
+    return [f"{last}.weight", f"{last}.bias"]
 
 
 class ImageClassifier(L.LightningModule):
@@ -55,6 +99,13 @@ class ImageClassifier(L.LightningModule):
         optimizer: a Hydra `_target_` dict; `weight_decay` applies to weights only, not biases.
         lr_scheduler: a Hydra `_target_` dict with a `monitor` key (plateau schedulers), or None for a constant lr.
         filter_rms_radius: radius of the filter RMS renormalisation after each step; None turns it off.
+        transfer: `{"mode": "scratch" | "pretrained" | "finetune", "checkpoint": PATH}`. "pretrained" (the
+            paper's transfer): the checkpoint's layers 1-7 are loaded and kept fixed (eval mode, no
+            gradients), and a new last layer is trained; "finetune": loaded, then every layer trains;
+            "scratch" (default): random initial weights. Weights are loaded when fitting starts, so a
+            checkpoint of this module later loads without the ImageNet checkpoint.
+        task: "multiclass" (softmax, top-1/top-5 and mean per-class accuracy) or "multilabel" (a sigmoid per
+            label, targets 1 / 0 / -1 for present / absent / ignored, VOC average precision per class).
 
     Batches are `(images, labels)`; at test time images may be `(B, crops, C, H, W)`, and the crops of
     each image go through the network as one batch and their softmax outputs are averaged.
@@ -67,19 +118,61 @@ class ImageClassifier(L.LightningModule):
         optimizer: dict[str, Any] = PAPER_OPTIMIZER,  # copied, never mutated
         lr_scheduler: dict[str, Any] | None = PAPER_LR_SCHEDULER,
         filter_rms_radius: float | None = 0.1,
+        transfer: dict[str, Any] | None = None,
+        task: str = "multiclass",
     ) -> None:
         super().__init__()
-        net, optimizer, lr_scheduler = (_plain(x) for x in (net, optimizer, lr_scheduler))
+        net, optimizer, lr_scheduler, transfer = (_plain(x) for x in (net, optimizer, lr_scheduler, transfer))
         optimizer, lr_scheduler = dict(optimizer), dict(lr_scheduler) if lr_scheduler else None
-        self.save_hyperparameters({"net": net, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "filter_rms_radius": filter_rms_radius})
+        transfer = {"mode": "scratch", "checkpoint": None, **(transfer or {})}
+        if transfer["mode"] not in TRANSFER_MODES:
+            raise ValueError(f"model.transfer.mode must be one of {list(TRANSFER_MODES)}, got {transfer['mode']!r}")
+        if transfer["mode"] != "scratch" and not transfer["checkpoint"]:
+            raise ValueError(f"model.transfer.mode={transfer['mode']!r} needs model.transfer.checkpoint=PATH (an ImageNet-trained zf-train checkpoint)")
+        if task not in TASKS:
+            raise ValueError(f"model.task must be one of {list(TASKS)}, got {task!r}")
+        self.save_hyperparameters({
+            "net": net, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "filter_rms_radius": filter_rms_radius,
+            "transfer": transfer, "task": task,
+        })
         self.net = build_network(**net)
+        self.multilabel = task == "multilabel"
         num_classes = self.net.classifier[-1].out_features
-        topk = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
-        topk["top5"] = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        if self.multilabel:
+            from zf_lightning.transfer.metrics import VOCAveragePrecision
+
+            metrics = {"ap": VOCAveragePrecision(num_classes)}
+        else:
+            metrics = {
+                "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+                # Caltech's protocol: the mean of per-class accuracies.
+                "mean_class": MulticlassAccuracy(num_classes, top_k=1, average="macro"),
+            }
         # Separate collections per stage: their running counts must never mix.
-        self.train_metrics = MetricCollection(topk).clone(prefix="train/")
-        self.val_metrics = MetricCollection(topk).clone(prefix="val/")
-        self.test_metrics = MetricCollection(topk).clone(prefix="test/")
+        self.train_metrics = MetricCollection(metrics).clone(prefix="train/") if not self.multilabel else MetricCollection({})
+        self.val_metrics = MetricCollection(metrics).clone(prefix="val/")
+        self.test_metrics = MetricCollection(metrics).clone(prefix="test/")
+
+    @property
+    def frozen(self) -> bool:
+        return self.hparams.transfer["mode"] == "pretrained"
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(name, p) for name, p in self.net.named_parameters() if p.requires_grad]
+
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a resumed run's own checkpoint, which then overrides these weights.
+        if stage == "fit" and self.hparams.transfer["mode"] != "scratch":
+            fresh = load_pretrained_weights(self.net, self.hparams.transfer["checkpoint"])
+            if self.frozen:
+                for name, parameter in self.net.named_parameters():
+                    parameter.requires_grad_(name in fresh)
+
+    def on_train_epoch_start(self) -> None:
+        if self.frozen:  # fixed layers 1-7: no dropout noise in the features the new layer learns from
+            self.net.features.eval()
+            self.net.classifier[:-1].eval()
 
     def metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")
@@ -88,16 +181,21 @@ class ImageClassifier(L.LightningModule):
         return self.net(images)
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities; for (B, crops, C, H, W) input, the average over each image's crops."""
+        """Class probabilities (label probabilities when multilabel); for (B, crops, C, H, W) input, the average over each image's crops."""
         if images.ndim == 5:
-            return average_crop_probabilities(self.net(images.flatten(0, 1)), images.shape[1])
-        return self.net(images).softmax(dim=-1)
+            return average_crop_probabilities(self.net(images.flatten(0, 1)), images.shape[1], self.multilabel)
+        logits = self.net(images)
+        return logits.sigmoid() if self.multilabel else logits.softmax(dim=-1)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return masked_multilabel_loss(logits, labels) if self.multilabel else F.cross_entropy(logits, labels)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
         logits = self.net(images)
-        loss = F.cross_entropy(logits, labels)
-        self.train_metrics.update(logits, labels)
+        loss = self.loss(logits, labels)
+        if not self.multilabel:
+            self.train_metrics.update(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 
@@ -105,11 +203,14 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         if images.ndim == 5:
             probabilities = self.predict_proba(images)
-            loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), labels)
+            if self.multilabel:
+                loss = masked_multilabel_loss(probabilities, labels, probabilities=True)
+            else:
+                loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), labels)
             self.metrics(stage).update(probabilities, labels)
         else:
             logits = self.net(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = self.loss(logits, labels)
             self.metrics(stage).update(logits, labels)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
 
@@ -120,9 +221,19 @@ class ImageClassifier(L.LightningModule):
         self._evaluate("test", batch)
 
     def _log_errors(self, stage: str) -> None:
-        # The paper reports errors in percent; torchmetrics syncs the counts across ranks in compute().
-        for name, accuracy in self.metrics(stage).compute().items():
-            self.log(f"{name}_err", 100.0 * (1.0 - accuracy), prog_bar=stage == "val")
+        # The paper reports errors in percent (AP and mean per-class accuracy as percentages);
+        # torchmetrics syncs the counts across ranks in compute().
+        if not len(self.metrics(stage)):
+            return
+        for name, value in self.metrics(stage).compute().items():
+            if name.endswith("/ap"):
+                self.log(f"{stage}/mAP", 100.0 * value.nanmean(), prog_bar=stage == "val")
+                for index, ap in enumerate(value):
+                    self.log(f"{stage}/ap_class{index:02d}", 100.0 * ap)
+            elif name.endswith("/mean_class"):
+                self.log(f"{name}_acc", 100.0 * value, prog_bar=stage == "val")
+            else:
+                self.log(f"{name}_err", 100.0 * (1.0 - value), prog_bar=stage == "val")
         self.metrics(stage).reset()
 
     def on_train_epoch_end(self) -> None:
@@ -136,14 +247,15 @@ class ImageClassifier(L.LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.hparams.filter_rms_radius is not None:
+        if self.hparams.filter_rms_radius is not None and not self.frozen:  # fixed filters stay as loaded
             renormalize_filters_(self.net, self.hparams.filter_rms_radius)
 
     def configure_optimizers(self):
         config = dict(self.hparams.optimizer)
         weight_decay = config.pop("weight_decay", 0.0)
-        weights = [p for n, p in self.net.named_parameters() if not n.endswith("bias")]
-        biases = [p for n, p in self.net.named_parameters() if n.endswith("bias")]
+        trainable = self.trainable_parameters()  # the new last layer only, when pretrained layers are fixed
+        weights = [p for n, p in trainable if not n.endswith("bias")]
+        biases = [p for n, p in trainable if n.endswith("bias")]
         groups = [{"params": weights, "weight_decay": weight_decay}, {"params": biases, "weight_decay": 0.0}]
         optimizer = instantiate(config, _partial_=True)(groups)  # partial: Hydra would wrap the tensors in a config
         if not self.hparams.lr_scheduler:

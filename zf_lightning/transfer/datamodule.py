@@ -1,0 +1,107 @@
+"""The transfer datasets as datamodules: Caltech-101/256 with the paper's per-class splits, VOC 2012."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from zf_lightning.data.base import ImageClassificationDataModule
+
+CALTECH = ("caltech101", "caltech256")
+DATASETS = (*CALTECH, "voc2012")
+
+
+def mean_image_from_checkpoint(path: str | Path) -> torch.Tensor:
+    """The mean image a zf-train checkpoint was trained with (stored under its datamodule's name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.mean_image_checkpoint={str(path)!r}: no such checkpoint")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    found = [value["mean_image"] for value in checkpoint.values() if isinstance(value, dict) and "mean_image" in value]
+    if not found:
+        raise ValueError(f"checkpoint {path} holds no mean image (trained with data.preset=torchvision?)")
+    return found[0]
+
+
+class TransferDataModule(ImageClassificationDataModule):
+    """Caltech-101, Caltech-256 (`train_per_class` images per class to train, the rest to test, split by
+    `split_seed`) or PASCAL VOC 2012 (train on `train`, test on `val`: the test labels are not public).
+
+    There is no validation set in the paper's protocols: "val" is the test split, so the curves in W&B show
+    test accuracy over epochs; the transfer experiments select nothing on it (no plateau schedule, the last
+    checkpoint is tested).
+
+    Args:
+        dataset: "caltech101", "caltech256" or "voc2012".
+        root: the folder that holds `caltech101/`, `caltech256/` or `VOCdevkit/`.
+        train_per_class: N of the Caltech protocols (15, 30, ... images per class).
+        split_seed: which of the seeded random splits (the paper averages 5).
+        max_test_per_class: Caltech-101 tests on at most 50 images per class; None: all the rest.
+        mean_image_checkpoint: take the mean image from this checkpoint (a pretrained network must see
+            inputs normalised as in its training); None: computed from this training split.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str | Path,
+        num_classes: int,
+        train_per_class: int = 30,
+        split_seed: int = 0,
+        max_test_per_class: int | None = None,
+        mean_image_checkpoint: str | Path | None = None,
+        **kwargs,
+    ) -> None:
+        if dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {list(DATASETS)}, got {dataset!r}")
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.dataset, self.root = dataset, Path(root).expanduser()
+        self.train_per_class, self.split_seed, self.max_test_per_class = train_per_class, split_seed, max_test_per_class
+        if mean_image_checkpoint and not Path(mean_image_checkpoint).is_file():
+            raise FileNotFoundError(f"data.mean_image_checkpoint={str(mean_image_checkpoint)!r}: no such checkpoint")
+        self.mean_image_checkpoint = mean_image_checkpoint
+        self.stage_splits = {"train": "train", "val": "test", "test": "test"}
+        self._split = None
+        full = self._full_dataset(None)  # checks the layout and class count now, before any training work
+        if dataset in CALTECH:
+            self._split = self._make_split(full)
+
+    def _full_dataset(self, transform) -> Dataset:
+        from zf_lightning.transfer.datasets import dataset_by_name
+
+        if self.dataset == "voc2012":
+            return dataset_by_name(self.dataset, self.root, split="train", transform=transform)
+        dataset = dataset_by_name(self.dataset, self.root, transform=transform)
+        if len(dataset.classes) != self.num_classes:
+            raise ValueError(f"{self.dataset} at {self.root} has {len(dataset.classes)} classes but data.num_classes={self.num_classes}")
+        return dataset
+
+    def _make_split(self, full):
+        from zf_lightning.transfer.splits import per_class_split
+
+        return per_class_split(full.targets, self.train_per_class, self.split_seed, self.max_test_per_class)
+
+    def dataset_key(self) -> str:
+        split = f"|train_per_class={self.train_per_class}|split_seed={self.split_seed}" if self.dataset in CALTECH else ""
+        return f"{self.dataset}|root={self.root.resolve()}{split}"
+
+    def load_mean_image(self):
+        if self.mean_image is None and self.mean_image_checkpoint:
+            mean_image = mean_image_from_checkpoint(self.mean_image_checkpoint)
+            self.load_state_dict({"mean_image": mean_image})  # checks its size against data.resize_size
+        return super().load_mean_image()
+
+    def make_dataset(self, split: str, transform) -> Dataset:
+        from zf_lightning.transfer.datasets import dataset_by_name
+
+        if self.dataset == "voc2012":
+            return dataset_by_name(self.dataset, self.root, split="train" if split == "train" else "val", transform=transform)
+        indices = self._split.train if split == "train" else self._split.test
+        return Subset(dataset_by_name(self.dataset, self.root, transform=transform), indices.tolist())
+
+    def split_sizes(self) -> dict[str, int]:
+        if self._split is None:
+            return {split: len(self.make_dataset(split, None)) for split in ("train", "test")}
+        return {"train": len(self._split.train), "test": len(self._split.test)}
