@@ -233,8 +233,13 @@ def test_correspondence_bad_boxes_fail_before_any_output(tiny_checkpoint, tmp_pa
 def test_a_job_that_fails_after_its_loggers_started_finishes_them_as_failed(tiny_checkpoint, tmp_path, monkeypatch):
     import zf_lightning.cli.common as common
 
-    finished = []
-    monkeypatch.setattr(common, "finish_loggers", lambda loggers, status="success": finished.append((len(loggers), status)))
+    finished, real_finish = [], common.finish_loggers
+
+    def recording_finish(loggers, status="success"):
+        finished.append((len(loggers), status))
+        real_finish(loggers, status)  # a W&B run left open would swallow the next test's run
+
+    monkeypatch.setattr(common, "finish_loggers", recording_finish)
     cfg = compose_analyze("occlusion", tmp_path, tiny_checkpoint, ["images.max_images=1"])
 
     def broken(*args, **kwargs):
