@@ -48,3 +48,19 @@ def test_table6_sweep_runs_every_mode_as_its_own_job(tiny_checkpoint, tmp_path):
     summaries = [json.loads((tmp_path / "sweep" / str(job) / "summary.json").read_text()) for job in (0, 1)]
     assert [s["run_name"] for s in summaries] == ["voc2012_pretrained", "voc2012_scratch"]
     assert all(s["status"] == "completed" and s["group"] == "table6" and "test/mAP" in s["test"] for s in summaries)
+
+
+TABLE3_ROWS = [
+    "alexnet", "alexnet_no_conv34", "alexnet_no_fc7", "alexnet_no_fc67", "alexnet_no_conv34_fc67", "alexnet_fc2048", "alexnet_fc8192",
+    "zfnet", "zfnet_fc2048", "zfnet_fc8192", "zfnet_conv512_1024_512", "zfnet_fc8192_conv512_1024_512",
+]
+
+
+@pytest.mark.parametrize("sweep, rows", [("table2", ["alexnet", "zfnet", "zfnet_conv512_1024_512"]), ("table3", TABLE3_ROWS)])
+def test_imagenet_sweeps_have_one_job_per_row_and_shrink_with_one_override(sweep, rows):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+sweep={sweep}", "debug=smoke", f"model={rows[-1]}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.model.split(",") == rows
+    assert cfg.group == sweep and cfg.data._target_.endswith("SyntheticDataModule") and cfg.trainer.max_epochs == 1
+    assert cfg.model.net.width_multiplier == 0.125 and cfg.trainer.accelerator == "cpu"
+    assert cfg.hydra.runtime.choices.model == rows[-1]  # run_name: the row
