@@ -1,4 +1,4 @@
-"""The transfer sweeps compose with the right axes, and one runs end to end as a Hydra multirun."""
+"""Every sweep in sweeps/ composes with its axes; sweeps run end to end as Hydra multiruns."""
 
 from __future__ import annotations
 
