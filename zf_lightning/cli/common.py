@@ -151,16 +151,12 @@ def load_checkpoint_with_data(ckpt_path: str | Path, data_cfg: DictConfig):
 
     The training run's mean image comes from the checkpoint, so inputs are normalised exactly as in training.
     """
-    import torch
-
     from zf_lightning.models import ImageClassifier
+    from zf_lightning.utils.io import load_checkpoint
 
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
-    model = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(ckpt_path)  # refuses arbitrary pickles with a clear message first
+    model = ImageClassifier.load_from_checkpoint(Path(ckpt_path).expanduser(), map_location="cpu", weights_only=True)
     datamodule = instantiate(data_cfg)
     check_compatible(model, datamodule, ckpt_path)
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     datamodule.load_state_dict(checkpoint.get(type(datamodule).__qualname__, {}))
     return model, datamodule

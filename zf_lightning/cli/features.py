@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from zf_lightning.cli import config_dir
 from zf_lightning.cli.common import finish_loggers, job_loggers, output_dir_of, resolve_device, run_with_summary
-from zf_lightning.utils.io import atomic_write_bytes
+from zf_lightning.utils.io import atomic_write_bytes, check_checkpoint
 
 
 def parse_rows(rows) -> list[tuple[str, int]]:
@@ -49,6 +49,7 @@ def feature_analysis(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
         if cfg.data.dataset not in CALTECH:
             raise ValueError(f"the feature analysis runs on {list(CALTECH)}, got data.dataset={cfg.data.dataset!r}")
+        check_checkpoint(cfg.ckpt_path)
         model = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
         datamodule = instantiate(cfg.data)
         if model.hparams.net.get("input_size") != datamodule.crop_size:

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from zf_lightning.cli import config_dir
+from zf_lightning.utils.io import check_checkpoint
 from zf_lightning.cli.common import (
     SUMMARY_FILE,
     finish_loggers,
@@ -33,7 +34,7 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
     if not path.is_file():
         hint = " (ckpt_path=last resumes the run in hydra.run.dir=<its output dir>)" if ckpt_path == "last" else ""
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}{hint}")
-    return str(path)
+    return str(check_checkpoint(path))  # a truncated file fails here, not deep inside torch
 
 
 def refuse_to_overwrite(output_dir: Path) -> None:

@@ -70,10 +70,10 @@ def load_pretrained_weights(net: nn.Module, checkpoint: str | Path) -> list[str]
 
     Returns the names left at their initial values. Shapes must match the checkpoint's: say which differ.
     """
+    from zf_lightning.utils.io import load_checkpoint
+
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"transfer.checkpoint={str(path)!r}: no such checkpoint (the ImageNet-trained model to transfer)")
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_checkpoint(path, "model.transfer.checkpoint")["state_dict"]
     weights = {name[len("net."):]: value for name, value in state.items() if name.startswith("net.")}
     last = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
     own = net.state_dict()

@@ -15,10 +15,9 @@ DATASETS = (*CALTECH, "voc2012")
 
 def mean_image_from_checkpoint(path: str | Path) -> torch.Tensor:
     """The mean image a zf-train checkpoint was trained with (stored under its datamodule's name)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data.mean_image_checkpoint={str(path)!r}: no such checkpoint")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    from zf_lightning.utils.io import load_checkpoint
+
+    checkpoint = load_checkpoint(path, "data.mean_image_checkpoint")
     found = [value["mean_image"] for value in checkpoint.values() if isinstance(value, dict) and "mean_image" in value]
     if not found:
         raise ValueError(f"checkpoint {path} holds no mean image (trained with data.preset=torchvision?)")
@@ -59,8 +58,10 @@ class TransferDataModule(ImageClassificationDataModule):
         super().__init__(num_classes=num_classes, **kwargs)
         self.dataset, self.root = dataset, Path(root).expanduser()
         self.train_per_class, self.split_seed, self.max_test_per_class = train_per_class, split_seed, max_test_per_class
-        if mean_image_checkpoint and not Path(mean_image_checkpoint).is_file():
-            raise FileNotFoundError(f"data.mean_image_checkpoint={str(mean_image_checkpoint)!r}: no such checkpoint")
+        if mean_image_checkpoint:
+            from zf_lightning.utils.io import check_checkpoint
+
+            check_checkpoint(mean_image_checkpoint, "data.mean_image_checkpoint")
         self.mean_image_checkpoint = mean_image_checkpoint
         self.stage_splits = {"train": "train", "val": "test", "test": "test"}
         self._split = None

@@ -54,3 +54,36 @@ def atomic_write_npz(arrays: dict, path: str | Path) -> Path:
 
     _atomic(Path(path), write)
     return Path(path)
+
+
+def check_checkpoint(path: str | Path, what: str = "ckpt_path") -> Path:
+    """A checkpoint file that exists and is whole (torch's zip format with its end record), else a clear error.
+
+    A run killed while writing, or a copy cut short, leaves a file without the zip end record; torch would
+    fail on it deep inside its unpickler.
+    """
+    import zipfile
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}={str(path)!r}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{what}={str(path)!r} is not a complete checkpoint ({path.stat().st_size} bytes, no zip end record): "
+            "truncated by a kill or an interrupted copy? Use another checkpoint, e.g. the run's previous last.ckpt"
+        )
+    return path
+
+
+def load_checkpoint(path: str | Path, what: str = "ckpt_path") -> dict:
+    """`torch.load(weights_only=True)` of a checked checkpoint; one that needs arbitrary pickles is refused."""
+    import pickle
+
+    path = check_checkpoint(path, what)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{what}={str(path)!r} needs arbitrary Python objects to load, which could run code: refused "
+            f"(checkpoints are loaded with weights_only=True). Torch said: {str(error).splitlines()[0]}"
+        ) from None
