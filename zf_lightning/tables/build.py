@@ -1,0 +1,437 @@
+"""The paper's tables from run records: each cell our mean ± std beside the paper's number, and the
+difference; failed, incomplete and missing cells marked in the table and listed under it.
+
+Ours is the mean over a cell's runs (seeds, splits) with the sample standard deviation (ddof=1), as the
+paper's ± over 5 splits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from zf_lightning.tables.results import COMPLETED, FAILED, RunRecord
+
+PAPER_FILE = Path(__file__).with_name("paper.yaml")
+FORMATS = ("md", "tex", "csv")
+_MAX_ERROR_CHARS = 60
+
+
+@dataclass(frozen=True)
+class PaperValue:
+    mean: float
+    std: float | None = None
+    text: str = field(default="", compare=False)  # as printed in the paper: "16.0", "81.4 ± 0.33"
+
+    def __str__(self) -> str:
+        return self.text or (f"{self.mean}" if self.std is None else f"{self.mean} ± {self.std}")
+
+
+@dataclass
+class Column:
+    key: str
+    label: str
+    metric: str | None  # where the number is in a run; None: not something we measure
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    paper: dict[str, PaperValue | None]  # by column key
+    metric: str | None = None  # a row of metrics (feature analysis) names its own
+    reference: bool = False  # not run by us: another paper's result, or the paper's ensemble
+    expected: bool = True  # a sweep runs it, so no runs means "missing"
+
+
+@dataclass
+class TableSpec:
+    name: str
+    title: str
+    source: str
+    note: str
+    group: str
+    rows_by: list[str] | None
+    columns_by: list[str] | None
+    replicates_by: list[str]
+    columns: list[Column]
+    rows: list[Row]
+    transpose: bool = False
+    default_metric: str | None = None
+
+
+def load_paper(path: str | Path = PAPER_FILE) -> dict[str, TableSpec]:
+    """The tables of paper.yaml, checked: one paper number per column in every row."""
+    tables = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["tables"]
+    return {name: _table_spec(name, entry) for name, entry in tables.items()}
+
+
+def _table_spec(name: str, entry: dict[str, Any]) -> TableSpec:
+    default_metric = entry.get("metric")
+    columns = [Column(str(c["key"]), c["label"], c["metric"] if "metric" in c else default_metric) for c in entry["columns"]]
+    rows = []
+    for row in entry["rows"]:
+        paper = row.get("paper") or [None] * len(columns)
+        if len(paper) != len(columns):
+            raise ValueError(f"paper.yaml: {name} row {row['key']!r} has {len(paper)} paper numbers for {len(columns)} columns")
+        rows.append(Row(
+            key=str(row["key"]), label=row["label"], metric=row.get("metric"),
+            paper={column.key: parse_paper_value(value) for column, value in zip(columns, paper)},
+            reference=bool(row.get("reference", False)), expected=bool(row.get("expected", True)),
+        ))
+    return TableSpec(
+        name=name, title=entry["title"], source=entry["source"], note=entry.get("note", ""), group=entry["group"],
+        rows_by=_paths(entry.get("rows_by")), columns_by=_paths(entry.get("columns_by")),
+        replicates_by=_paths(entry.get("replicates_by")) or [], columns=columns, rows=rows,
+        transpose=bool(entry.get("transpose", False)), default_metric=default_metric,
+    )
+
+
+def _paths(value) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+def parse_paper_value(value) -> PaperValue | None:
+    """38.4 -> 38.4; "83.8 ± 0.5" -> 83.8 with std 0.5; null -> None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return PaperValue(float(value), text=repr(float(value)))
+    match = re.fullmatch(r"\s*([-+\d.]+)\s*(?:±|\+-|\+/-)\s*([\d.]+)\s*", str(value))
+    if match is None:
+        return PaperValue(float(value), text=str(value).strip())
+    return PaperValue(float(match[1]), float(match[2]), text=f"{match[1]} ± {match[2]}")
+
+
+def key_of(record: RunRecord, paths: list[str]) -> str | None:
+    """The record's row or column key: the value at the path ("/"-joined for several); None if absent."""
+    values = [record.get(path) for path in paths]
+    if any(value is None or isinstance(value, (dict, list)) for value in values):
+        return None
+    return "/".join(_as_key(value) for value in values)
+
+
+def _as_key(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 15.0 from some loggers is the paper's 15
+    return str(value)
+
+
+@dataclass
+class Cell:
+    row: Row
+    column: Column
+    metric: str | None
+    runs: list[RunRecord] = field(default_factory=list)  # one per replicate, the latest of each
+    values: list[float] = field(default_factory=list)
+    failures: list[RunRecord] = field(default_factory=list)
+    without_metric: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.values)) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return float(np.std(self.values, ddof=1)) if self.n > 1 else None
+
+    @property
+    def paper(self) -> PaperValue | None:
+        return self.row.paper.get(self.column.key)
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.mean is None or self.paper is None else self.mean - self.paper.mean
+
+    @property
+    def status(self) -> str:
+        if self.row.reference and not self.runs:
+            return "reference"
+        if self.metric is None:
+            return "n/a"
+        if self.values:
+            return "partial" if self.failures else "ok"
+        if self.failures:
+            return FAILED if any(run.status == FAILED for run in self.failures) else self.failures[0].status
+        return "missing"
+
+    def ours(self) -> str:
+        """The cell as shown: "38.4 ± 0.3 (n=5)", "failed (ValueError: ...)", "missing", ..."""
+        status = self.status
+        if status in ("ok", "partial"):
+            text = _number(self.mean) + (f" ± {_number(self.std)}" if self.std is not None else "")
+            notes = ([f"n={self.n}"] if self.n > 1 else []) + ([f"{len(self.failures)} failed"] if self.failures else [])
+            return text + (f" ({'; '.join(notes)})" if notes else "")
+        if status in (FAILED, "incomplete"):
+            error = self.failures[0].error or status
+            if status == "incomplete":  # "no summary.json": the list under the table says why
+                error = error.split(":")[0]
+            error = _shorten(error)
+            more = f"; +{len(self.failures) - 1} more" if len(self.failures) > 1 else ""
+            return f"{status} ({error}{more})"
+        return {"reference": "", "n/a": "n/a"}.get(status, "missing")
+
+
+def _number(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+@dataclass
+class Table:
+    """One table of the paper filled with our runs."""
+
+    spec: TableSpec
+    rows: list[Row]
+    columns: list[Column]
+    cells: dict[tuple[str, str], Cell]
+    unplaced: list[tuple[RunRecord, str]]
+
+    def cell(self, row_key: str, column_key: str) -> Cell:
+        return self.cells[(row_key, column_key)]
+
+    def frame(self) -> pd.DataFrame:
+        """One line per cell: the numbers (for analysis, and the CSV) and their rendering."""
+        lines = []
+        for row in self.rows:
+            for column in self.columns:
+                cell = self.cell(row.key, column.key)
+                lines.append({
+                    "table": self.spec.name, "row": row.key, "row_label": row.label, "reference": row.reference,
+                    "column": column.key, "column_label": column.label, "metric": cell.metric, "status": cell.status,
+                    "n": cell.n, "n_failed": len(cell.failures), "ours_mean": cell.mean, "ours_std": cell.std,
+                    "paper_mean": cell.paper.mean if cell.paper else None, "paper_std": cell.paper.std if cell.paper else None,
+                    "ours_minus_paper": cell.diff, "ours": cell.ours(), "paper": str(cell.paper) if cell.paper else "",
+                    "runs": ";".join(run.source for run in cell.runs),
+                })
+        return pd.DataFrame(lines)
+
+    def problems(self) -> list[str]:
+        """What is not a number in the table, and why: failed and incomplete runs (each once, with the cells
+        it leaves empty), missing runs, and runs that fit no cell."""
+        lines, failed, without = [], {}, {}
+        for row in self.rows:
+            cells = [self.cell(row.key, column.key) for column in self.columns if self.cell(row.key, column.key).metric]
+            if not row.reference and cells and all(not cell.runs for cell in cells):
+                lines.append(f"missing: {_row_name(self.spec, row)}: no runs")
+                continue
+            for cell in cells:
+                for run in cell.failures:
+                    failed.setdefault(run.source, (run, []))[1].append(cell)
+                for run in cell.without_metric:
+                    without.setdefault(run.source, (run, []))[1].append(cell)
+                if not cell.runs and not row.reference:
+                    lines.append(f"missing: {_row_name(self.spec, row)}, {cell.column.label}: no run")
+        lines = [f"{run.status}: {self._where(cells)}: {run.source}: {run.error}" for run, cells in failed.values()] + lines
+        for run, cells in without.values():
+            metrics = ", ".join(dict.fromkeys(cell.metric for cell in cells))
+            lines.append(f"missing: {self._where(cells)}: {run.source} completed without {metrics}")
+        lines += [f"not placed: {record.source} ({record.status}): {why}" for record, why in self.unplaced]
+        return lines
+
+    def _where(self, cells: list[Cell]) -> str:
+        """The cells a failed run leaves empty, in few words: its row (and columns, if not all of them)."""
+        rows = list(dict.fromkeys(cell.row.key for cell in cells))
+        columns = list(dict.fromkeys(cell.column.label for cell in cells))
+        measured = [column for column in self.columns if self.cell(cells[0].row.key, column.key).metric]
+        if len(rows) == 1:
+            name = _row_name(self.spec, cells[0].row)
+            return name if len(columns) == len(measured) else f"{name}, {', '.join(columns)}"
+        if len(columns) == 1:
+            return f"{columns[0]}, {len(rows)} rows"
+        return f"{len(rows)} rows x {len(columns)} columns"
+
+
+def _row_name(spec: TableSpec, row: Row) -> str:
+    return f"{row.label} [{row.key}]" if spec.rows_by else row.label
+
+
+def build_table(spec: TableSpec, records: list[RunRecord]) -> Table:
+    """Place each record of the table's group in its cells, then fill every cell from the latest run of
+    each of its replicates."""
+    placed: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    unplaced = []
+    run_rows = [row.key for row in spec.rows if not row.reference]
+    for record in records:
+        row_keys = [key_of(record, spec.rows_by)] if spec.rows_by else run_rows
+        column_keys = [key_of(record, spec.columns_by)] if spec.columns_by else [c.key for c in spec.columns]
+        if None in row_keys or None in column_keys:
+            missing = [p for p in (spec.rows_by or []) + (spec.columns_by or []) if record.get(p) is None]
+            unplaced.append((record, f"no {', '.join(missing)} in the run"))
+            continue
+        for row_key in row_keys:
+            for column_key in column_keys:
+                placed[(row_key, column_key)].append(record)
+
+    used_rows = {row_key for row_key, _ in placed}
+    used_columns = {column_key for _, column_key in placed}
+    rows = [row for row in spec.rows if row.reference or row.expected or row.key in used_rows]
+    columns = list(spec.columns)
+    known_rows, known_columns = {row.key for row in spec.rows}, {column.key for column in columns}
+    # Never dropped: rows and columns of runs that the paper does not have come last.
+    rows += [Row(key, f"{key} (not in the paper)", {}) for key in sorted(used_rows - known_rows)]
+    columns += [Column(key, f"{key} (not in the paper)", spec.default_metric) for key in sorted(used_columns - known_columns)]
+
+    cells = {}
+    for row in rows:
+        for column in columns:
+            cell = Cell(row, column, row.metric or column.metric)
+            cell.runs = latest_per_replicate(placed.get((row.key, column.key), []), spec.replicates_by)
+            for run in cell.runs:
+                value = _as_number(run.get(cell.metric)) if run.status == COMPLETED and cell.metric else None
+                if run.status != COMPLETED:
+                    cell.failures.append(run)
+                elif value is None:
+                    cell.without_metric.append(run)
+                else:
+                    cell.values.append(value)
+            cells[(row.key, column.key)] = cell
+    return Table(spec, rows, columns, cells, unplaced)
+
+
+def _as_number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # absent, or not a number (a W&B summary can hold anything)
+        return None
+
+
+def latest_per_replicate(records: list[RunRecord], replicates_by: list[str]) -> list[RunRecord]:
+    """One run per replicate (seed, split): the latest completed one, else the latest. A job that failed and
+    was run again counts once, as its retry."""
+    replicates: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        replicates[tuple(_as_key(record.get(path)) for path in replicates_by)].append(record)
+    chosen = []
+    for runs in replicates.values():
+        completed = [run for run in runs if run.status == COMPLETED]
+        chosen.append(max(completed or runs, key=lambda run: run.time))
+    return sorted(chosen, key=lambda run: run.source)
+
+
+def build_tables(records: list[RunRecord], specs: dict[str, TableSpec] | None = None) -> dict[str, Table]:
+    """Every table of the paper that some record belongs to (by its group), in the paper's order."""
+    specs = load_paper() if specs is None else specs
+    by_group: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_group[record.group].append(record)
+    return {name: build_table(spec, by_group[spec.group]) for name, spec in specs.items() if by_group.get(spec.group)}
+
+
+# Rendering ------------------------------------------------------------------------------------------------
+
+
+def wide(table: Table) -> pd.DataFrame:
+    """The table laid out as in the paper, each paper column as ours | paper | Δ (ours − paper)."""
+    spec, rows, columns = table.spec, table.rows, table.columns
+    if spec.transpose:  # e.g. Table 6: one line per class, the methods across
+        show_ours = {row.key: not row.reference or any(table.cell(row.key, c.key).runs for c in columns) for row in rows}
+        show_paper = {row.key: any(row.paper.values()) for row in rows}
+        return pd.DataFrame([
+            {"": column.label} | {name: text for row in rows for name, text in
+                                  _triple(row.label, table.cell(row.key, column.key), show_ours[row.key], show_paper[row.key]).items()}
+            for column in columns
+        ])
+    show_ours = {column.key: any(table.cell(row.key, column.key).metric for row in rows) for column in columns}
+    return pd.DataFrame([
+        {"": f"{row.label} (reference, not run)" if row.reference else _row_name(spec, row)}
+        | {name: text for column in columns for name, text in
+           _triple(column.label, table.cell(row.key, column.key), show_ours[column.key], True).items()}
+        for row in rows
+    ])
+
+
+def _triple(name: str, cell: Cell, show_ours: bool, show_paper: bool) -> dict[str, str]:
+    parts = {}
+    if show_ours:
+        parts[f"{name}: ours"] = cell.ours()
+    if show_paper:
+        parts[f"{name}: paper"] = str(cell.paper) if cell.paper else "—"
+        if show_ours:
+            parts[f"{name}: Δ"] = f"{cell.diff:+.1f}" if cell.diff is not None and math.isfinite(cell.diff) else ""
+    return parts
+
+
+def _caption(table: Table) -> list[str]:
+    spec = table.spec
+    return [
+        f"Source: {spec.source}. Ours: mean ± sample std (ddof=1) over n runs (seeds / splits); "
+        "Δ = ours − paper; — = no number in the paper.",
+        *([spec.note] if spec.note else []),
+    ]
+
+
+def to_markdown(table: Table) -> str:
+    frame = wide(table)
+    lines = [f"## {table.spec.title}", "", *_caption(table), ""]
+    lines.append("| " + " | ".join(_markdown_escape(c) for c in frame.columns) + " |")
+    lines.append("|" + "|".join("---" for _ in frame.columns) + "|")
+    lines += ["| " + " | ".join(_markdown_escape(v) for v in values) + " |" for values in frame.itertuples(index=False)]
+    problems = table.problems()
+    if problems:
+        lines += ["", f"Not complete ({len(problems)}):", *[f"- {_markdown_escape(p)}" for p in problems]]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_escape(text) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def to_latex(table: Table) -> str:
+    frame = wide(table)
+    frame = frame.map(latex_escape).rename(columns=latex_escape)
+    body = frame.to_latex(index=False, escape=False, caption=latex_escape(table.spec.title),
+                          label=f"tab:{table.spec.name}", column_format="l" + "r" * (len(frame.columns) - 1))
+    lines = [body.rstrip("\n"), *(f"% {line}" for line in _caption(table))]
+    problems = table.problems()
+    if problems:
+        lines += [f"Not complete ({len(problems)}):", r"\begin{itemize}", *(rf"\item {latex_escape(p)}" for p in problems), r"\end{itemize}"]
+    return "\n".join(lines) + "\n"
+
+
+def latex_escape(text: str) -> str:
+    replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                    "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
+    return _latex_symbols("".join(replacements.get(char, char) for char in str(text)))
+
+
+def _latex_symbols(text: str) -> str:
+    for char, latex in {"±": r"$\pm$", "Δ": r"$\Delta$", "−": "-", "—": "---", "…": r"\ldots{}"}.items():
+        text = text.replace(char, latex)
+    return text
+
+
+def to_csv(table: Table) -> str:
+    return table.frame().to_csv(index=False)
+
+
+def write_table(table: Table, out_dir: str | Path) -> dict[str, Path]:
+    """<out_dir>/<table>.md, .tex and .csv; returns them by format."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    renderers = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
+    written = {}
+    for suffix in FORMATS:
+        path = out_dir / f"{table.spec.name}.{suffix}"
+        path.write_text(renderers[suffix](table), encoding="utf-8")
+        written[suffix] = path
+    return written
