@@ -64,3 +64,60 @@ def test_imagenet_sweeps_have_one_job_per_row_and_shrink_with_one_override(sweep
     assert cfg.group == sweep and cfg.data._target_.endswith("SyntheticDataModule") and cfg.trainer.max_epochs == 1
     assert cfg.model.net.width_multiplier == 0.125 and cfg.trainer.accelerator == "cpu"
     assert cfg.hydra.runtime.choices.model == rows[-1]  # run_name: the row
+
+
+def run_sweep(tmp_path: Path, name: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
+    sweep_dir = tmp_path / name
+    command = [sys.executable, "-m", "zf_lightning.cli.train", "-m", *overrides, "logger=csv", f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True, timeout=900), sweep_dir
+
+
+def run_tables(paths: list[Path], out: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "zf_lightning.tables.cli", *map(str, paths), "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_table3_smoke_sweep_then_zf_tables_has_every_row_beside_the_paper(tmp_path):
+    import pandas as pd
+
+    done, sweep_dir = run_sweep(tmp_path, "table3", ["+sweep=table3", "debug=smoke"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/summary.json"))]
+    assert sorted(s["run_name"] for s in summaries) == sorted(TABLE3_ROWS)
+    assert all(s["status"] == "completed" and s["group"] == "table3" for s in summaries)
+
+    tables = run_tables([sweep_dir], tmp_path / "tables")
+    assert tables.returncode == 0, tables.stderr
+    for suffix in ("md", "tex", "csv"):
+        assert (tmp_path / "tables" / f"table3.{suffix}").stat().st_size > 500
+    cells = pd.read_csv(tmp_path / "tables" / "table3.csv")
+    ours = cells[~cells["reference"]]
+    assert sorted(ours["row"].unique()) == sorted(TABLE3_ROWS)
+    assert ours["ours_mean"].notna().all() and (ours["n"] == 1).all()  # every row has its number
+    assert ours["paper_mean"].notna().all()  # and the paper's beside it
+    zfnet_val = ours[(ours["row"] == "zfnet") & (ours["column"] == "val_top1")].iloc[0]
+    assert zfnet_val["paper_mean"] == 38.4
+    assert zfnet_val["ours_minus_paper"] == pytest.approx(zfnet_val["ours_mean"] - 38.4)
+    assert "Our Model (as per Fig. 3)" in (tmp_path / "tables" / "table3.md").read_text()  # the paper's row labels
+
+
+@pytest.mark.slow
+def test_a_failed_job_does_not_stop_the_sweep_and_its_row_is_marked_failed(tmp_path):
+    import pandas as pd
+
+    # At 56 px AlexNet fits but ZFNet's pool5 would get a 2x2 map: the ZFNet jobs fail while building the model.
+    done, sweep_dir = run_sweep(tmp_path, "table2", ["+sweep=table2", "debug=smoke", "data.image_size=64", "data.crop_size=56"])
+    assert done.returncode != 0  # the multirun reports the failure at the end ...
+    status = {json.loads(p.read_text())["run_name"]: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+    assert status["alexnet"]["status"] == "completed" and "test/top1_err" in status["alexnet"]["test"]  # ... after every job ran
+    assert status["zfnet"]["status"] == "failed" and "pool5 (after conv5) gets a 2x2 map" in status["zfnet"]["error"]
+
+    tables = run_tables([sweep_dir], tmp_path / "tables")
+    assert tables.returncode == 0, tables.stderr
+    cells = pd.read_csv(tmp_path / "tables" / "table2.csv")
+    by_row = {row: group for row, group in cells[~cells["reference"]].groupby("row")}
+    assert set(by_row) == {"alexnet", "zfnet", "zfnet_conv512_1024_512"}  # no row dropped
+    assert (by_row["zfnet"].loc[by_row["zfnet"]["column"] != "test_top5", "status"] == "failed").all()
+    assert by_row["alexnet"].loc[by_row["alexnet"]["column"] == "val_top1", "ours_mean"].notna().all()
+    assert "failed" in (tmp_path / "tables" / "table2.md").read_text()
