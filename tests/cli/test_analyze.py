@@ -235,9 +235,9 @@ def test_a_job_that_fails_after_its_loggers_started_finishes_them_as_failed(tiny
 
     finished, real_finish = [], common.finish_loggers
 
-    def recording_finish(loggers, status="success"):
-        finished.append((len(loggers), status))
-        real_finish(loggers, status)  # a W&B run left open would swallow the next test's run
+    def recording_finish(loggers, status="success", error=None):
+        finished.append((len(loggers), status, str(error)))
+        real_finish(loggers, status, error)  # a W&B run left open would swallow the next test's run
 
     monkeypatch.setattr(common, "finish_loggers", recording_finish)
     cfg = compose_analyze("occlusion", tmp_path, tiny_checkpoint, ["images.max_images=1"])
@@ -248,5 +248,7 @@ def test_a_job_that_fails_after_its_loggers_started_finishes_them_as_failed(tiny
     monkeypatch.setattr("zf_lightning.analysis.occlusion.OcclusionSensitivity.compute", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         occlusion(cfg)
-    assert finished == [(1, "failed")]  # the W&B run is closed, so the next job of a multirun starts its own
+    assert finished == [(1, "failed", "out of memory in the middle of the analysis")]  # closed: the next job gets its own run
+    logged = next(Path(cfg.paths.output_dir).glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    assert b"out of memory in the middle of the analysis" in logged  # the W&B run says why it failed
     assert json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())["error"].startswith("RuntimeError: out of memory")

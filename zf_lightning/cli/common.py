@@ -53,12 +53,20 @@ def log_config(loggers: list[Logger], cfg: DictConfig, output_dir: Path) -> None
             (output_dir / WANDB_ID_FILE).write_text(logger.experiment.id)
 
 
-def finish_loggers(loggers: list[Logger], status: str = "success") -> None:
-    """Close every logger; W&B runs are finished so that the next job of a multirun starts its own run."""
+def finish_loggers(loggers: list[Logger], status: str = "success", error: BaseException | None = None) -> None:
+    """Close every logger; W&B runs are finished so that the next job of a multirun starts its own run.
+
+    A failed job's W&B run gets `status` and `error` in its summary and a non-zero exit code, so the W&B
+    dashboard (and `zf-tables --wandb`) shows it as failed, not as a finished run without numbers.
+    """
     for logger in loggers:
         logger.finalize(status)
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
+            if status != "success":
+                logger.experiment.summary["status"] = "failed"
+                if error is not None:
+                    logger.experiment.summary["error"] = f"{type(error).__name__}: {error}"
+            logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
 @contextmanager
@@ -69,8 +77,8 @@ def job_loggers(cfg: DictConfig, output_dir: Path):
     log_config(loggers, cfg, output_dir)
     try:
         yield loggers
-    except BaseException:
-        finish_loggers(loggers, "failed")
+    except BaseException as error:
+        finish_loggers(loggers, "failed", error)
         raise
 
 

@@ -64,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_config(trainer.loggers, cfg, output_dir)
 
         result: dict[str, Any] = {}
-        status = "failed"
+        status, error = "failed", None
         try:
             if cfg.get("train", True):
                 trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -80,8 +80,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
                 result["test"] = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
             status = "success"
+        except BaseException as raised:
+            error = raised
+            raise
         finally:
-            finish_loggers(trainer.loggers, status)
+            finish_loggers(trainer.loggers, status, error)
         return result
 
     return run_with_summary(cfg, body)
