@@ -149,3 +149,21 @@ def test_console_script_runs_a_fast_dev_run_into_a_timestamped_dir(tmp_path):
     for run in runs:
         assert json.loads((run / "summary.json").read_text())["status"] == "completed"
         assert (run / ".hydra" / "config.yaml").is_file()
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(compose_train, tmp_path, monkeypatch):
+    from zf_lightning.models import ImageClassifier
+
+    real_loss = ImageClassifier.loss
+
+    def poisoned(self, logits, labels):
+        loss = real_loss(self, logits, labels)
+        return loss * float("nan") if self.training and self.current_epoch == 1 and self.global_step == 13 else loss
+
+    monkeypatch.setattr(ImageClassifier, "loss", poisoned)
+    cfg = compose_train(["trainer.max_epochs=3", "logger=csv", "test=false"])  # 10 batches per epoch
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at global step 13 \(epoch 1, batch 3\)"):
+        train(cfg)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["error"].startswith("FloatingPointError: non-finite training loss")

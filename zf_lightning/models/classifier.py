@@ -194,6 +194,11 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self.net(images)
         loss = self.loss(logits, labels)
+        if not torch.isfinite(loss):  # stop before the optimiser writes NaN into the weights (and a checkpoint)
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); the checkpoints written before it are kept"
+            )
         if not self.multilabel:
             self.train_metrics.update(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
