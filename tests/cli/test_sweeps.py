@@ -49,6 +49,15 @@ def test_table6_sweep_runs_every_mode_as_its_own_job(tiny_checkpoint, tmp_path):
     assert [s["run_name"] for s in summaries] == ["voc2012_pretrained", "voc2012_scratch"]
     assert all(s["status"] == "completed" and s["group"] == "table6" and "test/mAP" in s["test"] for s in summaries)
 
+    import pandas as pd  # the transfer table from these runs: ours beside the paper's per-class test APs
+
+    tables = run_tables([tmp_path / "sweep"], tmp_path / "tables")
+    assert tables.returncode == 0, tables.stderr
+    cells = pd.read_csv(tmp_path / "tables" / "table6.csv").set_index(["row", "column"])
+    assert cells.loc[("pretrained", "mean"), "ours_mean"] == pytest.approx(summaries[0]["test"]["test/mAP"], abs=0.05)
+    assert cells.loc[("pretrained", "mean"), "paper_mean"] == 79.0 and cells.loc[("pretrained", "aeroplane"), "paper_mean"] == 96.0
+    assert "val" in (tmp_path / "tables" / "table6.md").read_text()  # says ours are on val, the paper's on test
+
 
 TABLE3_ROWS = [
     "alexnet", "alexnet_no_conv34", "alexnet_no_fc7", "alexnet_no_fc67", "alexnet_no_conv34_fc67", "alexnet_fc2048", "alexnet_fc8192",
