@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.utils.io import atomic_write_json
@@ -49,7 +50,7 @@ def log_config(loggers: list[Logger], cfg: DictConfig, output_dir: Path) -> None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(resolved)
-        if isinstance(logger, WandbLogger):
+        if isinstance(logger, WandbLogger) and is_global_zero():  # other ranks have no W&B run
             (output_dir / WANDB_ID_FILE).write_text(logger.experiment.id)
 
 
@@ -99,6 +100,15 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 of a distributed run, or the only process.
+
+    Under DDP every rank runs the whole job: files of the run are written by rank 0 alone. The rank comes from the
+    environment (RANK, LOCAL_RANK, SLURM_PROCID) until a Trainer exists, which then sets the global rank.
+    """
+    return rank_zero_only.rank == 0
+
+
 def output_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
@@ -131,7 +141,8 @@ def run_with_summary(cfg: DictConfig, body: Callable[[], dict[str, Any]]) -> dic
         raise
     finally:
         summary["duration_s"] = round(time.time() - started, 2)
-        atomic_write_json(summary, output_dir / SUMMARY_FILE)
+        if is_global_zero():  # one summary per run, not one per DDP rank
+            atomic_write_json(summary, output_dir / SUMMARY_FILE)
 
 
 def _overrides() -> list[str]:

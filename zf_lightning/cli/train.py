@@ -47,6 +47,24 @@ def refuse_to_overwrite(output_dir: Path) -> None:
         )
 
 
+def refuse_script_relaunch_in_multirun(trainer: L.Trainer) -> None:
+    """Lightning's `strategy=ddp` starts ranks 1..N-1 by re-running this script's command line; in a Hydra
+    multirun that command line is the whole sweep, so rank 1 would run a sweep of its own (another sweep dir)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    strategy = trainer.strategy
+    relaunch = isinstance(strategy.launcher, _SubprocessScriptLauncher) and not strategy.cluster_environment.creates_processes_externally
+    if multirun and relaunch:
+        raise RuntimeError(
+            f"{type(strategy).__name__} (trainer.strategy=ddp) would start the other ranks by re-running the command line, "
+            "which in a multirun (-m) is the whole sweep. In a multirun let SLURM start one process per device "
+            "(hydra/launcher=slurm); on one machine, run each point of the sweep as a run of its own (without -m)"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the model of `cfg`; returns (and writes to summary.json) the metrics."""
     output_dir = output_dir_of(cfg)
@@ -61,6 +79,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = instantiate_group(cfg.get("callbacks"))
         loggers = instantiate_loggers(cfg, output_dir, resume=ckpt_path is not None)
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        refuse_script_relaunch_in_multirun(trainer)
         log_config(trainer.loggers, cfg, output_dir)
 
         result: dict[str, Any] = {}
@@ -79,6 +98,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if cfg.get("test", True):
                 trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
                 result["test"] = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
+            # data.batch_size is global: each of the world_size processes loads per_device_batch_size of it
+            result["world_size"] = trainer.world_size
+            result["per_device_batch_size"] = datamodule.per_device_batch_size
             status = "success"
         except BaseException as raised:
             error = raised
