@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zf_lightning.utils.modes import evaluating
+
 DENSE_FEATURE_LAYERS = (6, 7)
 
 
@@ -60,22 +62,16 @@ class LayerFeatures:
         """Flattened features {layer: (B, D)} and logits (B, classes) of `images` (B, C, H, W), from one pass."""
         wanted = {self.available[layer]: layer for layer in self.layers}
         out: dict[int, torch.Tensor] = {}
-        modes = {module: module.training for module in self.model.modules()}
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                x = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-                for part in ("features", "classifier"):
-                    if part == "classifier":
-                        x = x.flatten(1)
-                    for index, module in enumerate(getattr(self.model, part)):
-                        x = module(x)
-                        if (part, index) in wanted:
-                            # clone: a later in-place op (LRN is not, but dropout/ReLU may be) must not change it
-                            out[wanted[(part, index)]] = x.flatten(1).clone()
-        finally:
-            for module, training in modes.items():
-                module.training = training
+        with evaluating(self.model):
+            x = images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+            for part in ("features", "classifier"):
+                if part == "classifier":
+                    x = x.flatten(1)
+                for index, module in enumerate(getattr(self.model, part)):
+                    x = module(x)
+                    if (part, index) in wanted:
+                        # clone: a later in-place op (LRN is not, but dropout/ReLU may be) must not change it
+                        out[wanted[(part, index)]] = x.flatten(1).clone()
         return LayerOutputs(features=out, logits=x)
 
 

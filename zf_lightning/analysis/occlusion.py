@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zf_lightning.utils.modes import evaluating
 from zf_lightning.visualize.deconvnet import Deconvnet
 
 
@@ -217,42 +218,36 @@ class OcclusionSensitivity:
         batch = images.shape[0]
         n_rows, n_cols = len(rows), len(cols)
         per_image = n_rows * n_cols
-        modes = {module: module.training for module in self.model.modules()}
-        try:
-            self.model.eval()
-            with torch.no_grad():
-                maps, logits = self._forward(images)
-                if self.num_classes is None:  # classifier without a Linear: check the targets now
-                    bad = targets[(targets < 0) | (targets >= logits.shape[1])]
-                    if bad.numel():
-                        raise ValueError(
-                            f"OcclusionSensitivity: target class(es) {bad.tolist()} out of range; expected "
-                            f"classes in 0..{logits.shape[1] - 1}"
-                        )
-                map_max = maps.flatten(2).amax(dim=2)  # (B, maps)
-                chosen = map_max.argmax(dim=1)  # first maximum: lowest map index on ties
-                batch_index = torch.arange(batch, device=images.device)
-                unoccluded_activation = maps.flatten(2).sum(dim=2)[batch_index, chosen]
-                probabilities = logits.float().softmax(dim=1)
+        with evaluating(self.model):
+            maps, logits = self._forward(images)
+            if self.num_classes is None:  # classifier without a Linear: check the targets now
+                bad = targets[(targets < 0) | (targets >= logits.shape[1])]
+                if bad.numel():
+                    raise ValueError(
+                        f"OcclusionSensitivity: target class(es) {bad.tolist()} out of range; expected "
+                        f"classes in 0..{logits.shape[1] - 1}"
+                    )
+            map_max = maps.flatten(2).amax(dim=2)  # (B, maps)
+            chosen = map_max.argmax(dim=1)  # first maximum: lowest map index on ties
+            batch_index = torch.arange(batch, device=images.device)
+            unoccluded_activation = maps.flatten(2).sum(dim=2)[batch_index, chosen]
+            probabilities = logits.float().softmax(dim=1)
 
-                total = batch * per_image
-                activation = images.new_empty(total)
-                true_prob = torch.empty(total, device=images.device)
-                top_prob = torch.empty(total, device=images.device)
-                top_class = torch.empty(total, dtype=torch.long, device=images.device)
-                for start in range(0, total, self.batch_size):
-                    pairs = torch.arange(start, min(start + self.batch_size, total), device=images.device)
-                    image = pairs // per_image
-                    maps, logits = self._forward(self._occluded(images, pairs, rows, cols, per_image))
-                    # Only the chosen map's sum is needed: gather it before reducing.
-                    picked = maps[torch.arange(len(pairs), device=images.device), chosen[image]]
-                    activation[pairs] = picked.flatten(1).sum(dim=1)
-                    probs = logits.float().softmax(dim=1)
-                    true_prob[pairs] = probs.gather(1, targets[image][:, None])[:, 0]
-                    top_prob[pairs], top_class[pairs] = probs.max(dim=1)
-        finally:
-            for module, training in modes.items():
-                module.training = training
+            total = batch * per_image
+            activation = images.new_empty(total)
+            true_prob = torch.empty(total, device=images.device)
+            top_prob = torch.empty(total, device=images.device)
+            top_class = torch.empty(total, dtype=torch.long, device=images.device)
+            for start in range(0, total, self.batch_size):
+                pairs = torch.arange(start, min(start + self.batch_size, total), device=images.device)
+                image = pairs // per_image
+                maps, logits = self._forward(self._occluded(images, pairs, rows, cols, per_image))
+                # Only the chosen map's sum is needed: gather it before reducing.
+                picked = maps[torch.arange(len(pairs), device=images.device), chosen[image]]
+                activation[pairs] = picked.flatten(1).sum(dim=1)
+                probs = logits.float().softmax(dim=1)
+                true_prob[pairs] = probs.gather(1, targets[image][:, None])[:, 0]
+                top_prob[pairs], top_class[pairs] = probs.max(dim=1)
 
         projection = None
         if self.project:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zf_lightning.utils.io import atomic_write_npz
+from zf_lightning.utils.modes import evaluating
 
 FEATURE_LAYERS = (1, 2, 3, 4, 5, 7)
 PAPER_ROWS = (("svm", 1), ("svm", 2), ("svm", 3), ("svm", 4), ("svm", 5), ("svm", 7), ("softmax", 5), ("softmax", 7))
@@ -62,25 +63,19 @@ class BlockFeatures:
 
     def __call__(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
-        modes = {module: module.training for module in self.net.modules()}
-        try:
-            self.net.eval()
-            with torch.no_grad():
-                x = images
-                for part in ("features", "classifier"):
-                    if part == "classifier":
-                        if len(out) == len(self.layers):
-                            break  # no dense layer asked for
-                        x = x.flatten(1)
-                    for index, module in enumerate(getattr(self.net, part)):
-                        x = module(x)
-                        layer = self.ends.get((part, index))
-                        if layer is not None:
-                            pooled = F.adaptive_avg_pool2d(x, min(self.grid, x.shape[-1])) if x.ndim == 4 else x
-                            out[layer] = pooled.flatten(1).float().clone()
-        finally:
-            for module, training in modes.items():
-                module.training = training
+        with evaluating(self.net):
+            x = images
+            for part in ("features", "classifier"):
+                if part == "classifier":
+                    if len(out) == len(self.layers):
+                        break  # no dense layer asked for
+                    x = x.flatten(1)
+                for index, module in enumerate(getattr(self.net, part)):
+                    x = module(x)
+                    layer = self.ends.get((part, index))
+                    if layer is not None:
+                        pooled = F.adaptive_avg_pool2d(x, min(self.grid, x.shape[-1])) if x.ndim == 4 else x
+                        out[layer] = pooled.flatten(1).float().clone()
         return out
 
 

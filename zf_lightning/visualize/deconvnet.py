@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zf_lightning.utils.modes import evaluating
+
 MODES = ("max", "map")
 METHODS = ("deconvnet", "guided", "gradient")
 SUPPORTED_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm)
@@ -190,18 +192,12 @@ class Deconvnet:
         layers = sorted({_as_int(layer) for layer in layers if self._check_layer(layer) is None})
         tops = {self._top_index(layer): layer for layer in layers}
         out: dict[int, torch.Tensor] = {}
-        modes = {module: module.training for module in self.features.modules()}
-        try:
-            self.features.eval()
-            with torch.no_grad():
-                x = images
-                for index, module in enumerate(list(self.features)[: max(tops) + 1]):
-                    x = F.relu(x) if isinstance(module, nn.ReLU) else module(x)
-                    if index in tops:
-                        out[tops[index]] = x
-        finally:
-            for module, training in modes.items():
-                module.training = training
+        with evaluating(self.features):
+            x = images
+            for index, module in enumerate(list(self.features)[: max(tops) + 1]):
+                x = F.relu(x) if isinstance(module, nn.ReLU) else module(x)
+                if index in tops:
+                    out[tops[index]] = x
         return out
 
     def project_activations(
@@ -245,14 +241,8 @@ class Deconvnet:
                 raise ValueError(f"Deconvnet: image_index out of range for {images.shape[0]} images")
             checked[layer] = (image_index, maps, rows, cols)
 
-        modes = {module: module.training for module in self.features.modules()}
-        try:
-            self.features.eval()
-            with torch.no_grad():
-                return self._project_activations(images, checked, method)
-        finally:
-            for module, training in modes.items():
-                module.training = training
+        with evaluating(self.features):
+            return self._project_activations(images, checked, method)
 
     # ---------------------------------------------------------------- forward
     def _forward(self, images: torch.Tensor, top: int, masks: bool = True, keep=()):
@@ -484,14 +474,8 @@ class Deconvnet:
             )
         map_list = [_as_int(m) for m in map_list]
 
-        modes = {module: module.training for module in self.features.modules()}
-        try:
-            self.features.eval()
-            with torch.no_grad():
-                return self._project(images, layer, map_list, mode, method)
-        finally:
-            for module, training in modes.items():
-                module.training = training
+        with evaluating(self.features):
+            return self._project(images, layer, map_list, mode, method)
 
     def _project(self, images, layer, map_list, mode, method) -> torch.Tensor:
         if mode == "max":
