@@ -135,7 +135,8 @@ def run_with_summary(cfg: DictConfig, body: Callable[[], dict[str, Any]]) -> dic
         summary["status"] = "completed"
         return summary
     except BaseException as error:
-        summary["status"] = "failed"
+        # Interrupted (a stop signal, with a checkpoint to continue from) is not failed: the run is not over.
+        summary["status"] = "interrupted" if isinstance(error, SystemExit) else "failed"
         summary["error"] = f"{type(error).__name__}: {error}"
         summary["traceback"] = traceback.format_exc()
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,16 @@ from zf_lightning.cli.common import (
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
+def requeued() -> bool:
+    """Whether SLURM restarted this job (a requeue after preemption or the time limit)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
 def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """`ckpt_path=last` means this run directory's last checkpoint; it must exist."""
+    """`ckpt_path=last` means this run directory's last checkpoint; it must exist. A requeued SLURM job
+    continues from its own last checkpoint when it has one."""
+    if ckpt_path is None and requeued() and (output_dir / LAST_CHECKPOINT).is_file():
+        ckpt_path = "last"
     if ckpt_path is None:
         return None
     path = output_dir / LAST_CHECKPOINT if ckpt_path == "last" else Path(ckpt_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from zf_lightning.data.mean_image import load_or_compute_mean_image
+from zf_lightning.data.sampling import EpochSeededSampler, SeededSamples
 from zf_lightning.data.transforms import PRESETS, paper_base, paper_transforms, torchvision_transforms
 from zf_lightning.utils.io import default_cache_dir
 
@@ -60,6 +62,8 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.datasets: dict[str, Dataset] = {}
         self.mean_image = None
+        self.train_sampler: EpochSeededSampler | None = None
+        self._resume_position: dict | None = None
 
     @abstractmethod
     def make_dataset(self, split: str, transform) -> Dataset:
@@ -86,10 +90,16 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         return self.mean_image
 
     def state_dict(self) -> dict:
-        # Saved in checkpoints: the mean image is part of the model's input normalisation.
-        return {"mean_image": self.mean_image} if self.mean_image is not None else {}
+        # Saved in checkpoints: the mean image is part of the model's input normalisation; the position in the
+        # training epoch lets a run stopped mid-epoch continue with the next batch.
+        state = {"mean_image": self.mean_image} if self.mean_image is not None else {}
+        if self.train_sampler is not None and self.trainer is not None:
+            batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state["train_position"] = {"epoch": self.train_sampler.epoch, "batches_done": batches_done}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        self._resume_position = state.get("train_position")
         if "mean_image" in state:
             expected = (3, self.resize_size, self.resize_size)
             if tuple(state["mean_image"].shape) != expected:
@@ -127,14 +137,33 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
                 self.datasets[name] = self.make_dataset(self.stage_splits[name], transforms[name])
 
     def _loader(self, name: str) -> DataLoader:
+        dataset, sampler = self.datasets[name], None
+        if name == "train":
+            sampler = self.train_sampler = self._train_sampler(dataset)
+            dataset = SeededSamples(dataset)
         return DataLoader(
-            self.datasets[name],
+            dataset,
             batch_size=self.per_device_batch_size,
-            shuffle=name == "train",
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
         )
+
+    def _train_sampler(self, dataset: Dataset) -> EpochSeededSampler:
+        """Order and augmentation from (seed, epoch): the seed is `seed_everything`'s, as in Lightning's own
+        distributed sampler."""
+        trainer = self.trainer
+        sampler = EpochSeededSampler(
+            dataset,
+            batch_size=self.per_device_batch_size,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
+        if self._resume_position is not None:
+            sampler.resume_from(self._resume_position["epoch"], self._resume_position["batches_done"])
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

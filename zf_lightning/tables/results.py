@@ -71,7 +71,8 @@ def read_summary(path: Path) -> RunRecord:
         record = incomplete_run(path.parent)
         record.error = f"unreadable {SUMMARY_FILE}: {error}"
         return record
-    status = COMPLETED if data.get("status") == COMPLETED else FAILED
+    # An interrupted run (stopped by a signal, resumable) has no final numbers yet: incomplete, not failed.
+    status = {COMPLETED: COMPLETED, "interrupted": INCOMPLETE}.get(data.get("status"), FAILED)
     error = data.get("error") or (None if status == COMPLETED else f"status {data.get('status')!r}")
     return RunRecord(str(path.parent), status, data, error, path.stat().st_mtime)
 

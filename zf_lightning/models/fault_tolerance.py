@@ -1,0 +1,114 @@
+"""What lets a long run survive kills and preemption: atomic checkpoint files, per-step seeding of the training
+process, and a checkpoint at the next batch boundary when a stop signal arrives."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+
+from zf_lightning.data.sampling import mix_seed
+from zf_lightning.utils.io import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in its own folder, then renames it over the old one.
+
+    Lightning's writer stages the file in the system temp dir and moves it: across file systems (a node's /tmp
+    and the cluster's scratch) that move is a copy, and a kill during it leaves a truncated checkpoint.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_torch_save(checkpoint, path)
+
+
+class StepSeeding(Callback):
+    """Seeds the training process's generator (dropout) from (seed, global step, rank) before every step.
+
+    With `EpochSeededSampler` for the data, every step of a resumed run then draws what the uninterrupted run
+    drew, so that the two end with equal weights on a deterministic device.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(mix_seed(self.seed, trainer.global_step, trainer.global_rank))
+
+
+class Preempted(SystemExit):
+    """Raised after the checkpoint of a stop signal was written; exits with 128 + the signal number."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        super().__init__(128 + signum)
+        self.signum, self.checkpoint = signum, checkpoint
+
+    def __str__(self) -> str:
+        return (f"stopped by {signal.Signals(self.signum).name} after writing {self.checkpoint}; "
+                "continue with ckpt_path=last in the same hydra.run.dir")
+
+
+class CheckpointOnSignal(Callback):
+    """On SIGTERM, SIGUSR1 or SIGUSR2 (preemption; SLURM's warning before the time limit), finish the current
+    training step, write `dirpath/filename.ckpt`, then hand the signal to whoever handled it before.
+
+    The previous handler does the rest: Lightning's SLURM plugin (USR1 with `auto_requeue`) and submitit (USR2,
+    `hydra/launcher=slurm`) requeue the job, which then resumes from that checkpoint; Lightning's SIGTERM handler
+    stops the run. A signal nobody else handles ends the run with `Preempted`. Under DDP the ranks agree at every
+    step whether any of them was signalled, so that they all write the checkpoint at the same step.
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last", signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")) -> None:
+        unknown = [name for name in signals if not isinstance(getattr(signal, name, None), signal.Signals)]
+        if unknown:
+            raise ValueError(f"callbacks.checkpoint_on_signal.signals: unknown signal(s) {unknown}; e.g. SIGTERM, SIGUSR1, SIGUSR2")
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.signals = [getattr(signal, name) for name in signals]
+        self._previous: dict[int, Any] = {}
+        self._received: int | None = None
+
+    def _defer(self, signum: int, frame) -> None:
+        # Only noted here: a checkpoint written from inside a signal handler could catch the optimiser mid-update.
+        log.warning("received %s: the run stops after the current training step, with a checkpoint", signal.Signals(signum).name)
+        self._received = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only
+        for signum in self.signals:  # after Lightning installed its own handlers, which then become "previous"
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._defer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        received = self._received is not None
+        if trainer.world_size > 1:
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received:
+            return
+        signum = self._received or signal.SIGTERM  # a rank that was not signalled itself follows the others
+        trainer.save_checkpoint(self.path)
+        log.warning("wrote %s after step %d", self.path, trainer.global_step)
+        previous = self._previous.get(signum)
+        self._restore_handlers()
+        if callable(previous):
+            previous(signum, None)  # requeue (SLURM, submitit) or Lightning's graceful stop
+        raise Preempted(signum, self.path)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handlers()
