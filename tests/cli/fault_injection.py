@@ -40,3 +40,15 @@ class KillWhileSavingCheckpoint(Callback):
 
         torch.save = save_half_then_die
 
+
+
+class PoisonWeightsOnRank(Callback):
+    """Sets one weight to NaN on one DDP rank only, as step `step` starts: that rank's loss is NaN, the others' not."""
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("nan")

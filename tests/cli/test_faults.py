@@ -140,3 +140,19 @@ def test_sigusr2_checkpoints_then_hands_over_to_the_previous_handler_and_a_reque
     summary = train(compose_train(RUN[len(TINY):], output_dir=run_dir))
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 20
     assert summary_of(run_dir)["status"] == "completed"
+
+
+def test_a_nan_loss_on_one_ddp_rank_stops_every_rank_without_a_hang(tmp_path):
+    """trainer=ddp_cpu (2 processes): rank 1's loss turns NaN; both ranks stop at that step, none waits for the
+    other in an all-reduce until its timeout (the subprocess timeout below would catch a hang)."""
+    env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}
+    script = Path(sys.executable).parent / "zf-train"
+    # No hydra.run.dir: Lightning's relaunch of rank 1 must find rank 0's timestamped directory by itself.
+    done = subprocess.run([str(script), *RUN, "trainer=ddp_cpu", "test=false", *fault("PoisonWeightsOnRank", rank=1, step=13)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    assert done.returncode != 0
+    run_dir = next((tmp_path / "logs" / "train" / "runs").iterdir())
+    summary = summary_of(run_dir)
+    assert summary["status"] == "failed"
+    assert "non-finite training loss (on a rank; this rank's: " in summary["error"] and "at global step 13 (epoch 1, batch 3)" in summary["error"]
+    assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10  # the first epoch's, finite

@@ -194,9 +194,13 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self.net(images)
         loss = self.loss(logits, labels)
-        if not torch.isfinite(loss):  # stop before the optimiser writes NaN into the weights (and a checkpoint)
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank stops, not one left waiting in all-reduce
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:  # stop before the optimiser writes NaN into the weights (and a checkpoint)
+            where = f"; this rank's: {loss.item()}" if self.trainer.world_size > 1 else ""
             raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
+                f"non-finite training loss ({'on a rank' if where else loss.item()}{where}) at global step {self.global_step} "
                 f"(epoch {self.current_epoch}, batch {batch_idx}); the checkpoints written before it are kept"
             )
         if not self.multilabel:
