@@ -90,6 +90,10 @@ def test_ddp_cpu_through_the_entry_point_writes_one_run_with_metrics_of_a_single
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == EPOCHS * TRAIN_IMAGES // GLOBAL_BATCH  # 30: per-device batch 10 on 100 images each
 
+    # one log per rank: train.log is rank 0's alone
+    shared, own = (out / "train.log").read_text(), (out / "train.rank1.log").read_text()
+    assert "process rank 0" in shared and "process rank 1 logs here" not in shared and "process rank 1 logs here" in own
+
     # one W&B run (offline), the one whose id the run directory remembers, with the test metrics in it
     wandb_run = only(tmp_path.rglob("offline-run-*"))
     assert wandb_run.parent == out / "wandb"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from zf_lightning.cli.common import (
 )
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+log = logging.getLogger(__name__)
 
 
 def requeued() -> bool:
@@ -74,8 +76,30 @@ def refuse_script_relaunch_in_multirun(trainer: L.Trainer) -> None:
         )
 
 
+def log_to_a_file_per_rank() -> None:
+    """Under DDP every rank runs this job with Hydra's log file: ranks other than 0 write `<name>.rank<N>.log`
+    beside it, so that the run's log is rank 0's alone and another rank's lines can still be found."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    rank = rank_zero_only.rank
+    log.info("process rank %d", rank)  # before the switch: the shared log names every rank that joined
+    if not rank:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            path = Path(handler.baseFilename)
+            handler.acquire()
+            try:
+                handler.close()  # reopened at the next record, under the new name
+                handler.baseFilename = str(path.with_name(f"{path.stem}.rank{rank}{path.suffix}"))
+            finally:
+                handler.release()
+    log.info("process rank %d logs here", rank)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the model of `cfg`; returns (and writes to summary.json) the metrics."""
+    log_to_a_file_per_rank()
     output_dir = output_dir_of(cfg)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir)
     if ckpt_path is None:
