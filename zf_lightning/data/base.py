@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -100,6 +101,8 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
 
     def load_state_dict(self, state: dict) -> None:
         self._resume_position = state.get("train_position")
+        if self._resume_position is not None:  # Lightning cannot see that the sampler resumes the epoch
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         if "mean_image" in state:
             expected = (3, self.resize_size, self.resize_size)
             if tuple(state["mean_image"].shape) != expected:
