@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 
 from tests.conftest import compose_config
 from tests.transfer.fake_trees import make_caltech101, make_caltech256, make_voc2012
+from zf_lightning.cli.schema import ConfigError
 from zf_lightning.cli.train import train
 
 TINY_TRANSFER = [
@@ -102,7 +103,7 @@ def test_voc_trains_a_multilabel_head_and_reports_average_precision(tiny_checkpo
         (["data.num_classes=3", "data.train_per_class=8"], InstantiationException, "at least 9"),
         (["data.num_classes=3", "model=alexnet"], ValueError, "does not fit the configured network"),
         (["data.num_classes=3", "model.transfer.checkpoint=/no/such.ckpt"], InstantiationException, "no such checkpoint"),
-        (["data.num_classes=3", "model.transfer.mode=retrain"], InstantiationException, r"model.transfer.mode must be one of \['scratch', 'pretrained', 'finetune'\]"),
+        (["data.num_classes=3", "model.transfer.mode=retrain"], ConfigError, r"model.transfer.mode='retrain': must be one of \['scratch', 'pretrained', 'finetune'\]"),
     ],
 )
 def test_bad_transfer_input_fails_before_training(tiny_checkpoint, caltech_root, tmp_path, overrides, error, match):

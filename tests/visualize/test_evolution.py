@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from tests.conftest import compose_config
+from zf_lightning.cli.schema import ConfigError
 from zf_lightning.cli.train import train
 from zf_lightning.data import SyntheticDataModule
 from zf_lightning.models import ImageClassifier
@@ -401,7 +402,7 @@ def test_options_the_model_cannot_satisfy_fail_before_training(tmp_path, options
 
 
 def test_bad_config_fails_before_training_in_zf_train(compose_train, tmp_path):
-    with pytest.raises(InstantiationException, match=r"snapshot_epochs must be positive.*\[0\]"):
+    with pytest.raises(ConfigError, match=r"snapshot_epochs=\[0, 5\].*ints >= 1"):
         train(compose_train(["callbacks.feature_evolution.snapshot_epochs=[0,5]", "logger=csv"], tmp_path / "a"))
     with pytest.raises(ValueError, match=r"unknown layer\(s\) \[7\]"):
         train(compose_train(["callbacks.feature_evolution.layers=[1,7]", "logger=csv"], tmp_path / "b"))

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.utils.io import atomic_write_json
+from zf_lightning.utils.secrets import redact_secrets
 
 if TYPE_CHECKING:
     from zf_lightning.models import ImageClassifier
@@ -46,8 +47,8 @@ def instantiate_loggers(cfg: DictConfig, output_dir: Path, resume: bool) -> list
 
 
 def log_config(loggers: list[Logger], cfg: DictConfig, output_dir: Path) -> None:
-    """Send the resolved config to every logger; remember the W&B run id for a later resume."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    """Send the resolved config (secrets redacted) to every logger; remember the W&B run id for a later resume."""
+    resolved = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
     for logger in loggers:
         logger.log_hyperparams(resolved)
         if isinstance(logger, WandbLogger) and is_global_zero():  # other ranks have no W&B run
@@ -66,7 +67,7 @@ def finish_loggers(loggers: list[Logger], status: str = "success", error: BaseEx
             if status != "success":
                 logger.experiment.summary["status"] = "failed"
                 if error is not None:
-                    logger.experiment.summary["error"] = f"{type(error).__name__}: {error}"
+                    logger.experiment.summary["error"] = redact_secrets(f"{type(error).__name__}: {error}")
             logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
@@ -128,7 +129,7 @@ def run_with_summary(cfg: DictConfig, body: Callable[[], dict[str, Any]]) -> dic
         "tags": list(cfg.get("tags") or []),
         "output_dir": str(output_dir),
         "overrides": _overrides(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": redact_secrets(OmegaConf.to_container(cfg, resolve=True)),
     }
     try:
         summary.update(body())
@@ -143,7 +144,7 @@ def run_with_summary(cfg: DictConfig, body: Callable[[], dict[str, Any]]) -> dic
     finally:
         summary["duration_s"] = round(time.time() - started, 2)
         if is_global_zero():  # one summary per run, not one per DDP rank
-            atomic_write_json(summary, output_dir / SUMMARY_FILE)
+            atomic_write_json(redact_secrets(summary), output_dir / SUMMARY_FILE)  # error texts and overrides too
 
 
 def _overrides() -> list[str]:

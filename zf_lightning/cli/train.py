@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from zf_lightning.cli import config_dir
+from zf_lightning.cli.schema import validate_config
 from zf_lightning.utils.io import check_checkpoint
 from zf_lightning.cli.common import (
     SUMMARY_FILE,
@@ -99,6 +100,7 @@ def log_to_a_file_per_rank() -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the model of `cfg`; returns (and writes to summary.json) the metrics."""
+    validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
     log_to_a_file_per_rank()
     output_dir = output_dir_of(cfg)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir)
