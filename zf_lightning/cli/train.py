@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from zf_lightning.cli import config_dir
 from zf_lightning.cli.schema import validate_config
+from zf_lightning.data.image_files import summarize_bad_images
 from zf_lightning.utils.io import check_checkpoint
 from zf_lightning.cli.common import (
     SUMMARY_FILE,
@@ -136,6 +137,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             # data.batch_size is global: each of the world_size processes loads per_device_batch_size of it
             result["world_size"] = trainer.world_size
             result["per_device_batch_size"] = datamodule.per_device_batch_size
+            result["bad_images"] = summarize_bad_images(getattr(datamodule, "bad_image_log", None) or output_dir / "bad_images.jsonl")
             status = "success"
         except BaseException as raised:
             error = raised

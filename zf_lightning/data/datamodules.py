@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zf_lightning.data.base import ImageClassificationDataModule
+from zf_lightning.data.image_files import BadImageLog, check_on_bad_image
 from zf_lightning.data.imagenet_folder import ImageNetFolder
 from zf_lightning.data.synthetic import SyntheticShapes
 
@@ -44,11 +45,18 @@ class ImageNetDataModule(ImageClassificationDataModule):
 
     Validation uses the centre crop and testing the 10 crops, both on the `val` folder (test labels are
     not public). File lists are scanned once (`prepare_data`) and cached, so ranks and restarts reuse them.
+
+    An unreadable image is replaced by the next readable one with a warning (`on_bad_image="skip"`) or
+    fails the run naming it (`"error"`); skipped, converted and smaller-than-the-crop files are listed in
+    `bad_image_log` (a .jsonl file; None: warnings only). See `zf_lightning.data.image_files`.
     """
 
-    def __init__(self, root: str | Path, num_classes: int = 1000, **kwargs) -> None:
+    def __init__(self, root: str | Path, num_classes: int = 1000, on_bad_image: str = "skip",
+                 bad_image_log: str | Path | None = None, **kwargs) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
         self.root = Path(root).expanduser()
+        self.on_bad_image = check_on_bad_image(on_bad_image)
+        self.bad_image_log = Path(bad_image_log).expanduser() if bad_image_log else None
         ImageNetFolder.check_layout(self.root)  # a missing root fails here, before any training work
 
     def dataset_key(self) -> str:
@@ -60,4 +68,5 @@ class ImageNetDataModule(ImageClassificationDataModule):
         super().prepare_data()
 
     def make_dataset(self, split: str, transform) -> ImageNetFolder:
-        return ImageNetFolder(self.root, split, transform=transform, cache_dir=self.cache_dir, expected_num_classes=self.num_classes)
+        return ImageNetFolder(self.root, split, transform=transform, cache_dir=self.cache_dir, expected_num_classes=self.num_classes,
+                              on_bad_image=self.on_bad_image, bad_image_log=BadImageLog(self.bad_image_log), min_size=self.crop_size)

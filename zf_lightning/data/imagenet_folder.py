@@ -10,8 +10,9 @@ import warnings
 from pathlib import Path
 
 import torchvision
-from torchvision.datasets.folder import DatasetFolder, has_file_allowed_extension, pil_loader
+from torchvision.datasets.folder import DatasetFolder, has_file_allowed_extension
 
+from zf_lightning.data.image_files import BadImageLog, FolderSkipBadImages
 from zf_lightning.utils.io import default_cache_dir
 
 SPLITS = ("train", "val")
@@ -23,17 +24,23 @@ def _is_image(path: str) -> bool:
     return has_file_allowed_extension(path, EXTENSIONS)
 
 
-class ImageNetFolder(torchvision.datasets.ImageFolder):
+class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
     """``ImageFolder`` over ``<root>/<split>`` whose (path, label) list is cached as JSON in ``cache_dir``.
 
     The cache is keyed by absolute root + split + extensions and is trusted as long as its class list
     matches the class folders on disk; added/removed images inside a class are not detected.
+
+    Images are read with `load_rgb`: an unreadable file is replaced by the next readable one
+    (``on_bad_image="skip"``) or fails naming it (``"error"``); events go to ``bad_image_log``, and images
+    with a short side under ``min_size`` (the crop) are recorded as small.
     """
 
     def __init__(self, root: str | Path, split: str = "train", transform=None, cache_dir: str | Path | None = None,
-                 expected_num_classes: int | None = None):
+                 expected_num_classes: int | None = None, on_bad_image: str = "skip",
+                 bad_image_log: BadImageLog | str | Path | None = None, min_size: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+        self.init_bad_images(on_bad_image, bad_image_log, min_size)
         root = Path(root).expanduser()
         layout = self.check_layout(root, splits=(split,))
         self.split = split
@@ -43,7 +50,7 @@ class ImageNetFolder(torchvision.datasets.ImageFolder):
         self.cache_path = self.cache_file(root, split, cache_dir)
         # find_classes/make_dataset below are called by DatasetFolder.__init__; is_valid_file replaces
         # ImageFolder's fixed IMG_EXTENSIONS with ours.
-        super().__init__(str(root / split), transform=transform, loader=pil_loader, is_valid_file=_is_image)
+        super().__init__(str(root / split), transform=transform, loader=self.read_image, is_valid_file=_is_image)
         self.extensions = EXTENSIONS
 
     @staticmethod

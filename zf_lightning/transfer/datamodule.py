@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from zf_lightning.data.base import ImageClassificationDataModule
+from zf_lightning.data.image_files import BadImageLog, ReadableSubset, check_on_bad_image
 
 CALTECH = ("caltech101", "caltech256")
 DATASETS = (*CALTECH, "voc2012")
@@ -40,6 +41,10 @@ class TransferDataModule(ImageClassificationDataModule):
         max_test_per_class: Caltech-101 tests on at most 50 images per class; None: all the rest.
         mean_image_checkpoint: take the mean image from this checkpoint (a pretrained network must see
             inputs normalised as in its training); None: computed from this training split.
+        on_bad_image: "skip" (an unreadable image is replaced by the next readable one of its split, with a
+            warning) or "error" (fail naming the file).
+        bad_image_log: the .jsonl file listing skipped, converted and smaller-than-the-crop images (None:
+            warnings only). See `zf_lightning.data.image_files`.
     """
 
     def __init__(
@@ -51,11 +56,15 @@ class TransferDataModule(ImageClassificationDataModule):
         split_seed: int = 0,
         max_test_per_class: int | None = None,
         mean_image_checkpoint: str | Path | None = None,
+        on_bad_image: str = "skip",
+        bad_image_log: str | Path | None = None,
         **kwargs,
     ) -> None:
         if dataset not in DATASETS:
             raise ValueError(f"data.dataset must be one of {list(DATASETS)}, got {dataset!r}")
         super().__init__(num_classes=num_classes, **kwargs)
+        self.on_bad_image = check_on_bad_image(on_bad_image)
+        self.bad_image_log = Path(bad_image_log).expanduser() if bad_image_log else None
         self.dataset, self.root = dataset, Path(root).expanduser()
         self.train_per_class, self.split_seed, self.max_test_per_class = train_per_class, split_seed, max_test_per_class
         if mean_image_checkpoint:
@@ -69,12 +78,15 @@ class TransferDataModule(ImageClassificationDataModule):
         if dataset in CALTECH:
             self._split = self._make_split(full)
 
+    def _bad_images(self) -> dict:
+        return {"on_bad_image": self.on_bad_image, "bad_image_log": BadImageLog(self.bad_image_log), "min_size": self.crop_size}
+
     def _full_dataset(self, transform) -> Dataset:
         from zf_lightning.transfer.datasets import dataset_by_name
 
         if self.dataset == "voc2012":
-            return dataset_by_name(self.dataset, self.root, split="train", transform=transform)
-        dataset = dataset_by_name(self.dataset, self.root, transform=transform)
+            return dataset_by_name(self.dataset, self.root, split="train", transform=transform, **self._bad_images())
+        dataset = dataset_by_name(self.dataset, self.root, transform=transform, **self._bad_images())
         if len(dataset.classes) != self.num_classes:
             raise ValueError(f"{self.dataset} at {self.root} has {len(dataset.classes)} classes but data.num_classes={self.num_classes}")
         return dataset
@@ -98,9 +110,11 @@ class TransferDataModule(ImageClassificationDataModule):
         from zf_lightning.transfer.datasets import dataset_by_name
 
         if self.dataset == "voc2012":
-            return dataset_by_name(self.dataset, self.root, split="train" if split == "train" else "val", transform=transform)
+            return dataset_by_name(self.dataset, self.root, split="train" if split == "train" else "val", transform=transform,
+                                   **self._bad_images())
         indices = self._split.train if split == "train" else self._split.test
-        return Subset(dataset_by_name(self.dataset, self.root, transform=transform), indices.tolist())
+        # Substitutes for skipped images come from the same split: a test image never stands in for a training one.
+        return ReadableSubset(dataset_by_name(self.dataset, self.root, transform=transform, **self._bad_images()), indices.tolist())
 
     def split_sizes(self) -> dict[str, int]:
         if self._split is None:

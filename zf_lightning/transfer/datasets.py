@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 import torchvision
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, pil_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+from zf_lightning.data.image_files import BadImageLog, FolderSkipBadImages, SkipBadImages
 
 CALTECH101_EXCLUDED = ("BACKGROUND_Google",)  # not an object class; the paper's 101 classes leave it out
 CALTECH256_EXCLUDED = ("257.clutter",)  # the background class; the paper's 256 classes leave it out
@@ -31,11 +33,13 @@ def _is_image(entry: os.DirEntry) -> bool:
     return entry.is_file() and not entry.name.startswith(".") and has_file_allowed_extension(entry.name, IMG_EXTENSIONS)
 
 
-class _CaltechFolder(torchvision.datasets.ImageFolder):
+class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
     """``ImageFolder`` over ``<root>/<folder>/<categories>/<class>/*.jpg`` minus the excluded class folders.
 
     Only image files directly inside a class folder are samples: other files and sub-folders are ignored,
-    as torchvision's own Caltech classes do. Images are loaded as RGB PIL images (Caltech has grayscale JPEGs).
+    as torchvision's own Caltech classes do. Images are loaded as RGB PIL images (Caltech has grayscale JPEGs);
+    an unreadable file is replaced by the next readable sample or fails naming it (`on_bad_image`, see
+    `zf_lightning.data.image_files`).
     """
 
     name: str  # for messages
@@ -44,13 +48,15 @@ class _CaltechFolder(torchvision.datasets.ImageFolder):
     excluded: tuple[str, ...]
     file_pattern: str  # how the files inside a class folder are named, for messages
 
-    def __init__(self, root: str | Path, transform=None, expected_num_classes: int | None = None):
+    def __init__(self, root: str | Path, transform=None, expected_num_classes: int | None = None, on_bad_image: str = "skip",
+                 bad_image_log: BadImageLog | str | Path | None = None, min_size: int | None = None):
+        self.init_bad_images(on_bad_image, bad_image_log, min_size)
         self.categories_dir = self.check_layout(root)
         self.dataset_root = Path(root).expanduser()
         self.expected_num_classes = expected_num_classes
-        # find_classes/make_dataset below are called by DatasetFolder.__init__; pil_loader always converts
+        # find_classes/make_dataset below are called by DatasetFolder.__init__; read_image always converts
         # to RGB (the default loader would not under the accimage backend).
-        super().__init__(str(self.categories_dir), transform=transform, loader=pil_loader)
+        super().__init__(str(self.categories_dir), transform=transform, loader=self.read_image)
 
     @classmethod
     def layout(cls, root: str | Path) -> str:
@@ -107,15 +113,18 @@ class Caltech256(_CaltechFolder):
     excluded, file_pattern = CALTECH256_EXCLUDED, "NNN_NNNN.jpg (class folders named NNN.name)"
 
 
-class VOC2012Classification(Dataset):
+class VOC2012Classification(SkipBadImages, Dataset):
     """PASCAL VOC 2012 image-level labels of the 20 classes, from ``<root>/VOCdevkit/VOC2012``.
 
     ``targets[i, c]`` is 1 if image i has at least one non-difficult object of class c, -1 if all its
     objects of class c are difficult (the devkit ignores that image for class c), else 0.
-    Items are ``(transform(RGB PIL image), targets[i] as float)``.
+    Items are ``(transform(RGB PIL image), targets[i] as float)``; an unreadable image is replaced by the
+    next readable item (with its own targets) or fails naming it (`on_bad_image`).
     """
 
-    def __init__(self, root: str | Path, image_set: str = "train", transform=None):
+    def __init__(self, root: str | Path, image_set: str = "train", transform=None, on_bad_image: str = "skip",
+                 bad_image_log: BadImageLog | str | Path | None = None, min_size: int | None = None):
+        self.init_bad_images(on_bad_image, bad_image_log, min_size)
         self.voc_dir = self.check_layout(root, image_set)
         self.image_set = image_set
         self.transform = transform
@@ -185,21 +194,25 @@ class VOC2012Classification(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int):
-        image = pil_loader(self.voc_dir / "JPEGImages" / f"{self.image_ids[index]}.jpg")
+    def load_item(self, index: int):
+        """(transformed image, targets) of item `index`, or None if its file was skipped."""
+        image = self.read_image(self.voc_dir / "JPEGImages" / f"{self.image_ids[index]}.jpg")
+        if image is None:
+            return None
         return (self.transform(image) if self.transform is not None else image), self.targets[index].float()
 
 
 DATASETS = ("caltech101", "caltech256", "voc2012")
 
 
-def dataset_by_name(name: str, root: str | Path, split: str | None = None, transform=None) -> Dataset:
+def dataset_by_name(name: str, root: str | Path, split: str | None = None, transform=None, **bad_images) -> Dataset:
     """One of DATASETS under `root`. `split` is VOC's image set (default "train"); the Caltech sets have no
-    predefined split (see `splits.per_class_split`), so it is ignored for them."""
+    predefined split (see `splits.per_class_split`), so it is ignored for them. `bad_images`: `on_bad_image`,
+    `bad_image_log`, `min_size` (see `zf_lightning.data.image_files`)."""
     if name == "caltech101":
-        return Caltech101(root, transform=transform)
+        return Caltech101(root, transform=transform, **bad_images)
     if name == "caltech256":
-        return Caltech256(root, transform=transform)
+        return Caltech256(root, transform=transform, **bad_images)
     if name == "voc2012":
-        return VOC2012Classification(root, image_set=split or "train", transform=transform)
+        return VOC2012Classification(root, image_set=split or "train", transform=transform, **bad_images)
     raise ValueError(f"Unknown transfer dataset {name!r}; expected one of {DATASETS}.")
