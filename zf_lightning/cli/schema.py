@@ -256,6 +256,8 @@ class ModelSchema(Targeted):
     filter_rms_radius: float | None = spec(_positive)
     transfer: TransferSchema | None = spec()
     task: str = spec(_choices(_tasks))
+    channels_last: bool = spec()
+    compile: Any = spec()
 
 
 @dataclass

@@ -106,6 +106,10 @@ class ImageClassifier(L.LightningModule):
             checkpoint of this module later loads without the ImageNet checkpoint.
         task: "multiclass" (softmax, top-1/top-5 and mean per-class accuracy) or "multilabel" (a sigmoid per
             label, targets 1 / 0 / -1 for present / absent / ignored, VOC average precision per class).
+        channels_last: keep the network's weights and the batches in channels-last memory layout (faster
+            convolutions on GPUs with tensor cores, with `precision=bf16-mixed`).
+        compile: `torch.compile` the network (not this module) when the Trainer sets up: True, or a dict of
+            `torch.compile` options such as `{"mode": "max-autotune"}`.
 
     Batches are `(images, labels)`; at test time images may be `(B, crops, C, H, W)`, and the crops of
     each image go through the network as one batch and their softmax outputs are averaged.
@@ -120,6 +124,8 @@ class ImageClassifier(L.LightningModule):
         filter_rms_radius: float | None = 0.1,
         transfer: dict[str, Any] | None = None,
         task: str = "multiclass",
+        channels_last: bool = False,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         net, optimizer, lr_scheduler, transfer = (_plain(x) for x in (net, optimizer, lr_scheduler, transfer))
@@ -133,9 +139,11 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"model.task must be one of {list(TASKS)}, got {task!r}")
         self.save_hyperparameters({
             "net": net, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "filter_rms_radius": filter_rms_radius,
-            "transfer": transfer, "task": task,
+            "transfer": transfer, "task": task, "channels_last": channels_last, "compile": _plain(compile),
         })
         self.net = build_network(**net)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
         self.multilabel = task == "multilabel"
         num_classes = self.net.classifier[-1].out_features
         if self.multilabel:
@@ -153,6 +161,13 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = MetricCollection(metrics).clone(prefix="train/") if not self.multilabel else MetricCollection({})
         self.val_metrics = MetricCollection(metrics).clone(prefix="val/")
         self.test_metrics = MetricCollection(metrics).clone(prefix="test/")
+
+    def configure_model(self) -> None:
+        # In place (nn.Module.compile): the parameter names, hence checkpoints, stay those of the plain network.
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            options = self.hparams.compile if isinstance(self.hparams.compile, dict) else {}
+            self.net.compile(**options)
+            self._compiled = True
 
     @property
     def frozen(self) -> bool:
@@ -178,13 +193,18 @@ class ImageClassifier(L.LightningModule):
         return getattr(self, f"{stage}_metrics")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.net(self.laid_out(images))
+
+    def laid_out(self, images: torch.Tensor) -> torch.Tensor:
+        """Batches in the network's memory layout (a no-op by default: `contiguous` returns the tensor itself)."""
+        return images.contiguous(memory_format=self.memory_format)
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities (label probabilities when multilabel); for (B, crops, C, H, W) input, the average over each image's crops."""
         if images.ndim == 5:
-            return average_crop_probabilities(self.net(images.flatten(0, 1)), images.shape[1], self.multilabel)
-        logits = self.net(images)
+            crops = self.laid_out(images.flatten(0, 1))  # one batch of B x crops
+            return average_crop_probabilities(self.net(crops), images.shape[1], self.multilabel)
+        logits = self(images)
         return logits.sigmoid() if self.multilabel else logits.softmax(dim=-1)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -192,7 +212,7 @@ class ImageClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
-        logits = self.net(images)
+        logits = self(images)
         loss = self.loss(logits, labels)
         finite = bool(torch.isfinite(loss))
         if self._trainer is not None and self.trainer.world_size > 1:  # every rank stops, not one left waiting in all-reduce
@@ -218,7 +238,7 @@ class ImageClassifier(L.LightningModule):
                 loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), labels)
             self.metrics(stage).update(probabilities, labels)
         else:
-            logits = self.net(images)
+            logits = self(images)
             loss = self.loss(logits, labels)
             self.metrics(stage).update(logits, labels)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
