@@ -62,3 +62,24 @@ def test_mean_image_is_the_pixelwise_average_and_is_cached(tmp_path, monkeypatch
     monkeypatch.setattr("zf_lightning.data.mean_image.compute_mean_image", lambda *a, **k: 1 / 0)
     torch.testing.assert_close(load_or_compute_mean_image("key", ListDataset(images), tmp_path), first)
     assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.iterdir()).name]  # one file, no temp leftovers
+
+
+def test_train_transform_equals_subtracting_the_mean_before_cropping():
+    # The paper preset crops and flips the uint8 image and the mean image together, then subtracts: it must
+    # give exactly what subtracting first and cropping after gives, with the same random draws.
+    from torchvision.transforms import v2
+
+    from zf_lightning.data.transforms import SubtractMeanImage
+
+    mean = torch.rand(3, 16, 16) * 255
+    reference = v2.Compose([paper_base(16), SubtractMeanImage(mean), v2.RandomCrop(12), v2.RandomHorizontalFlip()])
+    train = paper_transforms(16, 12, mean)["train"]
+    for seed in range(30):
+        image = torch.randint(0, 256, (3, 20, 23 + seed % 5), dtype=torch.uint8)
+        torch.manual_seed(seed)
+        expected, next_draw = reference(image), torch.rand(1)
+        torch.manual_seed(seed)
+        out = train(image)
+        assert type(out) is torch.Tensor and out.dtype == torch.float32
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        assert torch.equal(torch.rand(1), next_draw)  # the same random draws consumed

@@ -139,8 +139,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None,
-             min_size: int | None = None) -> Image.Image | None:
+             min_size: int | None = None, draft_size: int | None = None) -> Image.Image | None:
     """The image at `path` as RGB, decoded in full now; None if it is unreadable and `on_bad_image="skip"`.
+
+    With `draft_size`, a JPEG is decoded straight to a reduced size (libjpeg's DCT scaling by 1/2, 1/4 or
+    1/8, PIL's `Image.draft`) whose short side is still at least `draft_size`; an image whose short side is
+    under 2 * `draft_size`, and any other format, is decoded at full size. PIL picks the largest factor
+    s <= min(w // draft_size, h // draft_size) and returns ceil(w / s) x ceil(h / s), so the short side
+    never drops below `draft_size`.
 
     Non-RGB images are converted (recorded as "converted"); an image whose short side is under `min_size`
     (the crop) is returned as it is (recorded as "small"). An unreadable file is recorded as "skipped" and
@@ -150,6 +156,8 @@ def load_rgb(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | No
     log = log if log is not None else BadImageLog(None)
     try:
         with Image.open(path) as image:
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
             image.load()  # Image.open only reads the header; a truncated body fails here
             mode = image.mode
             rgb = _to_rgb(image)
@@ -197,15 +205,16 @@ class SkipBadImages:
     on_bad_image: str = "skip"
     bad_image_log: BadImageLog = BadImageLog(None)
     min_size: int | None = None
+    draft_size: int | None = None
 
     def init_bad_images(self, on_bad_image: str = "skip", bad_image_log: BadImageLog | str | Path | None = None,
-                        min_size: int | None = None) -> None:
+                        min_size: int | None = None, draft_size: int | None = None) -> None:
         check_truncation_detected()
         self.on_bad_image = check_on_bad_image(on_bad_image)
-        self.bad_image_log, self.min_size = as_bad_image_log(bad_image_log), min_size
+        self.bad_image_log, self.min_size, self.draft_size = as_bad_image_log(bad_image_log), min_size, draft_size
 
     def read_image(self, path: str | Path) -> Image.Image | None:
-        return load_rgb(path, self.on_bad_image, self.bad_image_log, self.min_size)
+        return load_rgb(path, self.on_bad_image, self.bad_image_log, self.min_size, self.draft_size)
 
     def load_item(self, index: int):
         raise NotImplementedError

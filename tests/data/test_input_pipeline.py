@@ -1,0 +1,172 @@
+"""The faster input options give the default pipeline's crops: data.decode=reduced and the zf-prepare copy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from zf_lightning.cli.prepare import main as prepare_main
+from zf_lightning.data.datamodules import ImageNetDataModule
+from zf_lightning.data.image_files import BadImageError, BadImageLog, load_rgb, read_bad_image_log
+from zf_lightning.data.prepare import PrepareError, list_images, prepare, resized_size
+from zf_lightning.data.transforms import paper_base
+
+WNIDS = ["n01440764", "n01443537"]
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Smooth blobs at a few scales plus a little grain: compresses and resamples like a photograph."""
+    rng = np.random.default_rng(seed)
+    image = np.full((height, width, 3), 128.0, np.float32)
+    for cells, amplitude in ((3, 70.0), (12, 35.0), (48, 15.0)):
+        small = np.clip(rng.normal(0, 1, (max(2, cells * height // width), cells, 3)) * 60 + 128, 0, 255).astype(np.uint8)
+        image += (np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC), np.float32) - 128) * amplitude / 60
+    image += rng.normal(0, 2, image.shape)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+def val_crop(image: Image.Image) -> torch.Tensor:
+    """The paper preset's validation crop (before the mean image), on the 0-255 scale."""
+    return v2.Compose([paper_base(256), v2.CenterCrop(224)])(image)
+
+
+def _save(path: Path, image: Image.Image, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("size", [(1200, 900), (900, 1200), (800, 600), (2100, 1600), (500, 375)])
+def test_reduced_decoding_gives_the_same_val_crop_up_to_resampling_error(tmp_path, size):
+    path = _save(tmp_path / "a.JPEG", photo_like(*size), quality=90)
+    full, reduced = load_rgb(path), load_rgb(path, draft_size=256)
+    assert full.size == size
+    factor = max(s for s in (1, 2, 4, 8) if min(size) // 256 >= s)
+    assert reduced.size == tuple(-(-s // factor) for s in size) and min(reduced.size) >= 256
+    diff = (val_crop(full) - val_crop(reduced)).abs()
+    if factor == 1:  # 500x375: nothing to reduce, the very same pixels
+        assert torch.equal(diff, torch.zeros_like(diff))
+    else:  # measured on such images: mean 0.25-0.38, max 2-3 (of 255)
+        assert diff.mean() < 1.0 and diff.max() < 12, (size, diff.mean().item(), diff.max().item())
+
+
+@pytest.mark.parametrize("size", [(511, 600), (512, 512), (513, 1000), (1023, 1024), (4000, 3000), (2048, 257), (300, 200)])
+def test_reduced_decoding_never_goes_below_the_resize_size(tmp_path, size):
+    path = _save(tmp_path / "a.jpg", Image.new("RGB", size, (90, 120, 30)), quality=80)
+    image = load_rgb(path, draft_size=256)
+    assert min(image.size) >= min(256, min(size))
+    factor = max(s for s in (1, 2, 4, 8) if max(1, min(size) // 256) >= s)  # as far as min(w, h) // 256 allows
+    assert image.size == tuple(-(-s // factor) for s in size)
+
+
+def test_reduced_decoding_keeps_bad_image_handling(tmp_path):
+    good = _save(tmp_path / "good.JPEG", photo_like(1100, 800), quality=90)
+    truncated = tmp_path / "truncated.JPEG"
+    truncated.write_bytes(good.read_bytes()[:3000])
+    cmyk = _save(tmp_path / "cmyk.JPEG", Image.new("CMYK", (1100, 800), (10, 20, 30, 40)), quality=90)
+    log = BadImageLog(tmp_path / "bad.jsonl")
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert load_rgb(truncated, log=log, draft_size=256) is None
+    with pytest.raises(BadImageError, match="truncated.JPEG"):
+        load_rgb(truncated, on_bad_image="error", draft_size=256)
+    converted = load_rgb(cmyk, log=log, draft_size=256)
+    assert converted.mode == "RGB" and converted.size == (550, 400)
+    assert {(Path(e["path"]).name, e["kind"]) for e in read_bad_image_log(log.path)} == {("truncated.JPEG", "skipped"), ("cmyk.JPEG", "converted")}
+
+
+def _tree(root: Path) -> Path:
+    sizes = [(1200, 900), (500, 375), (375, 500)]
+    for split in ("train", "val"):
+        for i, wnid in enumerate(WNIDS):
+            for j, size in enumerate(sizes):
+                _save(root / split / wnid / f"{wnid}_{j}.JPEG", photo_like(*size, seed=10 * i + j), quality=90)
+    return root
+
+
+def test_datamodule_decode_option(tmp_path):
+    root = _tree(tmp_path / "imagenet")
+    with pytest.raises(ValueError, match="data.decode"):
+        ImageNetDataModule(root, num_classes=2, decode="turbo", cache_dir=tmp_path / "cache")
+    dms = {decode: ImageNetDataModule(root, num_classes=2, decode=decode, cache_dir=tmp_path / "cache") for decode in ("pil", "reduced")}
+    assert dms["pil"].dataset_key() != dms["reduced"].dataset_key()  # mean images cached apart
+    crops = {}
+    for decode, dm in dms.items():
+        dataset = dm.make_dataset("val", val_crop)
+        assert dataset.draft_size == (256 if decode == "reduced" else None)
+        crops[decode] = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    diff = (crops["pil"] - crops["reduced"]).abs()
+    assert 0 < diff.mean() < 1.0  # only the 1200x900 images differ
+
+
+def test_zf_prepare_copy_gives_the_same_crops_up_to_jpeg_error(tmp_path):
+    src, dst = _tree(tmp_path / "imagenet"), tmp_path / "imagenet_256"
+    (src / "train" / WNIDS[0] / "notes.txt").write_text("not an image")
+    bad = src / "train" / WNIDS[1] / "bad.JPEG"
+    bad.write_bytes(b"not a jpeg")
+    small = _save(src / "val" / WNIDS[0] / "small.png", photo_like(300, 200).convert("L"))
+    large_png = _save(src / "val" / WNIDS[1] / "large.png", photo_like(640, 480))
+
+    counts = prepare(src, dst, workers=1, progress=False)
+    assert (counts.total, counts.resized, counts.copied, counts.bad) == (15, 13, 1, 1)
+    assert counts.bad_files == [str(bad.resolve())]
+    events = read_bad_image_log(dst / "zf_prepare_bad_images.jsonl")
+    assert [e["path"] for e in events if e["kind"] == "skipped"] == [str(bad.resolve())]
+    assert not (dst / "train" / WNIDS[0] / "notes.txt").exists() and not (dst / bad.relative_to(src)).exists()
+    assert not list(dst.rglob("*.zf-partial"))
+    assert (dst / small.relative_to(src)).read_bytes() == small.read_bytes()  # not upscaled: copied as it is
+    with Image.open(dst / large_png.relative_to(src)) as image:
+        assert image.format == "PNG" and image.size == (341, 256)
+
+    for rel in list_images(src):
+        if rel.name == "bad.JPEG":
+            continue
+        with Image.open(src / rel) as original, Image.open(dst / rel) as copy:
+            if min(original.size) > 256:
+                assert copy.size == resized_size(*original.size, 256) and min(copy.size) == 256
+                assert v2.Resize(256)(v2.functional.pil_to_tensor(copy)).shape[-2:] == (copy.height, copy.width)
+            else:
+                assert copy.size == original.size
+            original, copy = original.convert("RGB"), copy.convert("RGB")
+        diff = (val_crop(original) - val_crop(copy)).abs()
+        # measured on such images: mean 1.2-1.6, max 9-15 of 255 (JPEG quality 95, 4:2:0, of fine grain);
+        # PNG and copied files: identical
+        assert diff.mean() < 2.5 and diff.max() < 32, (rel, diff.mean().item(), diff.max().item())
+        if rel.suffix == ".png" or min(original.size) <= 256:
+            assert diff.max() == 0
+
+    again = prepare(src, dst, workers=2, progress=False)  # resumes: everything already there
+    assert (again.done_before, again.resized, again.copied, again.bad) == (14, 0, 0, 1)
+
+
+def test_zf_prepare_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    src = _tree(tmp_path / "imagenet")
+
+    def fail(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"half an image")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", fail)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(src, tmp_path / "copy", workers=1, progress=False)
+    assert not [p for p in (tmp_path / "copy").rglob("*") if p.is_file() and p.suffix != ".jsonl"]
+
+
+def test_zf_prepare_refuses_bad_paths_before_writing(tmp_path, capsys):
+    src = _tree(tmp_path / "imagenet")
+    for dst in (src, src / "train" / "copy", tmp_path):
+        with pytest.raises(PrepareError):
+            prepare(src, dst, progress=False)
+    with pytest.raises(PrepareError, match="does not exist"):
+        prepare(tmp_path / "missing", tmp_path / "out", progress=False)
+    assert not (src / "train" / "copy").exists() and not (tmp_path / "out").exists()
+
+    assert prepare_main([str(src), str(src / "val" / "x")]) == 2
+    assert "inside SRC" in capsys.readouterr().err
+    assert prepare_main([str(src), str(tmp_path / "copy"), "--workers", "2", "--quiet"]) == 0
+    assert "12/12 images: 12 resized, 0 copied" in capsys.readouterr().out
