@@ -12,6 +12,8 @@ a loop over the training dataset with torch on one thread, as in a DataLoader wo
   (b) the datamodule, data.decode=pil (the default)
   (c) the datamodule, data.decode=reduced
   (d) the datamodule, data.decode=pil, on the zf-prepare copy (data.root=<copy>)
+  (e) the datamodule, data.decode=torchvision (torchvision.io straight to uint8 tensors)
+  (f) the datamodule, data.decode=torchvision, on the zf-prepare copy
   reduced + prepared is not timed: on the copy every short side is 256, so there is nothing to reduce.
 
 Arms alternate (rotated order each repeat) so that drifting load hits them alike; medians are reported, with
@@ -130,6 +132,8 @@ def arms(root: Path, prepared: Path, mean_image: torch.Tensor, cache: Path) -> d
         "(b) datamodule, decode=pil": over_dataset(datamodule(root, "pil", mean_image, cache)),
         "(c) datamodule, decode=reduced": over_dataset(datamodule(root, "reduced", mean_image, cache)),
         "(d) datamodule, decode=pil, zf-prepare copy": over_dataset(datamodule(prepared, "pil", mean_image, cache)),
+        "(e) datamodule, decode=torchvision": over_dataset(datamodule(root, "torchvision", mean_image, cache)),
+        "(f) datamodule, decode=torchvision, zf-prepare copy": over_dataset(datamodule(prepared, "torchvision", mean_image, cache)),
     }
 
 
@@ -247,7 +251,8 @@ def main() -> None:
             profile(root, prepared, mean_image)
         if args.loader:
             best_root = prepared if "prepare" in best else root
-            dm = datamodule(best_root, "reduced" if "reduced" in best else "pil", mean_image, cache, batch_size=32)
+            decode = next(d for d in ("reduced", "torchvision", "pil") if f"decode={d}" in best)
+            dm = datamodule(best_root, decode, mean_image, cache, batch_size=32)
             for workers in (1, 2):
                 rate = loader_rate(dm, workers)
                 print(f"DataLoader, {best.split()[0]} option, {workers} worker(s), batch 32: {rate:.0f} images/s "

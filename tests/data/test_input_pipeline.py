@@ -13,7 +13,8 @@ from torchvision.transforms import v2
 
 from zf_lightning.cli.prepare import main as prepare_main
 from zf_lightning.data.datamodules import ImageNetDataModule
-from zf_lightning.data.image_files import BadImageError, BadImageLog, load_rgb, read_bad_image_log
+from zf_lightning.data.image_files import BadImageError, BadImageLog, load_rgb, load_rgb_tensor, read_bad_image_log
+from zf_lightning.data.imagenet_folder import ImageNetFolder
 from zf_lightning.data.prepare import PrepareError, list_images, prepare, resized_size
 from zf_lightning.data.transforms import paper_base
 
@@ -170,3 +171,40 @@ def test_zf_prepare_refuses_bad_paths_before_writing(tmp_path, capsys):
     assert "inside SRC" in capsys.readouterr().err
     assert prepare_main([str(src), str(tmp_path / "copy"), "--workers", "2", "--quiet"]) == 0
     assert "12/12 images: 12 resized, 0 copied" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size", [(500, 375), (341, 256), (1200, 900)])
+def test_torchvision_decoding_gives_the_same_pixels_as_pil(tmp_path, size):
+    path = _save(tmp_path / "a.JPEG", photo_like(*size), quality=90)
+    tensor = load_rgb_tensor(path)
+    assert tensor.dtype == torch.uint8 and tensor.shape == (3, size[1], size[0])
+    assert torch.equal(tensor, v2.functional.pil_to_tensor(load_rgb(path)))  # both libjpeg-turbo
+    assert torch.equal(val_crop(tensor), val_crop(load_rgb(path)))
+
+
+def test_torchvision_decoding_hands_odd_and_bad_files_to_the_pil_path(tmp_path):
+    good = _save(tmp_path / "good.JPEG", photo_like(400, 300), quality=90)
+    truncated = tmp_path / "truncated.JPEG"
+    truncated.write_bytes(good.read_bytes()[:3000])  # libjpeg alone would fill the rest with grey
+    gray = _save(tmp_path / "gray.JPEG", photo_like(400, 300).convert("L"), quality=90)
+    small = _save(tmp_path / "small.JPEG", photo_like(200, 150), quality=90)
+    log = BadImageLog(tmp_path / "bad.jsonl")
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert load_rgb_tensor(truncated, log=log) is None
+    with pytest.raises(BadImageError, match="truncated.JPEG"):
+        load_rgb_tensor(truncated, on_bad_image="error")
+    converted = load_rgb_tensor(gray, log=log)  # a PIL image: the pipeline's ToImage takes both
+    assert torch.equal(v2.functional.pil_to_tensor(converted), v2.functional.pil_to_tensor(load_rgb(gray)))
+    assert load_rgb_tensor(small, log=log, min_size=224).shape == (3, 150, 200)
+    assert {(Path(e["path"]).name, e["kind"]) for e in read_bad_image_log(log.path)} == {
+        ("truncated.JPEG", "skipped"), ("gray.JPEG", "converted"), ("small.JPEG", "small")}
+
+
+def test_datamodule_decode_torchvision_gives_the_default_crops_and_shares_its_mean_image(tmp_path):
+    root = _tree(tmp_path / "imagenet")
+    dms = {decode: ImageNetDataModule(root, num_classes=2, decode=decode, cache_dir=tmp_path / "cache") for decode in ("pil", "torchvision")}
+    assert dms["pil"].dataset_key() == dms["torchvision"].dataset_key()
+    crops = {decode: torch.stack([item[0] for item in dm.make_dataset("val", val_crop)]) for decode, dm in dms.items()}
+    assert torch.equal(crops["pil"], crops["torchvision"])
+    with pytest.raises(ValueError, match="cannot go with"):
+        ImageNetFolder(root, "val", draft_size=256, tensor_decode=True)

@@ -178,6 +178,34 @@ def load_rgb(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | No
     return rgb
 
 
+def load_rgb_tensor(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None,
+                    min_size: int | None = None):
+    """The image at `path` as a uint8 (3, H, W) tensor from torchvision's decoder (libjpeg-turbo, libpng): no
+    PIL image in between, and no copy into a tensor afterwards.
+
+    Only plain, whole 3-channel files take this path; anything else (grayscale, CMYK, 16-bit, a JPEG without
+    its end marker, i.e. truncated, which libjpeg would fill in with grey instead of failing, or an error) goes
+    through `load_rgb`, which converts, records and skips exactly as with PIL.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    log = log if log is not None else BadImageLog(None)
+    try:
+        data = read_file(str(path))
+        is_jpeg = data.numel() >= 4 and data[:2].tolist() == [0xFF, 0xD8]
+        if is_jpeg and data[-2:].tolist() != [0xFF, 0xD9]:
+            return load_rgb(path, on_bad_image, log, min_size)
+        image = decode_image(data, mode=ImageReadMode.UNCHANGED)
+    except (RuntimeError, ValueError, OSError):
+        return load_rgb(path, on_bad_image, log, min_size)
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        return load_rgb(path, on_bad_image, log, min_size)
+    if min_size is not None and min(image.shape[1:]) < min_size:
+        log.record(path, "small", f"{image.shape[2]}x{image.shape[1]} is smaller than the {min_size}px crop; upscaled")
+    return image
+
+
 def first_readable(load_item: Callable[[int], Any | None], index: int, length: int, what: str = "dataset") -> Any:
     """`load_item(index)`, or if that is None (a skipped file) the next item that loads, wrapping around.
 
@@ -206,14 +234,21 @@ class SkipBadImages:
     bad_image_log: BadImageLog = BadImageLog(None)
     min_size: int | None = None
     draft_size: int | None = None
+    tensor_decode: bool = False
 
     def init_bad_images(self, on_bad_image: str = "skip", bad_image_log: BadImageLog | str | Path | None = None,
-                        min_size: int | None = None, draft_size: int | None = None) -> None:
+                        min_size: int | None = None, draft_size: int | None = None, tensor_decode: bool = False) -> None:
         check_truncation_detected()
+        if draft_size is not None and tensor_decode:
+            raise ValueError("draft_size (decode=reduced) is a PIL decode option; it cannot go with tensor_decode (decode=torchvision)")
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_image_log, self.min_size, self.draft_size = as_bad_image_log(bad_image_log), min_size, draft_size
+        self.tensor_decode = tensor_decode
 
-    def read_image(self, path: str | Path) -> Image.Image | None:
+    def read_image(self, path: str | Path):
+        """RGB PIL image, or a uint8 (3, H, W) tensor with `tensor_decode`; None for a skipped file."""
+        if self.tensor_decode:
+            return load_rgb_tensor(path, self.on_bad_image, self.bad_image_log, self.min_size)
         return load_rgb(path, self.on_bad_image, self.bad_image_log, self.min_size, self.draft_size)
 
     def load_item(self, index: int):
