@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from multiprocessing import Pool
+import multiprocessing
 from pathlib import Path
 
 import torch
@@ -175,7 +175,8 @@ def prepare(src: str | Path, dst: str | Path, size: int = 256, workers: int = 1,
         for job in jobs:
             update(*_prepare_star(job))
     else:
-        with Pool(workers, initializer=_init_worker) as pool:
+        # spawn, not fork: a fork of a process with threads (torch's, a logger's) can deadlock on a lock they held
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
             for rel, outcome in pool.imap_unordered(_prepare_star, jobs, chunksize=16):
                 update(rel, outcome)
     if progress:
