@@ -133,13 +133,6 @@ def run_cli(args: list[str], tmp_path: Path, script: str = "zf-train") -> subpro
     return subprocess.run([str(executable), *args], env=cli_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
-def test_unknown_model_name_lists_the_available_ones(tmp_path):
-    result = run_cli(["model=resnet"], tmp_path)
-    assert result.returncode != 0
-    assert "Could not find 'model/resnet'" in result.stderr and "zfnet_fc8192" in result.stderr
-    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("checkpoints"))
-
-
 @pytest.mark.slow
 def test_console_script_runs_a_fast_dev_run_into_a_timestamped_dir(tmp_path):
     args = ["debug=fdr", "logger=csv", "data.train_per_class=20", "data.num_workers=0", "model.net.width_multiplier=0.125"]
