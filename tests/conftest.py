@@ -87,3 +87,17 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def tiny_alexnet_checkpoint(tmp_path_factory) -> Path:
     """The same for AlexNet (11x11/4 first layer)."""
     return _train_tiny(tmp_path_factory, "tiny_alexnet", ["model=alexnet"])
+
+
+def wandb_run_bytes(run_dir: Path, needle: bytes, timeout: float = 30.0) -> bytes:
+    """The offline W&B run file under `run_dir`, once it holds `needle`: W&B's service process writes it
+    asynchronously and, on a loaded machine, can still be writing after `finish()` returned."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+        data = found[0].read_bytes() if found else b""
+        if needle in data or time.monotonic() > deadline:
+            return data
+        time.sleep(0.5)

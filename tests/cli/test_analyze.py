@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import compose_config
+from tests.conftest import compose_config, wandb_run_bytes
 from zf_lightning.cli.analyze import correspondence, invariance, occlusion
 from zf_lightning.cli.common import load_checkpoint_with_data
 
@@ -155,7 +155,7 @@ def test_invariance_writes_curves_figure_and_equals_the_engine(tiny_checkpoint, 
     original, turned = features(images).features[7], features(torch.rot90(images, k=-1, dims=(-2, -1))).features[7]
     by_hand = (turned - original).norm(dim=1) / original.norm(dim=1)
     np.testing.assert_allclose(arrays["rotation_distance_layer7"][:, 1], by_hand.numpy(), rtol=1e-4, atol=1e-5)
-    assert b"invariance/figure" in next(out.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    assert b"invariance/figure" in wandb_run_bytes(out, b"invariance/figure")
 
 
 def test_invariance_defaults_follow_the_crop_size_and_unknown_transforms_are_refused(tiny_checkpoint, tmp_path):
@@ -204,7 +204,7 @@ def test_correspondence_writes_the_papers_table_and_equals_the_engine(tiny_check
     arrays = np.load(out / "correspondence.npz")
     np.testing.assert_array_equal(arrays["part_boxes"], expected.part_boxes)
     np.testing.assert_allclose(arrays["deltas"], expected.as_arrays()["deltas"])
-    assert b"correspondence/table" in next(out.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    assert b"correspondence/table" in wandb_run_bytes(out, b"correspondence/table")
 
 
 @pytest.mark.parametrize(
@@ -249,6 +249,6 @@ def test_a_job_that_fails_after_its_loggers_started_finishes_them_as_failed(tiny
     with pytest.raises(RuntimeError, match="out of memory"):
         occlusion(cfg)
     assert finished == [(1, "failed", "out of memory in the middle of the analysis")]  # closed: the next job gets its own run
-    logged = next(Path(cfg.paths.output_dir).glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
+    logged = wandb_run_bytes(Path(cfg.paths.output_dir), b"out of memory in the middle of the analysis")
     assert b"out of memory in the middle of the analysis" in logged  # the W&B run says why it failed
     assert json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())["error"].startswith("RuntimeError: out of memory")
