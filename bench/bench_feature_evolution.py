@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zf_lightning.cli import config_dir  # noqa: E402
 from zf_lightning.visualize.evolution import FeatureEvolution  # noqa: E402
+from _common import load_average
 
 
 class EpochStart(L.Callback):
@@ -109,10 +110,6 @@ def one_epoch(cfg, datamodule, with_callback: bool, out: Path, own: dict[str, li
     return end.seconds
 
 
-def _load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="epochs per arm (interleaved)")
@@ -131,7 +128,7 @@ def main() -> None:
 
     print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
           f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}")
-    print(f"load average before: {_load()}")
+    print(f"load average before: {load_average()}")
     n_train = cfg.data.num_classes * cfg.data.train_per_class
     print(f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
           f"{n_train} train images, batch {cfg.data.batch_size}, workers {cfg.data.num_workers}, "
@@ -147,7 +144,7 @@ def main() -> None:
                 times[arm].append(seconds)
                 print(f"  repeat {repeat} {arm:>3}: {seconds:7.2f} s")
 
-    print(f"load average after: {_load()} (other processes on the machine skew both arms)")
+    print(f"load average after: {load_average()} (other processes on the machine skew both arms)")
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     tracking, snapshot = statistics.median(own["tracking"]), statistics.median(own["snapshot"])
     print(f"epoch without callback: median {off:.2f} s  (all: {', '.join(f'{t:.2f}' for t in times['off'])})")

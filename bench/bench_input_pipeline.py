@@ -43,6 +43,7 @@ from torchvision.transforms.v2 import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zf_lightning.data.datamodules import ImageNetDataModule  # noqa: E402
 from zf_lightning.data.prepare import prepare  # noqa: E402
+from _common import load_average
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
 RESIZE, CROP = 256, 224
@@ -182,10 +183,6 @@ def loader_rate(dm: ImageNetDataModule, workers: int, passes: int = 2) -> float:
     return n / (time.perf_counter() - started)
 
 
-def _load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=400, help="training images generated (default 400)")
@@ -221,7 +218,7 @@ def main() -> None:
               f"({counts.resized} resized, {counts.copied} copied, {counts.done_before} already done; {prepared_s:.1f} s)")
         print(f"timing: one process, torch threads {torch.get_num_threads()}, a pass = the whole training set through the "
               f"train transform (decode, resize, crops, mean image); {args.repeats} passes per arm, interleaved, after a warm-up pass")
-        print(f"load average before: {_load()}")
+        print(f"load average before: {load_average()}")
 
         mean_image = torch.rand(3, RESIZE, RESIZE, generator=torch.Generator().manual_seed(0)) * 255
         torch.manual_seed(0)
@@ -235,7 +232,7 @@ def main() -> None:
             for name in order:
                 rates[name].append(one_pass(timed[name]))
             print(f"  repeat {repeat}: " + ", ".join(f"{name.split()[0]} {rates[name][-1]:.0f}" for name in names) + " images/s")
-        print(f"load average after: {_load()} (other processes on the machine skew all arms)")
+        print(f"load average after: {load_average()} (other processes on the machine skew all arms)")
 
         base_rate = statistics.median(rates[names[0]])
         for name in names:

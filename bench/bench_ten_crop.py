@@ -36,22 +36,10 @@ from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from zf_lightning.cli import config_dir  # noqa: E402
+from _common import Batches, fmt, full_batches, load_average
 
 GOAL = 0.9
 ARMS = ("bare", "test_step", "predict_proba", "naive")
-
-
-class Batches:
-    """An iterable over pre-built batches (a plain list would read as several dataloaders to Lightning)."""
-
-    def __init__(self, batches: list) -> None:
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
 
 class BatchClock(L.Callback):
@@ -71,15 +59,7 @@ def materialise(cfg, count: int) -> list:
     datamodule.num_workers = 0
     datamodule.prepare_data()
     datamodule.setup("test")
-    batches: list = []
-    while len(batches) < count:
-        before = len(batches)
-        for images, labels in datamodule.test_dataloader():
-            if len(labels) == datamodule.batch_size and len(batches) < count:
-                batches.append((images.contiguous(), labels))
-        if len(batches) == before:
-            raise SystemExit(f"the test set has fewer images than one batch of {datamodule.batch_size}")
-    return batches
+    return full_batches(datamodule.test_dataloader, datamodule.batch_size, count, "test")
 
 
 def timed_loop(batches: list, step) -> list[float]:
@@ -125,14 +105,6 @@ def check_outputs(model, batches: list) -> dict[str, float]:
     return {"predict_proba": float((averaged - bare).abs().max()), "naive": float((naive - bare).abs().max())}
 
 
-def _load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def _fmt(values, spec=".1f") -> str:
-    return ", ".join(format(v, spec) for v in values)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=3, help="timed batches per arm and repeat")
@@ -163,7 +135,7 @@ def main() -> None:
 
     print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
           f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}")
-    print(f"load average before: {_load()}")
+    print(f"load average before: {load_average()}")
     print(f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
           f"batch {args.batch_size} images x {crops} crops = {per_batch} crops, {args.batches} timed batches after "
           f"{args.warmup} warm-up per arm run, {args.repeats} runs per arm; eval mode, inference_mode")
@@ -184,18 +156,18 @@ def main() -> None:
             line.append(f"{arm} {throughput[arm][-1]:.0f}")
         print(f"  repeat {repeat} (crops/s): {', '.join(line)}", flush=True)
 
-    print(f"load average after: {_load()} (other processes on the machine skew every arm)")
+    print(f"load average after: {load_average()} (other processes on the machine skew every arm)")
     medians = {arm: statistics.median(values) for arm, values in throughput.items()}
     for arm in ARMS:
         print(f"{arm:>13}: median {medians[arm]:7.1f} crops/s = {medians[arm] / crops:6.1f} images/s "
-              f"(all: {_fmt(throughput[arm])} crops/s)")
+              f"(all: {fmt(throughput[arm])} crops/s)")
     bare = throughput["bare"]
     for arm, what in (("test_step", "the module's 10-crop test path (trainer.test)"), ("predict_proba", "predict_proba alone"),
                       ("naive", "naive, ten calls of B crops")):
         paired = [value / reference for value, reference in zip(throughput[arm], bare)]
         ratio = medians[arm] / medians["bare"]
         goal = f"; goal >= {GOAL} ({'met' if ratio >= GOAL else 'NOT met'})" if arm == "test_step" else " (context)"
-        print(f"{what} / bare: {ratio:.3f} (medians); paired per repeat: {_fmt(paired, '.3f')}{goal}")
+        print(f"{what} / bare: {ratio:.3f} (medians); paired per repeat: {fmt(paired, '.3f')}{goal}")
 
 
 if __name__ == "__main__":

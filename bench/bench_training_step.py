@@ -70,6 +70,7 @@ from zf_lightning.cli import config_dir  # noqa: E402
 from zf_lightning.cli.common import finish_loggers, instantiate_group, instantiate_loggers, log_config  # noqa: E402
 from zf_lightning.data.sampling import mix_seed  # noqa: E402
 from zf_lightning.models import build_network  # noqa: E402
+from _common import Batches, fmt, full_batches, load_average
 
 GOAL = 0.95
 BATCH_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
@@ -78,19 +79,6 @@ RENORMALIZE = classifier_module.renormalize_filters_
 
 
 # ------------------------------------------------------------------------------------------------ data
-class Batches:
-    """An iterable over pre-built batches (a plain list would read as several dataloaders to Lightning)."""
-
-    def __init__(self, batches: list) -> None:
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 class InMemoryData(L.LightningDataModule):
     """The synthetic datamodule's batches, already materialised; its state (the mean image) goes into checkpoints."""
 
@@ -115,14 +103,7 @@ def materialise(cfg, n_train: int, n_val: int) -> InMemoryData:
     datamodule.prepare_data()  # the mean image, computed once (cached)
     datamodule.setup("fit")
     torch.manual_seed(cfg.seed)
-    train: list = []
-    while len(train) < n_train:  # more steps than one epoch of images: go round again (new crops)
-        before = len(train)
-        for images, labels in datamodule.train_dataloader():
-            if len(labels) == datamodule.batch_size and len(train) < n_train:
-                train.append((images.contiguous(), labels))
-        if len(train) == before:
-            raise SystemExit(f"the training set has fewer images than one batch of {datamodule.batch_size}")
+    train = full_batches(datamodule.train_dataloader, datamodule.batch_size, n_train, "training")  # round again: new crops
     val = []
     for images, labels in datamodule.val_dataloader():
         val.append((images, labels))
@@ -388,14 +369,6 @@ def _lightning_run(cfg, data: InMemoryData, out: Path, watches: Stopwatches, mod
 
 
 # ------------------------------------------------------------------------------------------------ report
-def _load() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
-def _fmt(values, spec=".1f") -> str:
-    return ", ".join(format(v, spec) for v in values)
-
-
 def print_costs(arm_watches: dict[str, list[Stopwatches]], step_ms: dict[str, float]) -> None:
     """Mean ms per step of each stopwatched part, median over runs, per arm; the difference lightning - hand."""
     arms = list(arm_watches)
@@ -468,7 +441,7 @@ def main() -> None:
 
     print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
           f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}")
-    print(f"load average before: {_load()}")
+    print(f"load average before: {load_average()}")
     callbacks = ", ".join(type(c).__name__ for c in instantiate_group(cfg.callbacks))
     print(f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
           f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up steps, {args.repeats} runs per arm "
@@ -509,25 +482,25 @@ def main() -> None:
                       f"(mean step {1e3 * statistics.mean(steps):6.1f} ms, median {1e3 * statistics.median(steps):6.1f} ms)", flush=True)
             differences.append(max(float((weights["hand"][k] - weights["lightning"][k]).abs().max()) for k in weights["hand"]))
 
-    print(f"load average after: {_load()} (other processes on the machine skew every arm)")
-    print(f"same work: largest |weight difference| hand vs lightning after {total} steps, per repeat: {_fmt(differences, '.1e')}")
+    print(f"load average after: {load_average()} (other processes on the machine skew every arm)")
+    print(f"same work: largest |weight difference| hand vs lightning after {total} steps, per repeat: {fmt(differences, '.1e')}")
     throughput = {arm: [args.batch_size * len(s) / sum(s) for s in runs] for arm, runs in step_times.items()}
     medians = {arm: statistics.median(v) for arm, v in throughput.items()}
     step_ms = {arm: 1e3 * args.batch_size / medians[arm] for arm in arms}  # mean step of the median run
     for arm in arms:
-        print(f"{arm:>16}: median {medians[arm]:7.1f} images/s (all: {_fmt(throughput[arm])}); {step_ms[arm]:.1f} ms per step")
+        print(f"{arm:>16}: median {medians[arm]:7.1f} images/s (all: {fmt(throughput[arm])}); {step_ms[arm]:.1f} ms per step")
     step_median = {arm: statistics.median(t for run in runs for t in run) for arm, runs in step_times.items()}
     for arm in arms[1:]:
         paired = [other / hand for hand, other in zip(throughput["hand"], throughput[arm])]
         ratio = medians[arm] / medians["hand"]
         goal = f"; goal >= {GOAL} ({'met' if ratio >= GOAL else 'NOT met'})" if arm == "lightning" else " (diagnostic)"
         print(f"{arm} / hand images/s: {ratio:.3f} (medians of runs){goal}")
-        print(f"    paired per repeat: {_fmt(paired, '.3f')}; best run / best run: {max(throughput[arm]) / max(throughput['hand']):.3f}; "
+        print(f"    paired per repeat: {fmt(paired, '.3f')}; best run / best run: {max(throughput[arm]) / max(throughput['hand']):.3f}; "
               f"from the median step time over all timed steps: {step_median['hand'] / step_median[arm]:.3f}")
     for arm in arms:
-        print(f"{arm:>16}: CPUs busy in this process during the timed steps {_fmt(cpu[arm], '.2f')}; "
-              f"minor page faults per step {_fmt(faults[arm], '.0f')}")
-    print(f"W&B service (child processes) CPU over each whole lightning fit: {_fmt(helpers, '.2f')} s (beside the training threads)")
+        print(f"{arm:>16}: CPUs busy in this process during the timed steps {fmt(cpu[arm], '.2f')}; "
+              f"minor page faults per step {fmt(faults[arm], '.0f')}")
+    print(f"W&B service (child processes) CPU over each whole lightning fit: {fmt(helpers, '.2f')} s (beside the training threads)")
     print_costs(arm_watches, step_ms)
 
 
