@@ -304,3 +304,9 @@ def test_no_secret_reaches_logged_configs_or_result_files(tmp_path):
     assert summary["config"]["service"] == {"api_key": REDACTED}
     assert "notes: ${oc.env:WANDB_API_KEY}" in (run / ".hydra" / "config.yaml").read_text()  # unresolved
     assert b"run_note" in next(run.rglob("*.wandb")).read_bytes()  # the config did reach W&B, redacted
+
+
+def test_the_imagenet_decode_option_is_one_of_its_choices(tmp_path):
+    assert config_problems(compose_config("train", tmp_path / "run", ["data=imagenet", "data.decode=gpu"])) == []
+    problems = config_problems(compose_config("train", tmp_path / "run", ["data=imagenet", "data.decode=cuda"]))
+    assert problems == ["data.decode='cuda': must be one of ['pil', 'reduced', 'torchvision', 'gpu']"]

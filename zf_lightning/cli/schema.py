@@ -164,6 +164,12 @@ def _presets():
     return list(PRESETS)
 
 
+def _decodes():
+    from zf_lightning.data.datamodules import DECODE
+
+    return list(DECODE)
+
+
 def _datasets():
     from zf_lightning.transfer.datamodule import DATASETS
 
@@ -281,6 +287,7 @@ class DataSchema(Targeted):
     test_per_class: int = spec(_at_least(1))
     seed: int = spec()
     root: str = spec()
+    decode: str = spec(_choices(_decodes))
     dataset: str = spec(_choices(_datasets))
     split_seed: int = spec(_at_least(0))
     max_test_per_class: int | None = spec(_at_least(1))

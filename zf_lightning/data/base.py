@@ -132,9 +132,18 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         transform = self.display_transform() if display else self.transforms()["val"]
         return self.make_dataset(self.stage_splits[split], transform)
 
+    def loader_transforms(self) -> dict:
+        """The transforms of the training, validation and test loaders: `transforms()` unless part of the work
+        happens on the device (`on_before_batch_transfer`)."""
+        return self.transforms()
+
+    def collate_fn(self, name: str):
+        """The collate function of loader `name` (None: PyTorch's default)."""
+        return None
+
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        transforms = self.transforms()
+        transforms = self.loader_transforms()
         for name in wanted.get(stage, ("train", "val", "test")):
             if name not in self.datasets:
                 self.datasets[name] = self.make_dataset(self.stage_splits[name], transforms[name])
@@ -148,6 +157,7 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
             dataset,
             batch_size=self.per_device_batch_size,
             sampler=sampler,
+            collate_fn=self.collate_fn(name),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
+import torch
+
 from zf_lightning.data.base import ImageClassificationDataModule
+from zf_lightning.data.device_decode import DeviceBatch, DeviceDecoder, PrepareForDevice, collate_for_device
 from zf_lightning.data.image_files import BadImageLog, check_on_bad_image
 from zf_lightning.data.imagenet_folder import ImageNetFolder
 from zf_lightning.data.synthetic import SyntheticShapes
 
-DECODE = ("pil", "reduced", "torchvision")  # data.decode of the imagenet datamodule
+DECODE = ("pil", "reduced", "torchvision", "gpu")  # data.decode of the imagenet datamodule
 
 
 class SyntheticDataModule(ImageClassificationDataModule):
@@ -57,7 +61,10 @@ class ImageNetDataModule(ImageClassificationDataModule):
     faster for images whose short side is at least twice `resize_size`. `"pil"` (the default) decodes in full.
     `"torchvision"` decodes with `torchvision.io` straight to uint8 tensors, skipping PIL and the image-to-tensor
     copy: the same pixels (both use libjpeg-turbo), fastest on a `zf-prepare` copy. The mean image is cached
-    separately for `reduced`.
+    separately for `reduced`. `"gpu"` (paper preset) has loader workers only read the JPEG files; each batch is
+    decoded, resized and cropped on the training device (`zf_lightning.data.device_decode`), with the numbers of
+    `"torchvision"` up to the GPU decoder's rounding. Datasets built outside a trainer (`split_dataset`, the
+    mean image) decode as `"torchvision"` does.
     """
 
     def __init__(self, root: str | Path, num_classes: int = 1000, on_bad_image: str = "skip",
@@ -65,7 +72,11 @@ class ImageNetDataModule(ImageClassificationDataModule):
         super().__init__(num_classes=num_classes, **kwargs)
         if decode not in DECODE:
             raise ValueError(f"data.decode must be one of {list(DECODE)}, got {decode!r}")
+        if decode == "gpu" and self.preset != "paper":
+            raise ValueError(f"data.decode=gpu implements the paper preset's crops; got data.preset={self.preset!r} "
+                             f"(use data.decode=torchvision with it)")
         self.decode = decode
+        self._device_decoder: DeviceDecoder | None = None
         self.root = Path(root).expanduser()
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_image_log = Path(bad_image_log).expanduser() if bad_image_log else None
@@ -81,7 +92,26 @@ class ImageNetDataModule(ImageClassificationDataModule):
         super().prepare_data()
 
     def make_dataset(self, split: str, transform) -> ImageNetFolder:
+        on_device = isinstance(transform, PrepareForDevice)
         return ImageNetFolder(self.root, split, transform=transform, cache_dir=self.cache_dir, expected_num_classes=self.num_classes,
                               on_bad_image=self.on_bad_image, bad_image_log=BadImageLog(self.bad_image_log), min_size=self.crop_size,
                               draft_size=self.resize_size if self.decode == "reduced" else None,
-                              tensor_decode=self.decode == "torchvision")
+                              tensor_decode=self.decode in ("torchvision", "gpu") and not on_device, device_decode=on_device)
+
+    def loader_transforms(self) -> dict:
+        if self.decode != "gpu":
+            return super().loader_transforms()
+        return {name: PrepareForDevice(self.resize_size, self.crop_size, name) for name in ("train", "val", "test")}
+
+    def collate_fn(self, name: str):
+        return partial(collate_for_device, split=name) if self.decode == "gpu" else None
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # Still on the host: decode_jpeg reads the bytes from host memory and writes the pixels on the device.
+        if not isinstance(batch, DeviceBatch):
+            return batch
+        if self._device_decoder is None:
+            self._device_decoder = DeviceDecoder(self.resize_size, self.crop_size, self.load_mean_image(), self.ten_crop_test,
+                                                 self.on_bad_image, BadImageLog(self.bad_image_log))
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        return self._device_decoder(batch, device)

@@ -235,18 +235,26 @@ class SkipBadImages:
     min_size: int | None = None
     draft_size: int | None = None
     tensor_decode: bool = False
+    device_decode: bool = False
 
     def init_bad_images(self, on_bad_image: str = "skip", bad_image_log: BadImageLog | str | Path | None = None,
-                        min_size: int | None = None, draft_size: int | None = None, tensor_decode: bool = False) -> None:
+                        min_size: int | None = None, draft_size: int | None = None, tensor_decode: bool = False,
+                        device_decode: bool = False) -> None:
         check_truncation_detected()
-        if draft_size is not None and tensor_decode:
-            raise ValueError("draft_size (decode=reduced) is a PIL decode option; it cannot go with tensor_decode (decode=torchvision)")
+        if draft_size is not None and (tensor_decode or device_decode):
+            raise ValueError("draft_size (decode=reduced) is a PIL decode option; it cannot go with tensor_decode (decode=torchvision) "
+                             "or device_decode (decode=gpu)")
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_image_log, self.min_size, self.draft_size = as_bad_image_log(bad_image_log), min_size, draft_size
-        self.tensor_decode = tensor_decode
+        self.tensor_decode, self.device_decode = tensor_decode, device_decode
 
     def read_image(self, path: str | Path):
-        """RGB PIL image, or a uint8 (3, H, W) tensor with `tensor_decode`; None for a skipped file."""
+        """RGB PIL image, a uint8 (3, H, W) tensor with `tensor_decode`, an `EncodedJPEG` to decode on the training
+        device with `device_decode` (other files decoded as with `tensor_decode`); None for a skipped file."""
+        if self.device_decode:
+            from zf_lightning.data.device_decode import read_for_device  # it imports this module
+
+            return read_for_device(path, self.on_bad_image, self.bad_image_log, self.min_size)
         if self.tensor_decode:
             return load_rgb_tensor(path, self.on_bad_image, self.bad_image_log, self.min_size)
         return load_rgb(path, self.on_bad_image, self.bad_image_log, self.min_size, self.draft_size)

@@ -34,16 +34,18 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
     (``on_bad_image="skip"``) or fails naming it (``"error"``); events go to ``bad_image_log``, and images
     with a short side under ``min_size`` (the crop) are recorded as small. With ``draft_size``, JPEGs are
     decoded straight to a reduced size whose short side is at least ``draft_size`` (see `load_rgb`); with
-    ``tensor_decode``, torchvision decodes them straight to uint8 tensors (see `load_rgb_tensor`).
+    ``tensor_decode``, torchvision decodes them straight to uint8 tensors (see `load_rgb_tensor`); with
+    ``device_decode``, whole baseline JPEGs are read as bytes for the training device to decode (see
+    `zf_lightning.data.device_decode`).
     """
 
     def __init__(self, root: str | Path, split: str = "train", transform=None, cache_dir: str | Path | None = None,
                  expected_num_classes: int | None = None, on_bad_image: str = "skip",
                  bad_image_log: BadImageLog | str | Path | None = None, min_size: int | None = None,
-                 draft_size: int | None = None, tensor_decode: bool = False):
+                 draft_size: int | None = None, tensor_decode: bool = False, device_decode: bool = False):
         if split not in SPLITS:
             raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-        self.init_bad_images(on_bad_image, bad_image_log, min_size, draft_size, tensor_decode)
+        self.init_bad_images(on_bad_image, bad_image_log, min_size, draft_size, tensor_decode, device_decode)
         root = Path(root).expanduser()
         layout = self.check_layout(root, splits=(split,))
         self.split = split

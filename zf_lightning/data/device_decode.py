@@ -1,0 +1,223 @@
+"""`data.decode=gpu`: JPEGs decoded, resized and cropped on the training device, a batch at a time.
+
+A loader worker only reads the file's bytes, checks its header and draws the sample's crop and flip (under the
+sample's seed, as the CPU pipeline does); `collate_for_device` keeps the variable-length bytes as a list; the
+datamodule's `on_before_batch_transfer` hands the batch to `DeviceDecoder`, which decodes every JPEG of the
+batch in one `torchvision.io.decode_jpeg(..., device=...)` call (nvJPEG on a GPU), resizes the short side to
+`resize_size` where needed, and crops, flips and subtracts the mean image on the device.
+
+The numbers are those of `data.decode=torchvision` (the same resize, crop, flip and mean subtraction from the
+same random draws): bit-identical when decoding on a CPU, within the decoders' rounding on a GPU (nvJPEG's
+IDCT and colour conversion are not libjpeg-turbo's). Only whole, 8-bit, 3-channel baseline JPEGs go to the
+device; any other file (PNG, grayscale, CMYK, progressive, truncated, unreadable) is decoded in the worker
+by `load_rgb_tensor` with its conversion and skipping rules, and sent as pixels already at `resize_size`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as F
+
+from zf_lightning.data.image_files import BadImageLog, load_rgb_tensor
+from zf_lightning.data.transforms import paper_base_uint8
+
+# Frame markers nvJPEG's batched decoder takes: baseline and extended sequential Huffman (progressive and
+# lossless frames are decoded in the worker).
+DEVICE_FRAMES = (0xC0, 0xC1)
+_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-15; C4, C8, CC are other segments
+_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM carry no length
+
+
+class JpegFrame(NamedTuple):
+    marker: int
+    precision: int
+    height: int
+    width: int
+    components: int
+
+
+def jpeg_frame(data: bytes) -> JpegFrame | None:
+    """The frame header of a whole JPEG (SOI at the start, EOI at the end), or None for anything else."""
+    if len(data) < 4 or data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _STANDALONE:
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if marker in _FRAME_MARKERS:
+            if length < 8 or position + 10 > len(data):
+                return None
+            header = data[position + 4:position + 10]
+            return JpegFrame(marker, header[0], int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big"), header[5])
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        position += 2 + length
+    return None
+
+
+class EncodedJPEG(NamedTuple):
+    """A JPEG file's bytes (a 1-D uint8 tensor), to be decoded on the device."""
+
+    data: torch.Tensor
+    path: str
+
+
+def read_for_device(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None,
+                    min_size: int | None = None):
+    """An `EncodedJPEG` for a whole 8-bit, 3-channel baseline JPEG; otherwise what `load_rgb_tensor` returns
+    (a decoded uint8 tensor or PIL image, or None for a skipped file)."""
+    log = log if log is not None else BadImageLog(None)
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+    except OSError:
+        return load_rgb_tensor(path, on_bad_image, log, min_size)  # reports the file as the other paths do
+    frame = jpeg_frame(data)
+    if frame is None or frame.marker not in DEVICE_FRAMES or frame.precision != 8 or frame.components != 3:
+        return load_rgb_tensor(path, on_bad_image, log, min_size)
+    if min_size is not None and min(frame.height, frame.width) < min_size:
+        log.record(path, "small", f"{frame.width}x{frame.height} is smaller than the {min_size}px crop; upscaled")
+    return EncodedJPEG(torch.frombuffer(data, dtype=torch.uint8), str(path))
+
+
+class DeviceSample(NamedTuple):
+    payload: torch.Tensor  # 1-D: a JPEG's bytes; 3-D: uint8 pixels already at resize_size x resize_size
+    path: str | None
+    crop: torch.Tensor  # (top, left, flip) of the training crop; zeros for val and test
+
+
+class PrepareForDevice:
+    """The worker's share of `decode=gpu`, in place of the dataset's transform: files the device cannot decode
+    become pixels at `resize_size`, and a training sample draws its crop and flip here, under its own seed,
+    exactly as `v2.RandomCrop` then `v2.RandomHorizontalFlip` draw them in the CPU pipeline."""
+
+    def __init__(self, resize_size: int, crop_size: int, split: str) -> None:
+        self.resize_size, self.crop_size, self.split = resize_size, crop_size, split
+        self.base = paper_base_uint8(resize_size)
+
+    def __call__(self, image) -> DeviceSample:
+        if isinstance(image, EncodedJPEG):
+            payload, path = image
+        else:
+            payload, path = self.base(image).as_subclass(torch.Tensor), None
+        crop = torch.zeros(3, dtype=torch.int64)
+        if self.split == "train":
+            room = self.resize_size - self.crop_size + 1
+            if room > 1:  # v2.RandomCrop draws nothing when the crop is the whole image
+                crop[0] = int(torch.randint(0, room, size=()))
+                crop[1] = int(torch.randint(0, room, size=()))
+            crop[2] = int(torch.rand(1) < 0.5)  # v2.RandomHorizontalFlip(p=0.5) flips when rand < p
+        return DeviceSample(payload, path, crop)
+
+
+@dataclass
+class DeviceBatch:
+    """A collated `decode=gpu` batch: payloads left as a list (JPEGs differ in length)."""
+
+    split: str
+    payloads: list[torch.Tensor]
+    paths: list[str | None]
+    crops: torch.Tensor  # (B, 3) int64
+    labels: torch.Tensor
+
+    def pin_memory(self) -> DeviceBatch:  # called by the DataLoader with pin_memory=True
+        return DeviceBatch(self.split, [p.pin_memory() for p in self.payloads], self.paths, self.crops.pin_memory(), self.labels.pin_memory())
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+
+def collate_for_device(items: list[tuple[DeviceSample, int]], split: str) -> DeviceBatch:
+    samples, labels = zip(*items)
+    return DeviceBatch(split, [s.payload for s in samples], [s.path for s in samples],
+                       torch.stack([s.crop for s in samples]), torch.as_tensor(labels))
+
+
+class DeviceDecoder:
+    """Decodes a `DeviceBatch` on `device` into the paper preset's inputs: (B, 3, crop, crop) for train and val,
+    (B, 10, 3, crop, crop) for a 10-crop test. A JPEG the device cannot decode is read again on the CPU
+    (`load_rgb_tensor`: recorded, and skipped or fatal by `on_bad_image`); a skipped one is replaced by the next
+    image of the batch, so the batch keeps its size."""
+
+    def __init__(self, resize_size: int, crop_size: int, mean_image: torch.Tensor, ten_crop_test: bool = True,
+                 on_bad_image: str = "skip", bad_image_log: BadImageLog | None = None) -> None:
+        if tuple(mean_image.shape) != (3, resize_size, resize_size):
+            raise ValueError(f"the mean image is {tuple(mean_image.shape)}; expected (3, {resize_size}, {resize_size})")
+        self.resize_size, self.crop_size, self.ten_crop_test = resize_size, crop_size, ten_crop_test
+        self.mean_image = mean_image.float()
+        self.on_bad_image, self.bad_image_log = on_bad_image, bad_image_log or BadImageLog(None)
+        self._device_means: dict[torch.device, torch.Tensor] = {}
+
+    def __call__(self, batch: DeviceBatch, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        device = torch.device(device)
+        images = self.decode(batch, device)
+        mean = self._device_means.get(device)
+        if mean is None:
+            mean = self._device_means[device] = self.mean_image.to(device)
+        return self.crop(batch.split, images, mean, batch.crops.to(device, non_blocking=True)), batch.labels
+
+    def decode(self, batch: DeviceBatch, device: torch.device) -> torch.Tensor:
+        """The batch as (B, 3, resize, resize) uint8 on `device`: short side resized, centre square crop."""
+        images: list[torch.Tensor | None] = [None if p.ndim == 1 else p.to(device, non_blocking=True) for p in batch.payloads]
+        encoded = [i for i, p in enumerate(batch.payloads) if p.ndim == 1]
+        if encoded:
+            for i, image in zip(encoded, self._decode_jpegs(batch, encoded, device)):
+                images[i] = None if image is None else self._square(image)
+        readable = [i for i, image in enumerate(images) if image is not None]
+        if not readable:
+            raise RuntimeError(f"no image of a batch of {len(images)} could be decoded: {[p for p in batch.paths if p]}")
+        for i in range(len(images)):  # a skipped file: the next readable image of the batch, as the datasets do
+            if images[i] is None:
+                images[i] = images[next((j for j in readable if j > i), readable[0])]
+        return torch.stack(images)
+
+    def _decode_jpegs(self, batch: DeviceBatch, indices: list[int], device: torch.device) -> list[torch.Tensor | None]:
+        data = [batch.payloads[i] for i in indices]
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            pass  # one bad file fails the whole batched call: find it
+        decoded = []
+        for i, payload in zip(indices, data):
+            try:
+                decoded.append(decode_jpeg(payload, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                image = load_rgb_tensor(batch.paths[i], self.on_bad_image, self.bad_image_log)  # records, skips or raises
+                if image is not None and not isinstance(image, torch.Tensor):
+                    image = F.pil_to_tensor(image)  # a converted (non-RGB) image comes back from PIL
+                decoded.append(None if image is None else image.to(device))
+        return decoded
+
+    def _square(self, image: torch.Tensor) -> torch.Tensor:
+        # v2.Resize(resize) then v2.CenterCrop(resize), as `paper_base_uint8`; a no-op on a zf-prepare copy
+        if min(image.shape[-2:]) != self.resize_size:
+            image = F.resize(image, [self.resize_size], antialias=True)
+        return F.center_crop(image, [self.resize_size, self.resize_size])
+
+    def crop(self, split: str, images: torch.Tensor, mean: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+        size = self.crop_size
+        if split == "train":
+            # One gather for every image's crop and flip; the mean image is cropped with the same indices and
+            # subtracted after: the same numbers as `RandomCropFlipSubtractMean`.
+            offsets = torch.arange(size, device=images.device)
+            rows = (crops[:, 0:1] + offsets)[:, None, :, None]
+            columns = (crops[:, 1:2] + torch.where(crops[:, 2:3].bool(), size - 1 - offsets, offsets))[:, None, None, :]
+            channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+            batch = torch.arange(len(images), device=images.device)[:, None, None, None]
+            return images[batch, channels, rows, columns].float() - mean[channels, rows, columns]
+        if split == "test" and self.ten_crop_test:
+            return torch.stack(F.ten_crop(images.float() - mean, [size, size]), dim=1)
+        return F.center_crop(images, [size, size]).float() - F.center_crop(mean, [size, size])
