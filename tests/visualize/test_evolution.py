@@ -16,6 +16,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from torch.overrides import TorchFunctionMode
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
@@ -192,6 +193,45 @@ def test_tracking_on_and_off_train_to_bit_identical_weights(compose_train, tmp_p
     assert weights["on"].keys() == weights["off"].keys()
     for key in weights["on"]:
         torch.testing.assert_close(weights["on"][key], weights["off"][key], rtol=0, atol=0, msg=key)
+
+
+class TensorCalls(TorchFunctionMode):
+    """Every tensor function and method called inside it, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+# What makes a CUDA host wait for the device, or copies to the host.
+HOST_SYNCS = {"item", "tolist", "cpu", "numpy", "to", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
+
+
+def test_the_per_batch_work_never_waits_for_the_device(tmp_path):
+    """On a GPU the training loop must not stall on the callback: its hooks call nothing that reads a value
+    back to the host (checked on CPU by recording every tensor call the hooks make)."""
+    evolution = FeatureEvolution(output_dir=tmp_path / "evolution", snapshot_epochs=[1], maps_per_layer=2, seed=1)
+    calls = TensorCalls()
+
+    def watched(function):
+        def run(*args, **kwargs):
+            with calls:
+                return function(*args, **kwargs)
+        return run
+
+    make_tracker = evolution._tracker
+    evolution._tracker = lambda layer: watched(make_tracker(layer))  # what on_train_epoch_start registers
+    evolution._remember_input = watched(evolution._remember_input)
+    L.seed_everything(0)
+    tiny_trainer([evolution], max_epochs=1, limit_train_batches=3, limit_val_batches=0).fit(ImageClassifier(net=TINY_NET, lr_scheduler=None), tiny_datamodule(tmp_path / "cache"))
+    assert calls.names.count("index_select") == 3 * (5 + 1)  # the hooks ran: 5 layers' maps and the winning images, 3 batches
+    assert calls.names.count("where") == 3 * 2
+    assert not HOST_SYNCS & set(calls.names), sorted(HOST_SYNCS & set(calls.names))
+    assert (tmp_path / "evolution" / "epoch_001.npz").is_file()
 
 
 # ---------------------------------------------------------- cross-rank best
@@ -397,7 +437,7 @@ def test_options_the_model_cannot_satisfy_fail_before_training(tmp_path, options
     recorder = Recorder()
     evolution = FeatureEvolution(output_dir=tmp_path / "evo", **options)
     with pytest.raises(ValueError, match=message):
-        tiny_trainer([evolution, recorder], max_epochs=1).fit(ImageClassifier(net=TINY_NET), tiny_datamodule(tmp_path / "cache"))
+        tiny_trainer([evolution, recorder], max_epochs=1).fit(ImageClassifier(net=TINY_NET, lr_scheduler=None), tiny_datamodule(tmp_path / "cache"))
     assert recorder.batches == {} and not (tmp_path / "evo").exists()
 
 
