@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from tests.conftest import cli_env, compose_config
+from tests.conftest import TINY, cli_env, compose_config
 from zf_lightning.cli.evaluate import evaluate
 from zf_lightning.cli.schema import ConfigError
 from zf_lightning.cli.train import train
@@ -145,9 +145,11 @@ def test_console_script_runs_a_fast_dev_run_into_a_timestamped_dir(tmp_path):
         assert (run / ".hydra" / "config.yaml").is_file()
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(compose_train, tmp_path, monkeypatch):
+@pytest.mark.parametrize("deferred", [False, True], ids=["cpu-check", "deferred-as-on-gpu"])
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(compose_train, tmp_path, monkeypatch, deferred):
     from zf_lightning.models import ImageClassifier
 
+    monkeypatch.setattr(ImageClassifier, "defer_finite_check", deferred)  # deferred: read a step later, gradients zeroed
     real_loss = ImageClassifier.loss
 
     def poisoned(self, logits, labels):
@@ -161,3 +163,49 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["error"].startswith("FloatingPointError: non-finite training loss")
+
+
+# Tensor calls that read a value back to the host: on a GPU each waits for the device to finish the queued work.
+HOST_READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero", "unique", "_unique2"}
+
+
+def test_a_training_step_never_makes_the_host_wait_for_the_device(tmp_path, monkeypatch):
+    """What a GPU run needs to queue steps ahead: in the default zf-train loop (callbacks, Rich bar, CSV + W&B,
+    metrics), no tensor call of a training batch reads a value back, between the loggers' log_every_n_steps.
+    Checked on CPU by recording every tensor call of each batch; data loading (in workers on a real run) and the
+    deferred loss check's read of a host copy made a step earlier are the allowed exceptions."""
+    import traceback
+
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+    from torch.overrides import TorchFunctionMode
+
+    from zf_lightning.models import ImageClassifier
+    from zf_lightning.utils import progress
+
+    allowed = ("torch/utils/data/", "in raise_finished")
+    reads: list[list[str]] = []
+
+    class HostReads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in HOST_READS:
+                stack = "".join(traceback.format_stack(limit=40))
+                if not any(a in stack for a in allowed):
+                    reads[-1].append(f"{name} at " + " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_stack(limit=14)[:-1]))
+            return func(*args, **(kwargs or {}))
+
+    advance = _TrainingEpochLoop.advance
+
+    def recorded(self, data_fetcher):
+        reads.append([])
+        with HostReads():
+            return advance(self, data_fetcher)
+
+    monkeypatch.setattr(_TrainingEpochLoop, "advance", recorded)
+    monkeypatch.setattr(ImageClassifier, "defer_finite_check", True)  # as on a GPU
+    monkeypatch.setattr(progress.time, "monotonic", lambda: 0.0)  # the bar reads once, then never redraws in this short run
+    tiny = [o for o in TINY if o != "~callbacks.progress_bar"]
+    cfg = compose_config("train", tmp_path / "run", [*tiny, "trainer.max_epochs=1", "test=false", "trainer.log_every_n_steps=1000"])
+    train(cfg)
+    assert len(reads) == 10  # one per training batch
+    assert reads[1:] == [[]] * 9, reads[1:]  # the first batch's progress-bar read is its only one

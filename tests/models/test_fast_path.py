@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from zf_lightning.cli.train import train
@@ -44,3 +45,20 @@ def test_a_run_with_the_fast_path_options_completes_and_its_checkpoint_loads_wit
     assert summary["status"] == "completed"
     plain = ImageClassifier.load_from_checkpoint(summary["best"]["checkpoint"], channels_last=False, compile=False, weights_only=True)
     assert plain.net._compiled_call_impl is None and plain.net.features[0].weight.is_contiguous()
+
+
+def test_the_deferred_loss_check_zeroes_a_bad_steps_gradients_and_raises_once_its_flag_is_read():
+    from zf_lightning.models.fault_tolerance import DeferredFiniteCheck
+
+    check = DeferredFiniteCheck()
+    weight = torch.nn.Parameter(torch.ones(3))
+    weight.grad = torch.tensor([1.0, float("nan"), 2.0])
+    check.push(torch.tensor(True), lambda: "never read")
+    check.guard([weight])
+    assert weight.grad[0] == 1.0 and weight.grad[1].isnan()  # a finite step's gradients are left alone
+    check.push(torch.tensor(False), lambda: "non-finite training loss at global step 7")
+    check.guard([weight])
+    assert torch.equal(weight.grad, torch.zeros(3))  # NaN included: the optimiser step writes no NaN
+    with pytest.raises(FloatingPointError, match="global step 7"):
+        check.raise_finished()  # the first flag passes, the second raises
+    check.raise_finished(block=True)  # nothing left

@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from zf_lightning.models.fault_tolerance import DeferredFiniteCheck
 from zf_lightning.models.registry import build_network
 
 PAPER_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4}
@@ -161,6 +162,7 @@ class ImageClassifier(L.LightningModule):
         self.train_metrics = MetricCollection(metrics).clone(prefix="train/") if not self.multilabel else MetricCollection({})
         self.val_metrics = MetricCollection(metrics).clone(prefix="val/")
         self.test_metrics = MetricCollection(metrics).clone(prefix="test/")
+        self.finite_check = DeferredFiniteCheck()
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile): the parameter names, hence checkpoints, stay those of the plain network.
@@ -210,23 +212,61 @@ class ImageClassifier(L.LightningModule):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return masked_multilabel_loss(logits, labels) if self.multilabel else F.cross_entropy(logits, labels)
 
+    # None: check the loss at once on a CPU, deferred on other devices (`DeferredFiniteCheck`); True/False forces it.
+    defer_finite_check: bool | None = None
+
     def training_step(self, batch, batch_idx):
+        self.finite_check.raise_finished()  # earlier steps' flags that have reached the host
         images, labels = batch
         logits = self(images)
         loss = self.loss(logits, labels)
-        finite = bool(torch.isfinite(loss))
-        if self._trainer is not None and self.trainer.world_size > 1:  # every rank stops, not one left waiting in all-reduce
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:  # stop before the optimiser writes NaN into the weights (and a checkpoint)
-            where = f"; this rank's: {loss.item()}" if self.trainer.world_size > 1 else ""
-            raise FloatingPointError(
-                f"non-finite training loss ({'on a rank' if where else loss.item()}{where}) at global step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}); the checkpoints written before it are kept"
-            )
+        self._check_finite(loss, batch_idx)
         if not self.multilabel:
             self.train_metrics.update(logits, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        # Not prog_bar: Lightning would read it back every step, a GPU sync; the bar reads it when it redraws.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(labels))
         return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop a run whose loss is not finite, before the optimiser writes NaN into the weights (and a checkpoint);
+        under DDP every rank stops, none is left waiting in an all-reduce."""
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        step, epoch, value = self.global_step, self.current_epoch, loss.detach()  # detached: a queued message keeps no graph
+
+        def message() -> str:
+            where = f"; this rank's: {value.item()}" if distributed else ""
+            return (f"non-finite training loss ({'on a rank' if where else value.item()}{where}) at global step {step} "
+                    f"(epoch {epoch}, batch {batch_idx}); the checkpoints written before it are kept")
+
+        defer = self.defer_finite_check if self.defer_finite_check is not None else loss.device.type != "cpu"
+        if not defer:  # reading a CPU tensor costs nothing
+            finite = bool(torch.isfinite(loss))
+            if distributed:
+                finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+            if not finite:
+                raise FloatingPointError(message())
+            return
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if distributed:  # torch.distributed directly: Lightning's reduce adds a barrier, which waits for the device
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        self.finite_check.push(finite.bool(), message)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.finite_check.guard(self.parameters())
+
+    def on_validation_model_eval(self) -> None:
+        self.finite_check.raise_finished(block=True)  # before validating (and checkpointing) weights of a bad step
+        super().on_validation_model_eval()
+
+    def on_train_epoch_end(self) -> None:
+        self.finite_check.raise_finished(block=True)
+        self._log_errors("train")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.finite_check.raise_finished(block=True)
+
+    def on_train_end(self) -> None:
+        self.finite_check.raise_finished(block=True)
 
     def _evaluate(self, stage: str, batch) -> None:
         images, labels = batch
@@ -264,9 +304,6 @@ class ImageClassifier(L.LightningModule):
             else:
                 self.log(f"{name}_err", 100.0 * (1.0 - value), prog_bar=stage == "val")
         self.metrics(stage).reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._log_errors("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_errors("val")
