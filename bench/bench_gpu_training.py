@@ -103,7 +103,7 @@ def images_per_second(args, config, device, next_batch=None) -> float:
 
 def pipeline_batches(root: Path, decode: str, args, device: torch.device, mean_image: torch.Tensor, cache: Path):
     """`next_batch()` over the `imagenet` datamodule's training loader, going round epochs, batches on `device`."""
-    resize = round(args.input_size * 256 / 224)
+    resize = mean_image.shape[-1]
     dm = ImageNetDataModule(root, num_classes=4, decode=decode, batch_size=args.batch_size, num_workers=args.workers,
                             pin_memory=device.type == "cuda", persistent_workers=True, resize_size=resize,
                             crop_size=args.input_size, cache_dir=cache, bad_image_log=None)
@@ -133,16 +133,17 @@ def end_to_end(args, device, best_config, in_memory_best: float) -> None:
     from bench_input_pipeline import make_dataset  # bench/ is on the path when run as a script
 
     warnings.filterwarnings("ignore", message=".*smaller than the.*")
+    resize = round(args.input_size * 256 / 224)  # the paper's 256 for a 224 crop
     with tempfile.TemporaryDirectory() as tmp:
         base = args.data or Path(tmp)
-        root, prepared, cache = base / "imagenet", base / f"imagenet_{round(args.input_size * 256 / 224)}", Path(tmp) / "cache"
+        root, prepared, cache = base / "imagenet", base / f"imagenet_{resize}", Path(tmp) / "cache"
         started = time.perf_counter()
         make_dataset(root, args.images)
-        prepare(root, prepared, size=round(args.input_size * 256 / 224), workers=os.cpu_count() or 1, progress=False)
+        prepare(root, prepared, size=resize, workers=os.cpu_count() or 1, progress=False)
         print(f"\nend to end: {args.images} generated JPEGs (about 500x375) and their zf-prepare copy in {base} "
               f"({time.perf_counter() - started:.0f} s); loader workers {args.workers}, pin_memory {device.type == 'cuda'}; "
               f"configuration {best_config}; load average {load_average()}")
-        mean_image = torch.rand(3, round(args.input_size * 256 / 224), round(args.input_size * 256 / 224)) * 255
+        mean_image = torch.rand(3, resize, resize) * 255
         arms = {"in GPU memory" if device.type == "cuda" else "in memory": None}
         for decode in ("torchvision", "gpu"):
             arms[f"decode={decode}, zf-prepare copy"] = pipeline_batches(prepared, decode, args, device, mean_image, cache)
