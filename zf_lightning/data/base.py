@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from abc import ABC, abstractmethod
@@ -18,6 +19,33 @@ from zf_lightning.data.transforms import PRESETS, paper_base, paper_transforms, 
 from zf_lightning.utils.io import default_cache_dir
 
 STAGE_SPLITS = {"train": "train", "val": "val", "test": "val"}
+log = logging.getLogger(__name__)
+
+
+def resume_point(position: dict, sampler: EpochSeededSampler) -> tuple[int, int]:
+    """(epoch, batches to skip) at which a run resumed from a checkpoint's `train_position` continues.
+
+    A position at the end of an epoch continues with the next epoch. A position inside an epoch needs the loader
+    it was counted in: another batch size, world size or dataset would continue with other samples than the
+    uninterrupted run, so it is refused, naming what differs. So is a position that leaves no batch to train.
+    """
+    epoch, done = int(position["epoch"]), int(position["batches_done"])
+    if done == position.get("batches_per_epoch", sampler.num_batches):
+        return epoch + 1, 0
+    if done == 0:
+        return epoch, 0
+    now = {"batch_size": sampler.batch_size, "world_size": sampler.num_replicas, "dataset_size": len(sampler.dataset)}
+    differs = [f"{key} {position[key]} then, {value} now" for key, value in now.items() if key in position and position[key] != value]
+    where = f"the checkpoint stopped inside epoch {epoch + 1} (1-based) after batch {done}"
+    if differs:
+        raise ValueError(
+            f"{where}, in a training loader that differs from this run's ({'; '.join(differs)}; batch_size is per "
+            "device): continuing there would train other samples than the interrupted run. Resume with the same "
+            "data.batch_size, trainer.devices/num_nodes and data, or from an end-of-epoch checkpoint (checkpoints/epochNNN.ckpt)"
+        )
+    if done > sampler.num_batches:
+        raise ValueError(f"{where}, but this run's epoch has only {sampler.num_batches} batches: it would train no batch of epoch {epoch + 1}")
+    return epoch, done
 
 
 class ImageClassificationDataModule(L.LightningDataModule, ABC):
@@ -92,11 +120,18 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
 
     def state_dict(self) -> dict:
         # Saved in checkpoints: the mean image is part of the model's input normalisation; the position in the
-        # training epoch lets a run stopped mid-epoch continue with the next batch.
+        # training epoch (and the loader it was counted in) lets a run stopped mid-epoch continue with the next batch.
         state = {"mean_image": self.mean_image} if self.mean_image is not None else {}
         if self.train_sampler is not None and self.trainer is not None:
-            batches_done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            state["train_position"] = {"epoch": self.train_sampler.epoch, "batches_done": batches_done}
+            sampler = self.train_sampler
+            state["train_position"] = {
+                "epoch": sampler.epoch,
+                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                "batches_per_epoch": sampler.num_batches,
+                "batch_size": sampler.batch_size,  # per device
+                "world_size": sampler.num_replicas,
+                "dataset_size": len(sampler.dataset),
+            }
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -165,7 +200,7 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
 
     def _train_sampler(self, dataset: Dataset) -> EpochSeededSampler:
         """Order and augmentation from (seed, epoch): the seed is `seed_everything`'s, as in Lightning's own
-        distributed sampler."""
+        distributed sampler. A resumed run's sampler starts at the checkpoint's position."""
         trainer = self.trainer
         sampler = EpochSeededSampler(
             dataset,
@@ -175,7 +210,12 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
             seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
         )
         if self._resume_position is not None:
-            sampler.resume_from(self._resume_position["epoch"], self._resume_position["batches_done"])
+            epoch, batches_done = resume_point(self._resume_position, sampler)
+            sampler.resume_from(epoch, batches_done)
+            if trainer is None or trainer.is_global_zero:
+                log.info("resuming training at epoch %d, batch %d of %d (1-based)", epoch + 1, batches_done + 1, sampler.num_batches)
+        elif trainer is not None:  # the epoch Lightning is about to train (0 in a fresh run), before any iterator exists
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         return sampler
 
     def train_dataloader(self) -> DataLoader:
