@@ -52,3 +52,41 @@ class PoisonWeightsOnRank(Callback):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+class AnnouncePhases(Callback):
+    """Appends each phase of the run to `path` as it starts (`train`, `step N`, `validation N`, `checkpoint`,
+    `test`), so that a test can kill this process from outside at a chosen moment. Checkpoint files are held open
+    for `checkpoint_delay` seconds after they are written, before their rename, so that a kill can land there."""
+
+    def __init__(self, path: str, checkpoint_delay: float = 0.3) -> None:
+        self.path, self.checkpoint_delay = path, checkpoint_delay
+
+    def _announce(self, phase: str) -> None:
+        with open(self.path, "a") as file:
+            file.write(phase + "\n")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import time
+
+        import zf_lightning.utils.io as io
+
+        real_save, delay = io.torch.save, self.checkpoint_delay
+
+        def slow_save(obj, f, *args, **kwargs):
+            self._announce("checkpoint")
+            real_save(obj, f, *args, **kwargs)
+            time.sleep(delay)  # the file is written, not yet renamed over the previous one
+
+        io.torch.save = slow_save
+        self._announce("train")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._announce(f"step {trainer.global_step}")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._announce(f"validation {trainer.current_epoch}")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._announce("test")

@@ -261,9 +261,8 @@ def test_a_single_process_gather_adds_the_world_dimension():
     assert evolution._gather(module) is None  # no batch seen
     images = torch.randn(3, 3, 8, 8)
     evolution._values, evolution._stored = torch.tensor([1.0, 2.0, 3.0]), images
-    gathered = evolution._gather(module)
-    assert gathered[1][0].tolist() == [1.0, 2.0] and torch.equal(gathered[1][1], images[:2])
-    assert gathered[2][0].tolist() == [3.0] and torch.equal(gathered[2][1], images[2:])
+    values, gathered = evolution._gather(module)
+    assert values.tolist() == [1.0, 2.0, 3.0] and torch.equal(gathered, images)
 
 
 def test_a_rank_without_batches_loses_to_the_others():
@@ -281,8 +280,8 @@ def test_a_rank_without_batches_loses_to_the_others():
         assert other.shape == tensor.shape
         return torch.stack([other, tensor])
 
-    gathered = evolution._gather(SimpleNamespace(device=torch.device("cpu"), all_gather=all_gather))
-    assert gathered[1][0].tolist() == [0.5, 0.25] and torch.equal(gathered[1][1], torch.ones(2, 3, 8, 8))
+    values, images = evolution._gather(SimpleNamespace(device=torch.device("cpu"), all_gather=all_gather))
+    assert values.tolist() == [0.5, 0.25] and torch.equal(images, torch.ones(2, 3, 8, 8))
 
 
 class _SavingRecorder(L.Callback):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -32,15 +33,21 @@ def instantiate_group(group: DictConfig | None, **kwargs) -> list:
     return [instantiate(entry, **kwargs) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
-def instantiate_loggers(cfg: DictConfig, output_dir: Path, resume: bool) -> list[Logger]:
-    """Loggers of the config; a resumed run continues its W&B run instead of starting another one."""
+def instantiate_loggers(cfg: DictConfig, output_dir: Path, resume: bool, csv_rows: int | None = None) -> list[Logger]:
+    """Loggers of the config; a resumed run continues its W&B run instead of starting another one, and its
+    metrics.csv from the `csv_rows` rows written before its checkpoint (None: all of them)."""
     wandb_id_file = output_dir / WANDB_ID_FILE
     loggers = []
     for name, entry in (cfg.get("logger") or {}).items():
         if entry is None:
             continue
         if entry._target_.endswith("WandbLogger") and resume and wandb_id_file.exists():
+            # A W&B service inherited from the parent process (WANDB_SERVICE) may still hold the stream of the
+            # killed run with this id, and refuse it ("run ID ... is in use"): this run starts a service of its own.
+            os.environ.pop("WANDB_SERVICE", None)
             loggers.append(instantiate(entry, id=wandb_id_file.read_text().strip(), resume="allow"))
+        elif entry._target_.endswith("ResumableCSVLogger"):
+            loggers.append(instantiate(entry, keep_rows=csv_rows))
         else:
             loggers.append(instantiate(entry))
     return loggers

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from zf_lightning.cli import config_dir
 from zf_lightning.cli.schema import validate_config
 from zf_lightning.data.image_files import summarize_bad_images
+from zf_lightning.models.fault_tolerance import CheckpointOnSignal
 from zf_lightning.utils.io import check_checkpoint
+from zf_lightning.utils.loggers import LOGGED_ROWS
 from zf_lightning.cli.common import (
     SUMMARY_FILE,
     finish_loggers,
@@ -36,28 +42,56 @@ def requeued() -> bool:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
 
 
+def newest_checkpoint(output_dir: Path) -> Path | None:
+    """The run's most recently written complete checkpoint: `checkpoints/last.ckpt`, unless a kill between an
+    epoch's two checkpoint writes left it older than (or without) that epoch's `epochNNN.ckpt`."""
+    written = [path for path in (output_dir / "checkpoints").glob("*.ckpt") if zipfile.is_zipfile(path)]
+    return max(written, key=lambda path: (path.stat().st_mtime_ns, path.name == LAST_CHECKPOINT.name), default=None)
+
+
 def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """`ckpt_path=last` means this run directory's last checkpoint; it must exist. A requeued SLURM job
-    continues from its own last checkpoint when it has one."""
-    if ckpt_path is None and requeued() and (output_dir / LAST_CHECKPOINT).is_file():
+    """`ckpt_path=last` means this run directory's newest checkpoint; there must be one. A requeued SLURM job
+    continues from its own newest checkpoint when it has one."""
+    if ckpt_path is None and requeued() and newest_checkpoint(output_dir) is not None:
         ckpt_path = "last"
     if ckpt_path is None:
         return None
-    path = output_dir / LAST_CHECKPOINT if ckpt_path == "last" else Path(ckpt_path)
-    if not path.is_file():
-        hint = " (ckpt_path=last resumes the run in hydra.run.dir=<its output dir>)" if ckpt_path == "last" else ""
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}{hint}")
+    path = newest_checkpoint(output_dir) if ckpt_path == "last" else Path(ckpt_path)
+    if path is None or not path.is_file():
+        where = output_dir / "checkpoints" if ckpt_path == "last" else path
+        hint = ""
+        if ckpt_path == "last":
+            hint = (" (the run stopped before its first checkpoint: run the same command without ckpt_path to start it again)"
+                    if earlier_attempt(output_dir) else " (ckpt_path=last resumes the run in hydra.run.dir=<its output dir>)")
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {where}{hint}")
     return str(check_checkpoint(path))  # a truncated file fails here, not deep inside torch
 
 
+def earlier_attempt(output_dir: Path) -> list[str]:
+    """What an earlier start of a run left in its directory (its summary, logs, figures), checkpoints aside."""
+    return [name for name in (SUMMARY_FILE, "csv", "wandb", "feature_evolution") if (output_dir / name).exists()]
+
+
 def refuse_to_overwrite(output_dir: Path) -> None:
-    """A fresh run never writes into the directory of an earlier run."""
-    earlier = [name for name in ("checkpoints", SUMMARY_FILE) if (output_dir / name).exists()]
-    if earlier:
+    """A fresh run never writes into the directory of an earlier run that got somewhere: one with a checkpoint, or
+    one that completed. An attempt stopped before its first checkpoint has nothing to resume: it starts again."""
+    checkpoints = sorted(path.name for path in (output_dir / "checkpoints").glob("*.ckpt"))
+    summary = output_dir / SUMMARY_FILE
+    completed = summary.is_file() and json.loads(summary.read_text() or "{}").get("status") == "completed"
+    if checkpoints or completed:
+        held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else f"a completed run ({SUMMARY_FILE})"
         raise FileExistsError(
-            f"{output_dir} already holds a run ({', '.join(earlier)}); resume it with ckpt_path=last "
+            f"{output_dir} already holds a run ({held}); resume it with ckpt_path=last "
             "or leave hydra.run.dir to its default to start a new one"
         )
+
+
+def csv_rows_to_keep(ckpt_path: str | None) -> int:
+    """The rows of metrics.csv a run keeps: those written before its checkpoint; none when it starts over."""
+    if ckpt_path is None:
+        return 0
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # mapped: no tensor is read
+    return checkpoint.get(LOGGED_ROWS)
 
 
 def refuse_script_relaunch_in_multirun(trainer: L.Trainer) -> None:
@@ -113,7 +147,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
         callbacks = instantiate_group(cfg.get("callbacks"))
-        loggers = instantiate_loggers(cfg, output_dir, resume=ckpt_path is not None)
+        loggers = instantiate_loggers(cfg, output_dir, resume=ckpt_path is not None, csv_rows=csv_rows_to_keep(ckpt_path))
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         refuse_script_relaunch_in_multirun(trainer)
         log_config(trainer.loggers, cfg, output_dir)
@@ -122,11 +156,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         status, error = "failed", None
         try:
             if cfg.get("train", True):
-                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-                result["train"] = metrics_as_floats(trainer.callback_metrics)
+                try:
+                    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+                except SIGTERMException:  # Lightning's graceful stop on a stop signal: say how to continue
+                    stopped = next((c.preempted for c in callbacks if isinstance(c, CheckpointOnSignal) and c.preempted), None)
+                    if stopped is None:
+                        raise
+                    raise stopped from None
+                result["train"] = metrics_as_floats(model.latest_metrics())  # also those logged before a resume
                 result["epochs"] = trainer.current_epoch
             checkpoint = trainer.checkpoint_callback
-            best = checkpoint.best_model_path if checkpoint is not None else ""
+            best = getattr(checkpoint, "best_model_path", "")
             if best:
                 result["best"] = {"checkpoint": best}
                 if checkpoint.monitor is not None:  # None: the last checkpoint, nothing selected

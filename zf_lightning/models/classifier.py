@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from zf_lightning.models.fault_tolerance import DeferredFiniteCheck
@@ -45,6 +45,14 @@ def renormalize_filters_(module: nn.Module, radius: float) -> None:
 
 
 TRANSFER_MODES = ("scratch", "pretrained", "finetune")
+TRAIN_METRIC_STATES = "train_metric_states"  # checkpoint keys
+CALLBACK_METRICS = "callback_metrics"
+
+
+def _synced_state(metric) -> dict[str, torch.Tensor]:
+    """A torchmetrics metric's states, reduced over ranks (a no-op on one process), on the CPU."""
+    with metric.sync_context(should_unsync=True):
+        return {attr: value.detach().cpu().clone() for attr, value in metric.metric_state.items()}
 TASKS = ("multiclass", "multilabel")
 
 
@@ -160,9 +168,13 @@ class ImageClassifier(L.LightningModule):
             }
         # Separate collections per stage: their running counts must never mix.
         self.train_metrics = MetricCollection(metrics).clone(prefix="train/") if not self.multilabel else MetricCollection({})
+        # The epoch's mean training loss (weighted by batch size, as Lightning's on_epoch mean): a metric, so that
+        # its running sums go into checkpoints with the others. No NaN check: it would read the loss back every step.
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_metrics = MetricCollection(metrics).clone(prefix="val/")
         self.test_metrics = MetricCollection(metrics).clone(prefix="test/")
         self.finite_check = DeferredFiniteCheck()
+        self.restored_metrics: dict[str, float] = {}  # the latest logged metrics of the checkpoint resumed from
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile): the parameter names, hence checkpoints, stay those of the plain network.
@@ -186,10 +198,12 @@ class ImageClassifier(L.LightningModule):
                 for name, parameter in self.net.named_parameters():
                     parameter.requires_grad_(name in fresh)
 
-    def on_train_epoch_start(self) -> None:
-        if self.frozen:  # fixed layers 1-7: no dropout noise in the features the new layer learns from
+    def train(self, mode: bool = True) -> ImageClassifier:
+        super().train(mode)
+        if mode and self.frozen:  # fixed layers 1-7: no dropout noise in the features the new layer learns from
             self.net.features.eval()
             self.net.classifier[:-1].eval()
+        return self
 
     def metrics(self, stage: str) -> MetricCollection:
         return getattr(self, f"{stage}_metrics")
@@ -223,8 +237,9 @@ class ImageClassifier(L.LightningModule):
         self._check_finite(loss, batch_idx)
         if not self.multilabel:
             self.train_metrics.update(logits, labels)
+        self.train_loss.update(loss.detach(), weight=len(labels))
         # Not prog_bar: Lightning would read it back every step, a GPU sync; the bar reads it when it redraws.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(labels))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, batch_size=len(labels))
         return loss
 
     def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
@@ -259,11 +274,68 @@ class ImageClassifier(L.LightningModule):
         super().on_validation_model_eval()
 
     def on_train_epoch_end(self) -> None:
+        """The epoch's training metrics go to the loggers and the plateau schedule takes its step here, before the
+        epoch's checkpoints (written by the callbacks after this hook): Lightning would do both after them, and a
+        run resumed from such a checkpoint would never do them."""
         self.finite_check.raise_finished(block=True)
-        self._log_errors("train")
+        values = {"train/loss_epoch": self.train_loss.compute(), **self._errors("train")}
+        self.train_loss.reset()
+        self.log_dict(values, logger=False)  # callback_metrics (summary.json); the loggers get them now, below
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped - 1  # the step Lightning logs epoch metrics at
+        row = {name: float(value) for name, value in values.items()} | {"epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(row, step=step)
+            logger.save()
+        self._step_epoch_scheduler()
+
+    def _step_epoch_scheduler(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            monitor = self.trainer.lr_scheduler_configs[0].monitor
+            value = self.trainer.callback_metrics.get(monitor)
+            if value is None:
+                raise ValueError(
+                    f"model.lr_scheduler.monitor={monitor!r} was not logged by the end of epoch {self.current_epoch + 1}; "
+                    f"logged: {sorted(self.trainer.callback_metrics)}"
+                )
+            scheduler.step(value)
+        else:
+            scheduler.step()
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Lightning's own step of the epoch scheduler, after the epoch's checkpoints: stepped in
+        `on_train_epoch_end` instead."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.finite_check.raise_finished(block=True)
+        # The running sums of the epoch's training metrics, summed over ranks: a run resumed mid-epoch continues
+        # them, so that its epoch metrics are the uninterrupted run's.
+        checkpoint[TRAIN_METRIC_STATES] = {
+            name: _synced_state(metric) for name, metric in [*self.train_metrics.items(keep_base=True), ("loss", self.train_loss)]
+        }
+        # The latest value of every logged metric: a run resumed from here reports them as its own until it logs
+        # newer ones (`restored_metrics`), also when nothing was left to train.
+        checkpoint[CALLBACK_METRICS] = self.latest_metrics()
+
+    def latest_metrics(self) -> dict[str, float]:
+        """The latest value of every metric logged in training, also of those logged before a resume."""
+        return {**self.restored_metrics, **{name: float(value) for name, value in self.trainer.callback_metrics.items()}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restored_metrics = checkpoint.get(CALLBACK_METRICS, {})
+        states = checkpoint.get(TRAIN_METRIC_STATES)
+        if states is None:
+            return
+        metrics = dict([*self.train_metrics.items(keep_base=True), ("loss", self.train_loss)])
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        for name, state in states.items():
+            metric = metrics[name]
+            metric.reset()
+            if rank == 0:  # the ranks' sums were added up: one rank carries them, the others start from zero
+                for attr, value in state.items():
+                    setattr(metric, attr, value.to(getattr(metric, attr).device))
 
     def on_train_end(self) -> None:
         self.finite_check.raise_finished(block=True)
@@ -289,21 +361,26 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._evaluate("test", batch)
 
-    def _log_errors(self, stage: str) -> None:
-        # The paper reports errors in percent (AP and mean per-class accuracy as percentages);
-        # torchmetrics syncs the counts across ranks in compute().
+    def _errors(self, stage: str) -> dict[str, torch.Tensor]:
+        """The stage's metrics, as the paper reports them (errors, mean per-class accuracy and AP in percent), and
+        the running counts reset; torchmetrics syncs the counts across ranks in compute()."""
         if not len(self.metrics(stage)):
-            return
+            return {}
+        values = {}
         for name, value in self.metrics(stage).compute().items():
             if name.endswith("/ap"):
-                self.log(f"{stage}/mAP", 100.0 * value.nanmean(), prog_bar=stage == "val")
-                for index, ap in enumerate(value):
-                    self.log(f"{stage}/ap_class{index:02d}", 100.0 * ap)
+                values[f"{stage}/mAP"] = 100.0 * value.nanmean()
+                values.update({f"{stage}/ap_class{index:02d}": 100.0 * ap for index, ap in enumerate(value)})
             elif name.endswith("/mean_class"):
-                self.log(f"{name}_acc", 100.0 * value, prog_bar=stage == "val")
+                values[f"{name}_acc"] = 100.0 * value
             else:
-                self.log(f"{name}_err", 100.0 * (1.0 - value), prog_bar=stage == "val")
+                values[f"{name}_err"] = 100.0 * (1.0 - value)
         self.metrics(stage).reset()
+        return values
+
+    def _log_errors(self, stage: str) -> None:
+        for name, value in self._errors(stage).items():
+            self.log(name, value, prog_bar=stage == "val" and "/ap_class" not in name)
 
     def on_validation_epoch_end(self) -> None:
         self._log_errors("val")

@@ -15,7 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from zf_lightning.data.sampling import mix_seed
 from zf_lightning.utils.io import atomic_torch_save
@@ -67,14 +68,25 @@ class Preempted(SystemExit):
                 "continue with ckpt_path=last in the same hydra.run.dir")
 
 
-class CheckpointOnSignal(Callback):
-    """On SIGTERM, SIGUSR1 or SIGUSR2 (preemption; SLURM's warning before the time limit), finish the current
-    training step, write `dirpath/filename.ckpt`, then hand the signal to whoever handled it before.
+class CheckpointOnSignal(Checkpoint):
+    """On SIGTERM, SIGUSR1 or SIGUSR2 (preemption; SLURM's warning before the time limit), stop at the next point
+    where everything before it is done, write `dirpath/filename.ckpt` there, then hand the signal to whoever
+    handled it before.
 
-    The previous handler does the rest: Lightning's SLURM plugin (USR1 with `auto_requeue`) and submitit (USR2,
-    `hydra/launcher=slurm`) requeue the job, which then resumes from that checkpoint; Lightning's SIGTERM handler
-    stops the run. A signal nobody else handles ends the run with `Preempted`. Under DDP the ranks agree at every
-    step whether any of them was signalled, so that they all write the checkpoint at the same step.
+    The stop is Lightning's own graceful SIGTERM stop: its loops raise `SIGTERMException` after the current training
+    step has been logged and any validation due after it has run, and the checkpoint is written when that exception
+    arrives (`on_exception`). When the step was an epoch's last, the stop comes after the epoch's end and the
+    checkpoint is written in `on_train_epoch_end`, as Lightning's own epoch-end checkpoints are: a `Checkpoint`
+    callback, this one runs after the module's hook (epoch metrics, schedule step) and the `ModelCheckpoint`s, and
+    a checkpoint written once the epoch is over would make Lightning redo the epoch's end on resume. Either way a
+    resumed run continues with the next batch or epoch, and repeats and skips nothing. (Written at
+    `on_train_batch_end` instead, the step's logged metrics would be lost, and at an epoch's last batch Lightning
+    would resume with the next epoch, skipping this one's validation and end.)
+
+    The previous handler of USR1/USR2 does the rest: Lightning's SLURM plugin (USR1 with `auto_requeue`) and
+    submitit (USR2, `hydra/launcher=slurm`) requeue the job, which then resumes from that checkpoint. The run then
+    ends with `preempted` (raised by `zf-train`), whose exit code is 128 + the signal number. Under DDP the ranks agree at
+    every step whether any of them was signalled, so that they all stop at the same step.
     """
 
     def __init__(self, dirpath: str | Path, filename: str = "last", signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")) -> None:
@@ -85,6 +97,8 @@ class CheckpointOnSignal(Callback):
         self.signals = [getattr(signal, name) for name in signals]
         self._previous: dict[int, Any] = {}
         self._received: int | None = None
+        self._saved_at: int | None = None  # the global step of the checkpoint written for a stop
+        self.preempted: Preempted | None = None  # set once the checkpoint of a stop signal is written
 
     def _defer(self, signum: int, frame) -> None:
         # Only noted here: a checkpoint written from inside a signal handler could catch the optimiser mid-update.
@@ -98,20 +112,50 @@ class CheckpointOnSignal(Callback):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._defer)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        received = self._received is not None
+    def _signalled(self, trainer: L.Trainer) -> bool:
+        """Whether any rank got a stop signal (ours, or Lightning's handler's before training started)."""
+        received = self._received is not None or trainer.received_sigterm
         if trainer.world_size > 1:
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
-        if not received:
-            return
-        signum = self._received or signal.SIGTERM  # a rank that was not signalled itself follows the others
+        return received
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._signalled(trainer):
+            # Lightning's loops read this flag where a stop loses nothing (see the class docstring).
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._signalled(trainer):  # during the epoch's last step or its validation
+            self._save(trainer)
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A signal during the last epoch's checkpoints: no loop is left to stop, so the run stops here, before testing.
+        if self.preempted is None and self._signalled(trainer):
+            self._save(trainer)
+            self._hand_over()
+            raise self.preempted
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):  # ours, or Lightning's own handler's before training started
+            if self._saved_at != trainer.global_step:
+                self._save(trainer)
+            self._hand_over()
+        self._restore_handlers()
+
+    def _save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path)
+        self._saved_at = trainer.global_step
         log.warning("wrote %s after step %d", self.path, trainer.global_step)
-        previous = self._previous.get(signum)
+
+    def _hand_over(self) -> None:
+        signum = self._received or signal.SIGTERM
+        # Lightning's SIGTERM handler would only ask for the stop that has just happened.
+        previous = self._previous.get(signum) if self._received is not None and signum != signal.SIGTERM else None
         self._restore_handlers()
         if callable(previous):
-            previous(signum, None)  # requeue (SLURM, submitit) or Lightning's graceful stop
-        raise Preempted(signum, self.path)
+            previous(signum, None)  # requeue (SLURM, submitit)
+        self.preempted = Preempted(signum, self.path)
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():

@@ -24,8 +24,9 @@ How the maxima are found, and why this way
   image with the end-of-epoch weights and projects that single activation (`project_activations`),
   cut to its receptive-field window, and writes `epoch_NNN.npz` and the re-rendered
   `feature_evolution.png` into `output_dir` (and logs the image to W&B if a WandbLogger is in use).
-  A resumed run reads the earlier snapshots' npz files back so the figure keeps all its columns; a run
-  resumed from a mid-epoch checkpoint tracks that epoch only over the batches it still runs.
+  A resumed run reads the earlier snapshots' npz files back so the figure keeps all its columns. A checkpoint
+  written inside a snapshot epoch holds the running best so far (combined over ranks), so a run resumed from it
+  continues that epoch's tracking and writes the snapshot the uninterrupted run would have written.
 """
 
 from __future__ import annotations
@@ -138,6 +139,9 @@ class FeatureEvolution(L.Callback):
         self._pending: dict[int, torch.Tensor] = {}  # layer -> (B, K) per-image maxima of the current forward
         self._last_layer: int | None = None
         self._map_index: dict[int, torch.Tensor] = {}
+        self._tracking_epoch: int | None = None  # the 0-based snapshot epoch being tracked
+        self._module: L.LightningModule | None = None
+        self._restored: dict[str, Any] | None = None  # a checkpoint's running best, until training starts
 
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -201,6 +205,14 @@ class FeatureEvolution(L.Callback):
                     log.warning("FeatureEvolution: %s follows other maps than this run (%s); left out of the figure", path, self.maps)
                     continue
                 self.columns[epoch] = arrays
+        restored, self._restored = self._restored, None
+        if restored and restored.get("epoch") == trainer.current_epoch and self._is_snapshot(trainer):
+            # Resumed inside this snapshot epoch: Lightning starts no epoch, so tracking starts here, from the
+            # checkpoint's running best.
+            self._start_tracking(trainer, pl_module)
+            if "values" in restored:
+                self._values = restored["values"].to(pl_module.device)
+                self._stored = restored["images"].to(pl_module.device)
 
     def _same_maps(self, arrays: Mapping[str, np.ndarray]) -> bool:
         layers = arrays.get("layers")
@@ -217,16 +229,36 @@ class FeatureEvolution(L.Callback):
         self._pending = {}
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._handles and self._tracking_epoch == trainer.current_epoch:
+            return  # resumed inside this epoch: on_train_start set up its tracking
         self._remove_hooks()
         self._reset()
-        if not self._is_snapshot(trainer):
-            return
+        self._tracking_epoch = None
+        if self._is_snapshot(trainer):
+            self._start_tracking(trainer, pl_module)
+
+    def _start_tracking(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         deconvnet = self._deconvnet
         # Hooks fire in forward order: the deepest tracked layer's hook completes a forward pass.
         self._last_layer = max(self.maps, key=deconvnet.feature_map_index)
         self._handles.append(deconvnet.features.register_forward_pre_hook(self._remember_input))
         for layer in self.maps:
             self._handles.append(_top_module(deconvnet, layer).register_forward_hook(self._tracker(layer)))
+        self._tracking_epoch, self._module = trainer.current_epoch, pl_module
+
+    def state_dict(self) -> dict[str, Any]:
+        """Inside a snapshot epoch: its running best so far, combined over ranks (every rank takes part: Lightning
+        builds a checkpoint's contents on all of them), on the CPU."""
+        if self._tracking_epoch is None:
+            return {}
+        state: dict[str, Any] = {"epoch": self._tracking_epoch}
+        best = self._gather(self._module)
+        if best is not None:
+            state["values"], state["images"] = (tensor.cpu() for tensor in best)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict) or None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._recording = bool(self._handles)
@@ -281,22 +313,25 @@ class FeatureEvolution(L.Callback):
     # ----------------------------------------------------------------- snapshot
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Reduce the maxima across ranks; rank 0 projects them with this epoch's weights and writes."""
-        if not self._handles:
+        if self._tracking_epoch is None:
             return
         self._remove_hooks()
         best = self._gather(pl_module)
         self._reset()
+        self._tracking_epoch = None
         if best is None:
             if trainer.is_global_zero:
                 log.warning("FeatureEvolution: no training batch in epoch %d; no snapshot", trainer.current_epoch + 1)
             return
         if trainer.is_global_zero:
             epoch = trainer.current_epoch + 1
-            self.columns[epoch] = self._project(best)
+            sizes = [len(maps) for maps in self.maps.values()]
+            values, images = best
+            self.columns[epoch] = self._project(dict(zip(self.maps, zip(values.split(sizes), images.split(sizes)))))
             self._write(epoch)
             self._log_image(trainer)
 
-    def _gather(self, pl_module: L.LightningModule) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
+    def _gather(self, pl_module: L.LightningModule) -> tuple[torch.Tensor, torch.Tensor] | None:
         """All ranks' best values (K_total,) and images (K_total, C, H, W) in two all_gathers, reduced per map.
 
         A rank that saw no batch sends -inf (it loses every comparison); a first, tiny gather of the image
@@ -316,8 +351,7 @@ class FeatureEvolution(L.Callback):
         gathered_values = _with_world_dim(pl_module.all_gather(values), values)
         gathered_images = _with_world_dim(pl_module.all_gather(images), images)
         values, images, _ = best_across_ranks(gathered_values, gathered_images)
-        sizes = [len(maps) for maps in self.maps.values()]
-        return {layer: (v, i) for layer, v, i in zip(self.maps, values.split(sizes), images.split(sizes))}
+        return values, images
 
     def _project(self, best: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
         """Each map's strongest location in its image, with the current weights, projected on its window."""
