@@ -242,7 +242,8 @@ def instrument(trainer: L.Trainer, model, watches: Stopwatches) -> None:
     for logger in trainer.loggers:
         logger.log_metrics = watches.wrap(f"  of which {type(logger).__name__}.log_metrics", logger.log_metrics)
     model.train_metrics.update = watches.wrap("torchmetrics: train_metrics.update (3 MulticlassAccuracy)", model.train_metrics.update)
-    model.log = watches.wrap("LightningModule.log('train/loss', on_step+on_epoch, prog_bar)", model.log)
+    model.train_loss.update = watches.wrap("torchmetrics: train_loss.update (the epoch's mean loss)", model.train_loss.update)
+    model.log = watches.wrap("LightningModule.log('train/loss', on_step)", model.log)
 
 
 class TerminalSink(io.TextIOWrapper):

@@ -3,8 +3,9 @@ validation, checkpoint writing) with `kill -9` or SIGTERM, and resumed with `ckp
 completes, ends as a run that was never stopped: the same global step, bit-equal weights, equal metrics, the same
 feature-evolution snapshots and the same rows in metrics.csv.
 
-Loader workers 0 and 2 are two chains of the same test, run side by side (each is mostly process start-up); one
-uninterrupted run with 2 workers is the reference for both, so the workers' count must not matter either.
+The kill -9 chain and the SIGTERM chain run side by side (each is mostly process start-up). In each, the attempts
+alternate between 0 and 2 loader workers, so every resume also reads a checkpoint written with the other setting;
+one uninterrupted run with 2 workers is the reference for both, so the workers' count must not matter either.
 """
 
 from __future__ import annotations
@@ -73,13 +74,15 @@ def plan(signum: int, rng: random.Random) -> list[list[str]]:
     return [startup, [f"step {rng.randint(2, 7)}"], ["validation 0"], ["validation 1", "checkpoint"]]
 
 
-def run_until_complete(run_dir: Path, num_workers: int, signum: int, seed: int, tmp_path: Path) -> list[tuple]:
-    """Stops the run at each moment of the seeded plan, resuming it each time; then lets it complete."""
+def run_until_complete(run_dir: Path, workers: tuple[int, int], signum: int, seed: int, tmp_path: Path) -> list[tuple]:
+    """Stops the run at each moment of the seeded plan, resuming it each time; then lets it complete. Attempts
+    take their number of loader workers from `workers` in turn."""
     rng = random.Random(seed)
     stops = []
     for attempt, moment in enumerate([*plan(signum, rng), None]):
         resume = ["ckpt_path=last"] if list((run_dir / "checkpoints").glob("*.ckpt")) else []
         phases = tmp_path / f"{run_dir.name}.attempt{attempt}.phases"
+        num_workers = workers[attempt % len(workers)]
         process = start(run_dir, [f"data.num_workers={num_workers}", *resume], phases, tmp_path)
         if moment is None:
             assert process.wait(timeout=300) == 0, phases.with_suffix(".log").read_text()[-3000:]
@@ -92,7 +95,7 @@ def run_until_complete(run_dir: Path, num_workers: int, signum: int, seed: int, 
             time.sleep(rng.uniform(0.5, 4.0))  # start-up: imports, config, data, W&B
         process.send_signal(signum)
         code = process.wait(timeout=300)
-        stops.append((moment or ["start-up"], code))
+        stops.append((moment or ["start-up"], num_workers, code))
         # A stop signal is graceful (a checkpoint, 128 + 15) once Lightning handles it; before, the default kills.
         expected = {-signal.SIGKILL} if signum == signal.SIGKILL else {128 + signal.SIGTERM, -signal.SIGTERM}
         assert code in expected, (moment, code, phases.with_suffix(".log").read_text()[-3000:])
@@ -147,13 +150,15 @@ def uninterrupted(tmp_path_factory) -> Path:
     return tmp_path / "run"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_a_run_stopped_at_random_moments_and_resumed_ends_as_the_uninterrupted_run(uninterrupted, tmp_path, signum):
+def test_a_run_stopped_at_random_moments_and_resumed_ends_as_the_uninterrupted_run(uninterrupted, tmp_path):
     seed = int(os.environ.get("ZF_CHAOS_SEED", "15"))
-    with ThreadPoolExecutor(2) as pool:
-        chains = {workers: pool.submit(run_until_complete, tmp_path / f"workers{workers}", workers, signum, seed + workers, tmp_path)
-                  for workers in (0, 2)}
-        stops = {workers: chain.result() for workers, chain in chains.items()}
-    for workers in chains:
-        assert len(stops[workers]) == len(plan(signum, random.Random(0)))
-        assert_same_run(tmp_path / f"workers{workers}", uninterrupted)
+    # Workers alternate by attempt; the chains end with different settings (kill -9: 2 workers, SIGTERM: 0).
+    chains = {signal.SIGKILL: (2, 0), signal.SIGTERM: (0, 2)}
+    with ThreadPoolExecutor(len(chains)) as pool:
+        running = {signum: pool.submit(run_until_complete, tmp_path / signal.Signals(signum).name, workers, signum, seed + signum, tmp_path)
+                   for signum, workers in chains.items()}
+        stops = {signum: future.result() for signum, future in running.items()}
+    for signum in chains:
+        assert len(stops[signum]) == len(plan(signum, random.Random(0))), stops[signum]
+        assert {workers for _, workers, _ in stops[signum]} == {0, 2}
+        assert_same_run(tmp_path / signal.Signals(signum).name, uninterrupted)

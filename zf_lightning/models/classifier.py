@@ -45,6 +45,7 @@ def renormalize_filters_(module: nn.Module, radius: float) -> None:
 
 
 TRANSFER_MODES = ("scratch", "pretrained", "finetune")
+TASKS = ("multiclass", "multilabel")
 TRAIN_METRIC_STATES = "train_metric_states"  # checkpoint keys
 CALLBACK_METRICS = "callback_metrics"
 
@@ -53,7 +54,6 @@ def _synced_state(metric) -> dict[str, torch.Tensor]:
     """A torchmetrics metric's states, reduced over ranks (a no-op on one process), on the CPU."""
     with metric.sync_context(should_unsync=True):
         return {attr: value.detach().cpu().clone() for attr, value in metric.metric_state.items()}
-TASKS = ("multiclass", "multilabel")
 
 
 def average_crop_probabilities(logits: torch.Tensor, num_crops: int, multilabel: bool = False) -> torch.Tensor:
