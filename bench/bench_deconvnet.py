@@ -41,8 +41,8 @@ from torch import nn
 
 from zf_lightning.data.synthetic import SyntheticShapes
 from zf_lightning.models import zfnet
-from zf_lightning.visualize.deconvnet import Deconvnet, cut_windows
-from zf_lightning.visualize.top_activations import (
+from zf_lightning.deconv.engine import Deconvnet, cut_windows
+from zf_lightning.deconv.topk import (
     TopActivations,
     find_top_activations,
     project_all_top_activations,

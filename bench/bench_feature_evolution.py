@@ -29,8 +29,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zf_lightning.cli import config_dir  # noqa: E402
-from zf_lightning.visualize.evolution import FeatureEvolution  # noqa: E402
+from zf_lightning.config import config_dir  # noqa: E402
+from zf_lightning.callbacks.evolution import FeatureEvolution  # noqa: E402
 from _common import load_average
 
 

@@ -35,7 +35,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zf_lightning.cli import config_dir  # noqa: E402
+from zf_lightning.config import config_dir  # noqa: E402
 from _common import Batches, fmt, full_batches, load_average
 
 GOAL = 0.9

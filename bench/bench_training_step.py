@@ -66,7 +66,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zf_lightning.models.classifier as classifier_module  # noqa: E402
-from zf_lightning.cli import config_dir  # noqa: E402
+from zf_lightning.config import config_dir  # noqa: E402
 from zf_lightning.cli.common import finish_loggers, instantiate_group, instantiate_loggers, log_config  # noqa: E402
 from zf_lightning.data.sampling import mix_seed  # noqa: E402
 from zf_lightning.models import build_network  # noqa: E402

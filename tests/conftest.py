@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from zf_lightning.cli import config_dir
+from zf_lightning.config import config_dir
 
 # Small enough for a 2-core CPU: quarter of a quarter width, few images, no worker processes.
 TINY = [

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.analysis.tiny_models import lively_tiny_zfnet
+from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from zf_lightning.analysis.correspondence import (
     Box,
     Correspondence,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.analysis.tiny_models import lively_tiny_zfnet
+from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from zf_lightning.analysis.invariance import TRANSFORMATIONS, Invariance, default_amounts, transform_images
 from zf_lightning.visualize.invariance_figure import build_invariance_figure, invariance_figure
 

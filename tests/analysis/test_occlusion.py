@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.analysis.tiny_models import lively_tiny_zfnet
+from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from zf_lightning.analysis.occlusion import OcclusionSensitivity, occluder_positions
-from zf_lightning.visualize.deconvnet import Deconvnet
+from zf_lightning.deconv.engine import Deconvnet
 
 SIZE = 64
 NUM_CLASSES = 10

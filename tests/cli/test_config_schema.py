@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.conftest import TINY, cli_env, compose_config
-from zf_lightning.cli import config_dir
-from zf_lightning.cli.schema import ConfigError, ValidateConfig, _sweep_jobs, config_problems, validate_config, validate_sweep
+from zf_lightning.config import config_dir
+from zf_lightning.config.schema import ConfigError, ValidateConfig, _sweep_jobs, config_problems, validate_config, validate_sweep
 from zf_lightning.utils.secrets import REDACTED, redact_secrets
 
 
@@ -119,7 +119,7 @@ def test_validate_sweep_composes_each_job_and_names_the_bad_ones():
         (["+model.lr_scheduler.patiense=2"], ["model.lr_scheduler.patiense", "'patience'", "monitor"]),
         (["+callbacks.feature_evolution.snapshot_epoch=[1]"], ["callbacks.feature_evolution.snapshot_epoch: unknown key", "'snapshot_epochs'", "maps_per_layer"]),
         (["+callbacks.model_checkpoint.monitr=x"], ["callbacks.model_checkpoint.monitr", "'monitor'"]),
-        (["+logger.csv.nam=x"], ["logger.csv.nam: unknown key for zf_lightning.utils.loggers.ResumableCSVLogger", "'name'", "save_dir"]),
+        (["+logger.csv.nam=x"], ["logger.csv.nam: unknown key for zf_lightning.callbacks.loggers.ResumableCSVLogger", "'name'", "save_dir"]),
         (["+logger.wandb.ofline=true"], ["logger.wandb.ofline", "'offline'", "project"]),  # W&B: wandb.init's options too
         (["+trainr.max_epochs=3"], ["trainr: unknown top-level key (did you mean 'trainer'?)"]),
         # wrong types
@@ -192,7 +192,7 @@ def test_the_hydra_callback_ends_the_process_with_the_problems(tmp_path):
 
 def test_the_callback_is_registered_for_every_app():
     hydra_cfg = OmegaConf.load(Path(config_dir()) / "hydra" / "default.yaml")
-    assert hydra_cfg.callbacks.validate_config._target_ == "zf_lightning.cli.schema.ValidateConfig"
+    assert hydra_cfg.callbacks.validate_config._target_ == "zf_lightning.config.schema.ValidateConfig"
     for primary in Path(config_dir()).glob("*.yaml"):
         assert {"hydra": "default"} in OmegaConf.load(primary).defaults, primary.name
 

@@ -56,7 +56,7 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_
 def test_sigusr2_checkpoints_then_hands_over_to_the_previous_handler_and_a_requeued_job_resumes(compose_train, tmp_path, monkeypatch):
     """As under submitit (hydra/launcher=slurm), which requeues the job on USR2 and exits."""
     from zf_lightning.cli.train import train
-    from zf_lightning.models.fault_tolerance import Preempted
+    from zf_lightning.callbacks.fault_tolerance import Preempted
 
     requeue_calls = []
 

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from tests.conftest import TINY, cli_env, compose_config
-from zf_lightning.cli import config_dir
+from zf_lightning.config import config_dir
 from zf_lightning.cli.evaluate import evaluate
 
 TRAIN = [sys.executable, "-m", "zf_lightning.cli.train"]

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import cli_env
 from tests.transfer.fake_trees import make_voc2012
-from zf_lightning.cli import config_dir
+from zf_lightning.config import config_dir
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def run_sweep(tmp_path: Path, name: str, overrides: list[str]) -> tuple[subproce
 
 
 def run_tables(paths: list[Path], out: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "zf_lightning.tables.cli", *map(str, paths), "--out", str(out)]
+    command = [sys.executable, "-m", "zf_lightning.cli.tables", *map(str, paths), "--out", str(out)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 

@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 
 from tests.conftest import TINY, cli_env, compose_config
 from zf_lightning.cli.evaluate import evaluate
-from zf_lightning.cli.schema import ConfigError
+from zf_lightning.config.schema import ConfigError
 from zf_lightning.cli.train import train
 
 
@@ -185,7 +185,7 @@ def test_a_training_step_never_makes_the_host_wait_for_the_device(tmp_path, monk
     from torch.overrides import TorchFunctionMode
 
     from zf_lightning.models import ImageClassifier
-    from zf_lightning.utils import progress
+    from zf_lightning.callbacks import progress
 
     allowed = ("torch/utils/data/", "in raise_finished")
     reads: list[list[str]] = []

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import compose_config
 from zf_lightning.cli.common import load_checkpoint_with_data
 from zf_lightning.cli.visualize import filter_statistics, filters, top9
-from zf_lightning.visualize import Deconvnet
+from zf_lightning.deconv import Deconvnet
 
 
 def compose_top9(tmp_path: Path, ckpt: Path, overrides: list[str] = ()):

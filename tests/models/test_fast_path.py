@@ -48,7 +48,7 @@ def test_a_run_with_the_fast_path_options_completes_and_its_checkpoint_loads_wit
 
 
 def test_the_deferred_loss_check_zeroes_a_bad_steps_gradients_and_raises_once_its_flag_is_read():
-    from zf_lightning.models.fault_tolerance import DeferredFiniteCheck
+    from zf_lightning.models.finite_check import DeferredFiniteCheck
 
     check = DeferredFiniteCheck()
     weight = torch.nn.Parameter(torch.ones(3))

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from zf_lightning.cli import config_dir
+from zf_lightning.config import config_dir
 from zf_lightning.models import alexnet, build_network, zfnet
 
 # Written out from the papers, independently of the builder: (maps, kernel) of conv1-5.

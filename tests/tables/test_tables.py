@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from zf_lightning.cli import config_dir
+from zf_lightning.config import config_dir
 from zf_lightning.tables.build import build_tables, load_paper, parse_paper_value, to_latex, to_markdown
-from zf_lightning.tables.cli import main
+from zf_lightning.cli.tables import main
 from zf_lightning.tables.results import find_runs
 
 TABLE3_ROWS = [

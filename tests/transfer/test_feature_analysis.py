@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.analysis.tiny_models import lively_tiny_zfnet
+from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from tests.conftest import compose_config
 from tests.transfer.fake_trees import make_caltech101
 from zf_lightning.analysis.features import LayerFeatures

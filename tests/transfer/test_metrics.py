@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchmetrics.classification import MultilabelAveragePrecision
 
-from zf_lightning.transfer.metrics import (
+from zf_lightning.models.metrics import (
     VOCAveragePrecision,
     voc_average_precision,
     voc_mean_average_precision,

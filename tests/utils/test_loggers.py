@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 
-from zf_lightning.utils.loggers import ResumableCSVLogger
+from zf_lightning.callbacks.loggers import ResumableCSVLogger
 
 
 def rows(path) -> list[dict]:

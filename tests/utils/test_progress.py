@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import torch
 
-from zf_lightning.utils import progress
-from zf_lightning.utils.progress import RichProgressBar
+from zf_lightning.callbacks import progress
+from zf_lightning.callbacks.progress import RichProgressBar
 
 
 class CountingTensor(torch.Tensor):

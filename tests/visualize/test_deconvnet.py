@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from zf_lightning.models import alexnet, zfnet
-from zf_lightning.visualize import METHODS, Deconvnet
+from zf_lightning.deconv import METHODS, Deconvnet
 
 # ------------------------------------------------------------------ reference
 

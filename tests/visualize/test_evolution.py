@@ -21,12 +21,12 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from tests.conftest import compose_config
-from zf_lightning.cli.schema import ConfigError
+from zf_lightning.config.schema import ConfigError
 from zf_lightning.cli.train import train
 from zf_lightning.data import SyntheticDataModule
 from zf_lightning.models import ImageClassifier
-from zf_lightning.visualize import Deconvnet
-from zf_lightning.visualize.evolution import FIGURE_NAME, FeatureEvolution, best_across_ranks
+from zf_lightning.deconv import Deconvnet
+from zf_lightning.callbacks.evolution import FIGURE_NAME, FeatureEvolution, best_across_ranks
 from zf_lightning.visualize.figures import contrast_stretch
 
 TINY_NET = {"arch": "zfnet", "num_classes": 10, "input_size": 64, "width_multiplier": 0.125, "init_std": None}
@@ -78,7 +78,7 @@ def fitted(tmp_path_factory):
     evolution = FeatureEvolution(output_dir=root / "feature_evolution", snapshot_epochs=[1, 3, 7], maps_per_layer=3, seed=1)
     recorder = Recorder()
     records = _Records()
-    logger = logging.getLogger("zf_lightning.visualize.evolution")
+    logger = logging.getLogger("zf_lightning.callbacks.evolution")
     logger.addHandler(records)
     try:
         tiny_trainer([evolution, recorder], max_epochs=3, num_sanity_val_steps=1).fit(model, tiny_datamodule(root / "cache"))
@@ -454,7 +454,7 @@ def test_the_default_run_snapshots_epochs_1_2_5_10_and_says_which_it_drops(tmp_p
     evolution = instantiate(cfg.callbacks.feature_evolution)
     assert evolution.snapshot_epochs == [1, 2, 5, 10, 20, 30, 40, 64]
     assert evolution.output_dir == tmp_path / "run" / "feature_evolution"
-    with caplog.at_level(logging.WARNING, logger="zf_lightning.visualize.evolution"):
+    with caplog.at_level(logging.WARNING, logger="zf_lightning.callbacks.evolution"):
         trainer = SimpleNamespace(max_epochs=cfg.trainer.max_epochs, is_global_zero=True, default_root_dir=str(tmp_path))
         evolution.setup(trainer, instantiate(cfg.model), "fit")
     assert evolution._epochs == [1, 2, 5, 10]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from zf_lightning.models import zfnet
-from zf_lightning.visualize import Deconvnet, cut_windows
-from zf_lightning.visualize.top_activations import (
+from zf_lightning.deconv import Deconvnet, cut_windows
+from zf_lightning.deconv.topk import (
     RunningTopK,
     choose_maps,
     find_top_activations,

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from zf_lightning.utils.modes import evaluating
-from zf_lightning.visualize.deconvnet import Deconvnet
+from zf_lightning.deconv.engine import Deconvnet
 
 
 @dataclass

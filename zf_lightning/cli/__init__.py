@@ -1,12 +1,2 @@
-"""Command-line entry points (Hydra mains): zf-train, zf-eval."""
-
-from pathlib import Path
-
-
-def config_dir() -> str:
-    """The repository's conf/ in a source checkout or editable install, the packaged copy in a wheel."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package.parent / "conf", package / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"zf-lightning's Hydra configs were not found next to {package}")
+"""Command-line entry points: thin Hydra mains (zf-train, zf-eval, zf-visualize, zf-analyze, zf-features,
+zf-prepare) and zf-tables."""

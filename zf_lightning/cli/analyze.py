@@ -25,7 +25,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms.v2.functional import get_size
 
-from zf_lightning.cli import config_dir
+from zf_lightning.config import config_dir
 from zf_lightning.cli.common import (
     finish_loggers,
     job_loggers,

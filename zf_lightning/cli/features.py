@@ -16,7 +16,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from zf_lightning.cli import config_dir
+from zf_lightning.config import config_dir
 from zf_lightning.cli.common import finish_loggers, job_loggers, output_dir_of, resolve_device, run_with_summary
 from zf_lightning.utils.io import atomic_write_bytes, check_checkpoint
 

@@ -16,12 +16,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from zf_lightning.cli import config_dir
-from zf_lightning.cli.schema import validate_config
+from zf_lightning.config import config_dir
+from zf_lightning.config.schema import validate_config
 from zf_lightning.data.image_files import summarize_bad_images
-from zf_lightning.models.fault_tolerance import CheckpointOnSignal
+from zf_lightning.callbacks.fault_tolerance import CheckpointOnSignal
 from zf_lightning.utils.io import check_checkpoint
-from zf_lightning.utils.loggers import LOGGED_ROWS
+from zf_lightning.callbacks.loggers import LOGGED_ROWS
 from zf_lightning.cli.common import (
     SUMMARY_FILE,
     finish_loggers,

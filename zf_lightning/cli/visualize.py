@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from zf_lightning.cli import config_dir
+from zf_lightning.config import config_dir
 from zf_lightning.cli.common import (
     finish_loggers,
     instantiate_loggers,
@@ -34,9 +34,9 @@ from zf_lightning.cli.common import (
     run_with_summary,
 )
 from zf_lightning.utils.io import atomic_write_npz
-from zf_lightning.visualize import METHODS, Deconvnet
+from zf_lightning.deconv import METHODS, Deconvnet
 from zf_lightning.visualize.figures import blocks_grid, contrast_stretch, filters_grid, save_png, side_by_side, top9_figure
-from zf_lightning.visualize.top_activations import (
+from zf_lightning.deconv.topk import (
     choose_maps,
     find_top_activations,
     project_all_top_activations,

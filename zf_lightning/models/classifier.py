@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from zf_lightning.models.fault_tolerance import DeferredFiniteCheck
+from zf_lightning.models.finite_check import DeferredFiniteCheck
 from zf_lightning.models.registry import build_network
 
 PAPER_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4}
@@ -156,7 +156,7 @@ class ImageClassifier(L.LightningModule):
         self.multilabel = task == "multilabel"
         num_classes = self.net.classifier[-1].out_features
         if self.multilabel:
-            from zf_lightning.transfer.metrics import VOCAveragePrecision
+            from zf_lightning.models.metrics import VOCAveragePrecision
 
             metrics = {"ap": VOCAveragePrecision(num_classes)}
         else:

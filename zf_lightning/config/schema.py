@@ -1,6 +1,6 @@
 """Structured schemas of the main config groups, checked at start-up, before any data is read or directory made.
 
-    from zf_lightning.cli.schema import ConfigError, validate_config
+    from zf_lightning.config.schema import ConfigError, validate_config
     validate_config(cfg)        # raises ConfigError listing every problem, each with its full dotted key
 
 What is checked (only the groups a config has, so every app can share it):
@@ -177,7 +177,7 @@ def _datasets():
 
 
 def _evolution_methods():
-    from zf_lightning.visualize.evolution import METHODS
+    from zf_lightning.callbacks.evolution import METHODS
 
     return list(METHODS)
 
@@ -326,7 +326,7 @@ class TrainerSchema(Targeted):
 
 @dataclass
 class FeatureEvolutionSchema(Targeted):
-    """`callbacks.feature_evolution` (`zf_lightning.visualize.evolution.FeatureEvolution`)."""
+    """`callbacks.feature_evolution` (`zf_lightning.callbacks.evolution.FeatureEvolution`)."""
 
     output_dir: str | None = spec()
     snapshot_epochs: list[int] = spec(_snapshot_epochs)
@@ -385,7 +385,7 @@ class TopSchema:
 
 # The schema of a `_target_` node by what it instantiates (first match), else GenericTargetSchema.
 CALLBACK_SCHEMAS = {
-    "zf_lightning.visualize.evolution.FeatureEvolution": FeatureEvolutionSchema,
+    "zf_lightning.callbacks.evolution.FeatureEvolution": FeatureEvolutionSchema,
     "lightning.pytorch.callbacks.ModelCheckpoint": ModelCheckpointSchema,
 }
 
@@ -645,7 +645,7 @@ def _callback_schema(target: str) -> type:
 @functools.lru_cache(maxsize=1)
 def _known_top_level_keys() -> frozenset[str]:
     """Top-level keys and groups of every app's primary config (conf/*.yaml) and the group folders."""
-    from zf_lightning.cli import config_dir
+    from zf_lightning.config import config_dir
 
     root = Path(config_dir())
     keys = {path.name for path in root.iterdir() if path.is_dir()}

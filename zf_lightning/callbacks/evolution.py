@@ -49,7 +49,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from zf_lightning.utils.io import atomic_write_bytes
-from zf_lightning.visualize.deconvnet import METHODS, Deconvnet, _as_int, cut_windows
+from zf_lightning.deconv.engine import METHODS, Deconvnet, _as_int, cut_windows
 from zf_lightning.visualize.figures import contrast_stretch
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zf_lightning.visualize.deconvnet import Deconvnet, ReceptiveField, cut_windows
+from zf_lightning.deconv.engine import Deconvnet, ReceptiveField, cut_windows
 
 
 @dataclass
