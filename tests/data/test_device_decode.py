@@ -17,7 +17,9 @@ from PIL import Image
 from tests.data.test_bad_images import TRAIN, make_bad_imagenet
 from tests.data.test_input_pipeline import _save, photo_like
 from zf_lightning.data.datamodules import ImageNetDataModule
-from zf_lightning.data.device_decode import DeviceDecoder, EncodedJPEG, PrepareForDevice, collate_for_device, jpeg_frame, read_for_device
+from zf_lightning.data.device_decode import DeviceDecoder, PrepareForDevice, collate_for_device
+from zf_lightning.data.image_files import read_for_device
+from zf_lightning.data.jpeg import EncodedJPEG, jpeg_frame
 from zf_lightning.data.image_files import BadImageError, BadImageLog, read_bad_image_log
 from zf_lightning.models import ImageClassifier
 

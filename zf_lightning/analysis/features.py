@@ -1,9 +1,8 @@
 """Feature vectors of a network's layers, as the invariance and correspondence analyses compare them.
 
-Layer numbering follows the paper. Conv layers 1..n are counted as `Deconvnet` counts them (the
-network's conv layers in order); their feature vector is the rectified conv output (the map *before*
-pooling and normalisation, the map the deconvnet projects), flattened. Dense layers 6 and 7 are the
-hidden fully connected layers (fc6, fc7) in order; their feature vector is the rectified output (dropout
+Layer numbering follows the paper (`models.layers.PaperLayers`): conv layers 1..C, whose feature vector is the
+rectified conv output (the map *before* pooling and normalisation, the map the deconvnet projects), flattened;
+then the hidden fully connected layers C+1, C+2 (fc6 and fc7 when C = 5); their feature vector is the rectified output (dropout
 is off: the network runs in eval mode). Every requested layer comes from one forward pass.
 """
 
@@ -15,9 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zf_lightning.models.layers import PaperLayers
 from zf_lightning.utils.modes import evaluating
-
-DENSE_FEATURE_LAYERS = (6, 7)
 
 
 @dataclass
@@ -31,7 +29,7 @@ class LayerFeatures:
 
     Args:
         model: a network with `features` and `classifier` nn.Sequential, `model(x) == classifier(features(x).flatten(1))`.
-        layers: paper layer numbers: 1..(number of conv layers), and 6, 7 for fc6 and fc7.
+        layers: paper layer numbers (`PaperLayers`): 1..C for the conv layers, C+1 and C+2 for fc6 and fc7.
         channels_last: run the convolutions in channels-last memory format (faster on CPU).
     """
 
@@ -42,19 +40,14 @@ class LayerFeatures:
                 f"LayerFeatures needs a model with `features` and `classifier` nn.Sequential (a PaperConvNet), got {type(model).__name__}"
             )
         self.model, self.channels_last = model, channels_last
-        conv_relus = _relu_after_each(features, nn.Conv2d)
-        dense_relus = _relu_after_each(classifier, nn.Linear)
-        self.available = {
-            **{layer: ("features", index) for layer, index in enumerate(conv_relus, start=1)},
-            **{layer: ("classifier", index) for layer, index in zip(DENSE_FEATURE_LAYERS, dense_relus)},
-        }
+        numbering = PaperLayers(model)
+        # The rectified maps (conv) and the hidden dense layers' outputs after their ReLU.
+        self.available = {layer.number: (layer.part, layer.rectified) for layer in [*numbering.conv, *numbering.dense]}
         layers = [int(layer) for layer in layers]
         missing = [layer for layer in layers if layer not in self.available]
         if missing or not layers:
-            raise ValueError(
-                f"LayerFeatures: layer(s) {missing or layers} not in this network; expected some of {sorted(self.available)} "
-                f"(conv layers 1..{len(conv_relus)}, hidden dense layers {list(DENSE_FEATURE_LAYERS[: len(dense_relus)])})"
-            )
+            raise ValueError(f"LayerFeatures: layer(s) {missing or layers} not in this network; expected some of "
+                             f"{sorted(self.available)} ({numbering.describe()})")
         self.layers = sorted(set(layers))
         self.num_classes = [m for m in classifier.modules() if isinstance(m, nn.Linear)][-1].out_features
 
@@ -73,16 +66,3 @@ class LayerFeatures:
                         # clone: a later in-place op (LRN is not, but dropout/ReLU may be) must not change it
                         out[wanted[(part, index)]] = x.flatten(1).clone()
         return LayerOutputs(features=out, logits=x)
-
-
-
-def _relu_after_each(sequential: nn.Sequential, kind: type) -> list[int]:
-    """Index of the ReLU that follows each `kind` module (a Conv2d or a Linear without ReLU is skipped)."""
-    indices, pending = [], False
-    for index, module in enumerate(sequential):
-        if isinstance(module, kind):
-            pending = True
-        elif isinstance(module, nn.ReLU) and pending:
-            indices.append(index)
-            pending = False
-    return indices

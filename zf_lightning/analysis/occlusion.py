@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zf_lightning.models.layers import PaperLayers
 from zf_lightning.utils.modes import evaluating
 from zf_lightning.deconv.engine import Deconvnet
 
@@ -138,17 +139,14 @@ class OcclusionSensitivity:
         self.include_partial = bool(include_partial)
         self.project = bool(project)
         self.channels_last = bool(channels_last)
-        conv_indices = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= len(conv_indices):
+        conv_layers = PaperLayers(model).conv
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= len(conv_layers):
             raise ValueError(
-                f"OcclusionSensitivity: layer must be an int in 1..{len(conv_indices)} (the model has "
-                f"{len(conv_indices)} conv layers), got {layer!r}"
+                f"OcclusionSensitivity: layer must be an int in 1..{len(conv_layers)} (the model has "
+                f"{len(conv_layers)} conv layers), got {layer!r}"
             )
         self.layer = layer
-        index = conv_indices[layer - 1]
-        if index + 1 < len(features) and isinstance(features[index + 1], nn.ReLU):
-            index += 1  # the rectified map, as Deconvnet.feature_map_index
-        self.map_index = index
+        self.map_index = conv_layers[layer - 1].rectified  # the rectified map, the one the deconvnet projects
         last = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)]
         self.num_classes = last[-1].out_features if last else None
         self._deconvnet = Deconvnet(model) if self.project else None  # fails early on modules it cannot invert

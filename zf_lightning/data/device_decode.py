@@ -24,74 +24,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from zf_lightning.data.image_files import BadImageLog, load_rgb_tensor
+from zf_lightning.data.jpeg import EncodedJPEG
 from zf_lightning.data.transforms import paper_base_uint8
-
-# Frame markers nvJPEG's batched decoder takes: baseline and extended sequential Huffman (progressive and
-# lossless frames are decoded in the worker).
-DEVICE_FRAMES = (0xC0, 0xC1)
-_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-15; C4, C8, CC are other segments
-_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM carry no length
-
-
-class JpegFrame(NamedTuple):
-    marker: int
-    precision: int
-    height: int
-    width: int
-    components: int
-
-
-def jpeg_frame(data: bytes) -> JpegFrame | None:
-    """The frame header of a whole JPEG (SOI at the start, EOI at the end), or None for anything else."""
-    if len(data) < 4 or data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
-        return None
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker in _STANDALONE:
-            position += 2
-            continue
-        length = int.from_bytes(data[position + 2:position + 4], "big")
-        if marker in _FRAME_MARKERS:
-            if length < 8 or position + 10 > len(data):
-                return None
-            header = data[position + 4:position + 10]
-            return JpegFrame(marker, header[0], int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big"), header[5])
-        if marker == 0xDA:  # start of scan before any frame header
-            return None
-        position += 2 + length
-    return None
-
-
-class EncodedJPEG(NamedTuple):
-    """A JPEG file's bytes (a 1-D uint8 tensor), to be decoded on the device."""
-
-    data: torch.Tensor
-    path: str
-
-
-def read_for_device(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None,
-                    min_size: int | None = None):
-    """An `EncodedJPEG` for a whole 8-bit, 3-channel baseline JPEG; otherwise what `load_rgb_tensor` returns
-    (a decoded uint8 tensor or PIL image, or None for a skipped file)."""
-    log = log if log is not None else BadImageLog(None)
-    try:
-        with open(path, "rb") as f:
-            data = bytearray(f.read())
-    except OSError:
-        return load_rgb_tensor(path, on_bad_image, log, min_size)  # reports the file as the other paths do
-    frame = jpeg_frame(data)
-    if frame is None or frame.marker not in DEVICE_FRAMES or frame.precision != 8 or frame.components != 3:
-        return load_rgb_tensor(path, on_bad_image, log, min_size)
-    if min_size is not None and min(frame.height, frame.width) < min_size:
-        log.record(path, "small", f"{frame.width}x{frame.height} is smaller than the {min_size}px crop; upscaled")
-    return EncodedJPEG(torch.frombuffer(data, dtype=torch.uint8), str(path))
-
 
 class DeviceSample(NamedTuple):
     payload: torch.Tensor  # 1-D: a JPEG's bytes; 3-D: uint8 pixels already at resize_size x resize_size

@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Subset
+
+from zf_lightning.data.jpeg import DEVICE_FRAMES, EncodedJPEG, jpeg_frame
 
 ON_BAD_IMAGE = ("skip", "error")
 KINDS = ("skipped", "converted", "small")
@@ -224,6 +227,25 @@ def first_readable(load_item: Callable[[int], Any | None], index: int, length: i
                        f"data.bad_image_log); expected readable images: check data.root and the files")
 
 
+def read_for_device(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None,
+                    min_size: int | None = None):
+    """An `EncodedJPEG` for a whole 8-bit, 3-channel baseline JPEG; otherwise what `load_rgb_tensor` returns
+    (a decoded uint8 tensor or PIL image, or None for a skipped file)."""
+    log = log if log is not None else BadImageLog(None)
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+    except OSError:
+        return load_rgb_tensor(path, on_bad_image, log, min_size)  # reports the file as the other paths do
+    frame = jpeg_frame(data)
+    if frame is None or frame.marker not in DEVICE_FRAMES or frame.precision != 8 or frame.components != 3:
+        return load_rgb_tensor(path, on_bad_image, log, min_size)
+    if min_size is not None and min(frame.height, frame.width) < min_size:
+        log.record(path, "small", f"{frame.width}x{frame.height} is smaller than the {min_size}px crop; upscaled")
+    return EncodedJPEG(torch.frombuffer(data, dtype=torch.uint8), str(path))
+
+
+
 class SkipBadImages:
     """Mixin for a dataset with `load_item(index) -> (image, target) | None`: a skipped item is replaced.
 
@@ -252,8 +274,6 @@ class SkipBadImages:
         """RGB PIL image, a uint8 (3, H, W) tensor with `tensor_decode`, an `EncodedJPEG` to decode on the training
         device with `device_decode` (other files decoded as with `tensor_decode`); None for a skipped file."""
         if self.device_decode:
-            from zf_lightning.data.device_decode import read_for_device  # it imports this module
-
             return read_for_device(path, self.on_bad_image, self.bad_image_log, self.min_size)
         if self.tensor_decode:
             return load_rgb_tensor(path, self.on_bad_image, self.bad_image_log, self.min_size)

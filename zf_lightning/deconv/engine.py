@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zf_lightning.models.layers import PaperLayers
 from zf_lightning.utils.modes import evaluating
 
 MODES = ("max", "map")
@@ -103,16 +104,6 @@ class _Record:
     saved: torch.Tensor | None = None  # ReLU: input > 0 (bool); MaxPool2d: the switches (int64)
 
 
-def _features_of(model: nn.Module) -> nn.Sequential:
-    features = model if isinstance(model, nn.Sequential) else getattr(model, "features", None)
-    if not isinstance(features, nn.Sequential):
-        raise TypeError(
-            "Deconvnet needs a model whose `features` is an nn.Sequential (or an nn.Sequential itself), "
-            f"got {type(model).__name__} with features of type {type(features).__name__}"
-        )
-    return features
-
-
 class Deconvnet:
     """Project feature activations of a conv net's `features` back to the input (see the module docstring).
 
@@ -125,7 +116,11 @@ class Deconvnet:
     """
 
     def __init__(self, model: nn.Module, max_batch_elements: int | None = 2**25) -> None:
-        self.features = _features_of(model)
+        try:
+            self.layers = PaperLayers(model)
+        except TypeError as error:
+            raise TypeError(f"Deconvnet: {error}") from None
+        self.features = self.layers.features
         supported = ", ".join(cls.__name__ for cls in SUPPORTED_MODULES)
         for index, module in enumerate(self.features):
             if type(module) not in SUPPORTED_MODULES:
@@ -139,7 +134,7 @@ class Deconvnet:
                         f"Deconvnet: features[{index}] is a Conv2d with padding={module.padding!r}, "
                         f"padding_mode={module.padding_mode!r}; only explicit zero padding is supported"
                     )
-        self.conv_indices = [i for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)]
+        self.conv_indices = [layer.weights for layer in self.layers.conv]
         if not self.conv_indices:
             raise ValueError("Deconvnet: the features contain no Conv2d layer")
         if max_batch_elements is not None and max_batch_elements < 1:
@@ -169,10 +164,7 @@ class Deconvnet:
         return self._top_index(_as_int(layer))
 
     def _top_index(self, layer: int) -> int:
-        index = self.conv_indices[layer - 1]
-        if index + 1 < len(self.features) and isinstance(self.features[index + 1], nn.ReLU):
-            index += 1
-        return index
+        return self.layers.conv[layer - 1].rectified
 
     def receptive_field(self, layer: int) -> ReceptiveField:
         """The input window seen by one activation of layer `layer` (sizes follow from kernels, strides, padding)."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from zf_lightning.models.layers import PaperLayers
 from zf_lightning.utils.io import atomic_write_npz
 from zf_lightning.utils.modes import evaluating
 
@@ -48,18 +49,18 @@ class BlockFeatures:
             raise TypeError(f"BlockFeatures needs a network with `features` and `classifier` nn.Sequential, got {type(net).__name__}")
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
-        convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
-        # Block l ends just before conv l+1 (or at the end of `features`).
-        block_ends = {layer: (convs[layer] - 1 if layer < len(convs) else len(features) - 1) for layer in range(1, len(convs) + 1)}
-        dense = [i for i, m in enumerate(classifier) if isinstance(m, nn.ReLU)]
-        dense_ends = {layer: index for layer, index in zip((6, 7), dense)}
-        available = sorted({*block_ends, *dense_ends})
-        missing = [int(layer) for layer in layers if int(layer) not in available]
+        numbering = PaperLayers(net)
+        # A conv layer's block ends just before the next conv (after its pooling and normalisation); a dense
+        # layer's at its ReLU.
+        ends = {layer.number: (layer.part, layer.block_end) for layer in numbering.conv}
+        ends.update({layer.number: (layer.part, layer.rectified) for layer in numbering.dense})
+        missing = [int(layer) for layer in layers if int(layer) not in ends]
         if missing or not layers:
-            raise ValueError(f"layers {missing or list(layers)} are not in this network; expected some of {available}")
+            raise ValueError(f"layers {missing or list(layers)} are not in this network; expected some of {sorted(ends)} "
+                             f"({numbering.describe()})")
         self.net, self.grid = net, grid
         self.layers = sorted({int(layer) for layer in layers})
-        self.ends = {("features", block_ends[layer]) if layer in block_ends else ("classifier", dense_ends[layer]): layer for layer in self.layers}
+        self.ends = {ends[layer]: layer for layer in self.layers}
 
     def __call__(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
