@@ -62,9 +62,9 @@ def test_top9_guided_method_and_random_maps_are_seeded(tiny_checkpoint, tmp_path
 @pytest.mark.parametrize(
     ("overrides", "error", "match"),
     [
-        (["layers=[6]"], ValueError, r"layers: 6 is not a conv layer of this model \(1..5\)"),
-        (["+maps={1:[99]}"], ValueError, r"maps for layer 1: \[99\] out of range \(the layer has 12 maps"),
-        (["layers=[1]", "+maps={2:[0]}"], ValueError, r"maps lists layers \[2\]"),
+        (["layers=[6]"], ValueError, r"zf-visualize top9: unknown layer\(s\) \[6\]: the model has 5 conv layers"),
+        (["+maps={1:[99]}"], ValueError, r"map\(s\) \[99\] of layer 1 out of range: it has 12 maps"),
+        (["layers=[1]", "+maps={2:[0]}"], ValueError, r"maps are listed for layer\(s\) \[2\], which are not among the layers \[1\]"),
         (["data.num_classes=5"], ValueError, "has 10 classes but data.num_classes=5"),
         (["split=holdout"], ValueError, r"split must be one of \['train', 'val', 'test'\]"),
         (["method=lrp"], ValueError, "method must be one of"),

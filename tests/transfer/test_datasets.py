@@ -282,9 +282,9 @@ def test_split_arrays_are_read_only():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(train_per_class=0, seed=0), "train_per_class must be an integer >= 1"),
-    (dict(train_per_class=2, seed=-1), "seed must be an integer >= 0"),
-    (dict(train_per_class=2, seed=0, max_test_per_class=0), "max_test_per_class must be an integer >= 1"),
+    (dict(train_per_class=0, seed=0), "train_per_class must be an int >= 1"),
+    (dict(train_per_class=2, seed=-1), "seed must be an int >= 0"),
+    (dict(train_per_class=2, seed=0, max_test_per_class=0), "max_test_per_class must be an int >= 1"),
     (dict(train_per_class=4, seed=0), r"at least 5 images per class.*class 1 has 4; class 2 has 3"),
 ])
 def test_split_errors(kwargs, message):

@@ -429,7 +429,6 @@ def test_bad_options_fail_when_the_callback_is_built(options, message):
     [
         ({"layers": [1, 6]}, r"unknown layer\(s\) \[6\]: the model has 5 conv layers"),
         ({"maps": {1: [0, 12]}}, r"map\(s\) \[12\] of layer 1 out of range: it has 12 maps"),
-        ({"maps_per_layer": 13, "layers": [1]}, r"maps_per_layer=13 is more than the 12 maps of layer 1"),
     ],
 )
 def test_options_the_model_cannot_satisfy_fail_before_training(tmp_path, options, message):

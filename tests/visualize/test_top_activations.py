@@ -9,7 +9,6 @@ from zf_lightning.models import zfnet
 from zf_lightning.deconv import Deconvnet, cut_windows
 from zf_lightning.deconv.topk import (
     RunningTopK,
-    choose_maps,
     find_top_activations,
     project_all_top_activations,
     project_top_activations,
@@ -143,8 +142,10 @@ def test_cut_windows_pads_with_zeros():
     torch.testing.assert_close(out[1, 0], expected1)
 
 
-def test_choose_maps_is_seeded_and_sorted():
-    a = choose_maps(256, 9, seed=3, layer=5)
-    assert a == choose_maps(256, 9, seed=3, layer=5) and a == sorted(a) and len(set(a)) == 9
-    assert a != choose_maps(256, 9, seed=4, layer=5)
-    assert choose_maps(5, 9, seed=0, layer=1) == [0, 1, 2, 3, 4]
+def test_draw_maps_is_seeded_and_sorted():
+    from zf_lightning.deconv.maps import draw_maps
+
+    a = draw_maps(256, 9, seed=3, layer=5)
+    assert a == draw_maps(256, 9, seed=3, layer=5) and a == sorted(a) and len(set(a)) == 9
+    assert a != draw_maps(256, 9, seed=4, layer=5)
+    assert draw_maps(5, 9, seed=0, layer=1) == [0, 1, 2, 3, 4]

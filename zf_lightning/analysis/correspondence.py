@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from zf_lightning.analysis.features import LayerFeatures
+from zf_lightning.utils.validation import check_int
 
 RANDOM = "random"
 
@@ -253,8 +254,7 @@ class Correspondence:
         channels_last: bool = True,
     ) -> None:
         for name, value in (("repeats", repeats), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Correspondence: {name} must be an int >= 1, got {value!r}")
+            check_int(value, f"Correspondence: {name}")
         if not tolerance >= 0:
             raise ValueError(f"Correspondence: tolerance must be >= 0, got {tolerance!r}")
         try:

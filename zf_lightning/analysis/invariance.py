@@ -59,6 +59,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from zf_lightning.analysis.features import LayerFeatures
+from zf_lightning.utils.validation import check_int
 
 TRANSFORMATIONS = ("translation", "scale", "rotation")
 IDENTITY = {"translation": 0.0, "scale": 1.0, "rotation": 0.0}
@@ -71,8 +72,7 @@ def default_amounts(image_size: int = 224) -> dict[str, list[float]]:
     pixels (so rows move exactly); scale: 1.0..1.8 in steps of 0.05 (the paper zooms in only);
     rotation: 0..360 degrees in steps of 10 (360 closes the curve at the identity).
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"default_amounts: image_size must be an int >= 1 (pixels), got {image_size!r}")
+    check_int(image_size, "default_amounts: image_size", unit="pixels")
     shifts = sorted({float(round(step * image_size / 224)) for step in range(-60, 61, 5)})
     return {
         "translation": shifts,
@@ -185,8 +185,7 @@ class Invariance:
         fill: float = 0.0,
         channels_last: bool = True,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"Invariance: batch_size must be an int >= 1, got {batch_size!r}")
+        check_int(batch_size, "Invariance: batch_size")
         fill = float(fill)
         if not math.isfinite(fill):
             raise ValueError(f"Invariance: fill must be a finite number, got {fill}")

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +44,7 @@ from torch import nn
 from zf_lightning.models.layers import PaperLayers
 from zf_lightning.utils.modes import evaluating
 from zf_lightning.deconv.engine import Deconvnet
+from zf_lightning.utils.validation import check_int, int_pair
 
 
 @dataclass
@@ -66,21 +66,6 @@ class OcclusionResult:
     probabilities: torch.Tensor  # (B, num_classes): class probabilities of the unoccluded images
     unoccluded_activation: torch.Tensor  # (B,): total activation of chosen_map on the unoccluded image
     map_max: torch.Tensor  # (B, maps): per-map max activation of the unoccluded image (chooses the map)
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(values) != 2:
-        raise ValueError(f"OcclusionSensitivity: {name} must be an int or a pair of ints, got {value!r}")
-    out = []
-    for v in values:
-        if isinstance(v, bool):
-            raise ValueError(f"OcclusionSensitivity: {name} must be an int or a pair of ints, got {value!r}")
-        try:
-            out.append(operator.index(v))
-        except TypeError:
-            raise ValueError(f"OcclusionSensitivity: {name} must be an int or a pair of ints, got {value!r}") from None
-    return out[0], out[1]
 
 
 def occluder_positions(size: int, window: int, stride: int, include_partial: bool = True) -> torch.Tensor:
@@ -126,15 +111,13 @@ class OcclusionSensitivity:
                 f"(a PaperConvNet), got {type(model).__name__}"
             )
         self.model = model
-        self.window = _pair(window, "window")
-        self.stride = _pair(stride, "stride")
+        self.window = int_pair(window, "OcclusionSensitivity: window")
+        self.stride = int_pair(stride, "OcclusionSensitivity: stride")
         if min(self.window) < 1:
             raise ValueError(f"OcclusionSensitivity: window must be >= 1 pixel, got {window!r}")
         if min(self.stride) < 1:
             raise ValueError(f"OcclusionSensitivity: stride must be >= 1 pixel, got {stride!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"OcclusionSensitivity: batch_size must be an int >= 1, got {batch_size!r}")
-        self.batch_size = batch_size
+        self.batch_size = check_int(batch_size, "OcclusionSensitivity: batch_size")
         self.occluder_value = float(occluder_value)
         self.include_partial = bool(include_partial)
         self.project = bool(project)
@@ -249,9 +232,7 @@ class OcclusionSensitivity:
 
         projection = None
         if self.project:
-            projection = torch.cat(
-                [self._deconvnet.project(images[b][None], self.layer, [int(chosen[b])], mode="max")[:, 0] for b in range(batch)]
-            )
+            projection = self._deconvnet.project_strongest(images, self.layer, chosen).paste(tuple(images.shape[-2:]))
         shape = (batch, n_rows, n_cols)
         return OcclusionResult(
             rows=rows,

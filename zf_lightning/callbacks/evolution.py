@@ -42,21 +42,20 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from torch import nn
-from torchvision.utils import make_grid
 
 from zf_lightning.utils.io import atomic_write_bytes
-from zf_lightning.deconv.engine import METHODS, Deconvnet, _as_int, cut_windows
-from zf_lightning.visualize.figures import contrast_stretch
+from zf_lightning.deconv.engine import METHODS, Deconvnet
+from zf_lightning.deconv.maps import choose_maps
+from zf_lightning.visualize.evolution_figure import evolution_grid, render_evolution
+from zf_lightning.utils.validation import as_int
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SNAPSHOT_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)  # the paper's Fig. 4 columns
 FIGURE_NAME = "feature_evolution.png"
-_PAD = 2  # white pixels between cells
 _SNAPSHOT_FILE = re.compile(r"epoch_(\d+)\.npz$")
 
 
@@ -111,13 +110,13 @@ class FeatureEvolution(L.Callback):
         super().__init__()
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.snapshot_epochs = _check_epochs(snapshot_epochs)
-        if _as_int(maps_per_layer) is None or maps_per_layer < 1:
+        if as_int(maps_per_layer) is None or maps_per_layer < 1:
             raise ValueError(f"FeatureEvolution: maps_per_layer must be an int >= 1, got {maps_per_layer!r}")
-        if _as_int(seed) is None:
+        if as_int(seed) is None:
             raise ValueError(f"FeatureEvolution: seed must be an int, got {seed!r}")
         if method not in METHODS:
             raise ValueError(f"FeatureEvolution: unknown method {method!r}; allowed methods are {list(METHODS)}")
-        if _as_int(cell_size) is None or cell_size < 1:
+        if as_int(cell_size) is None or cell_size < 1:
             raise ValueError(f"FeatureEvolution: cell_size must be an int >= 1, got {cell_size!r}")
         self.layers = None if layers is None else _check_layers(layers)
         self.explicit_maps = None if maps is None else _check_maps(maps)
@@ -163,33 +162,7 @@ class FeatureEvolution(L.Callback):
             self.output_dir = Path(trainer.default_root_dir) / "feature_evolution"
 
     def _choose_maps(self, deconvnet: Deconvnet) -> dict[int, list[int]]:
-        available = list(range(1, deconvnet.num_layers + 1))
-        wanted = sorted(self.explicit_maps) if self.explicit_maps is not None else (self.layers or available)
-        unknown = [layer for layer in wanted if layer not in available]
-        if unknown:
-            raise ValueError(
-                f"FeatureEvolution: unknown layer(s) {unknown}: the model has {deconvnet.num_layers} conv layers "
-                f"(valid layers {available})"
-            )
-        chosen: dict[int, list[int]] = {}
-        generator = torch.Generator().manual_seed(self.seed)  # never the global RNG: training must not change
-        for layer in wanted:
-            num_maps = deconvnet.num_maps(layer)
-            if self.explicit_maps is not None:
-                bad = [m for m in self.explicit_maps[layer] if m >= num_maps]
-                if bad:
-                    raise ValueError(
-                        f"FeatureEvolution: map(s) {bad} of layer {layer} out of range: it has {num_maps} maps "
-                        f"(valid indices 0..{num_maps - 1})"
-                    )
-                chosen[layer] = list(self.explicit_maps[layer])
-            else:
-                if self.maps_per_layer > num_maps:
-                    raise ValueError(
-                        f"FeatureEvolution: maps_per_layer={self.maps_per_layer} is more than the {num_maps} maps of layer {layer}"
-                    )
-                chosen[layer] = sorted(torch.randperm(num_maps, generator=generator)[: self.maps_per_layer].tolist())
-        return chosen
+        return choose_maps(deconvnet, self.layers, self.maps_per_layer, self.seed, self.explicit_maps, owner="FeatureEvolution")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A resumed run starts after some epochs: read their snapshots back so the figure stays complete."""
@@ -359,15 +332,10 @@ class FeatureEvolution(L.Callback):
         arrays: dict[str, np.ndarray] = {"layers": np.array(list(self.maps), dtype=np.int64)}
         for layer, (values, images) in best.items():
             maps = torch.tensor(self.maps[layer], device=images.device)
-            own = torch.arange(len(maps), device=images.device)
-            activation = deconvnet.feature_maps(images, [layer])[layer]  # (K, C, h, w)
-            width = activation.shape[3]
-            where = activation[own, maps].flatten(1).argmax(dim=1)
-            rows, cols = where // width, where % width
-            projections = deconvnet.project_activations(images, layer, own, maps, rows, cols, method=self.method)
-            patches = cut_windows(images, own, projections.top, projections.left, projections.receptive_field.size)
+            projections = deconvnet.project_strongest(images, layer, maps, method=self.method)
+            patches = projections.patches(images, torch.arange(len(maps), device=images.device))
             numpy = {
-                "maps": maps, "values": values, "projected_values": projections.values, "rows": rows, "cols": cols,
+                "maps": maps, "values": values, "projected_values": projections.values, "rows": projections.rows, "cols": projections.cols,
                 "top": projections.top, "left": projections.left, "windows": projections.windows, "patches": patches,
             }
             for name, tensor in numpy.items():
@@ -399,52 +367,12 @@ class FeatureEvolution(L.Callback):
 
     # ------------------------------------------------------------------ figure
     def grid(self) -> tuple[torch.Tensor, list[tuple[int, int, float]], list[tuple[int, float]]]:
-        """The figure's cells: pixels (3, H, W) in [0, 1], rows as (layer, map, y centre), columns as (epoch, x centre).
-
-        One `make_grid` block per layer (rows: its maps, columns: the snapshot epochs so far), blocks stacked
-        with white space between layers. Every cell is contrast-normalised on its own (`figures.contrast_stretch`)
-        and resized to `cell_size` pixels, whatever the layer's receptive field.
-        """
-        epochs = sorted(self.columns)
-        if not epochs:
-            return torch.ones(3, self.cell_size, self.cell_size), [], []
-        first = self.columns[epochs[0]]
-        size, pad, gap = self.cell_size, _PAD, self.cell_size // 3
-        blocks, rows, top = [], [], 0
-        for layer in (int(x) for x in first["layers"]):
-            maps = first[f"maps_layer{layer}"].tolist()
-            cells = [
-                _resize(contrast_stretch(torch.from_numpy(self.columns[epoch][f"windows_layer{layer}"][k])), size)
-                for k in range(len(maps)) for epoch in epochs
-            ]
-            if blocks:
-                blocks.append(torch.ones(3, gap, blocks[0].shape[2]))
-                top += gap
-            block = make_grid(torch.stack(cells), nrow=len(epochs), padding=pad, pad_value=1.0)
-            rows += [(layer, m, top + pad + k * (size + pad) + size / 2) for k, m in enumerate(maps)]
-            blocks.append(block)
-            top += block.shape[1]
-        columns = [(epoch, pad + i * (size + pad) + size / 2) for i, epoch in enumerate(epochs)]
-        return torch.cat(blocks, dim=1), rows, columns
+        """The figure's cells so far (`visualize.evolution_figure.evolution_grid`)."""
+        return evolution_grid(self.columns, self.cell_size)
 
     def render(self) -> Image.Image:
-        """The Fig. 4 grid with its labels (epochs on top, layer and map on the left), as a PIL image.
-
-        PIL rather than matplotlib: the same picture in a tenth of the time, which counts against the
-        epoch on small runs (a snapshot must stay a small fraction of an epoch).
-        """
-        canvas, rows, columns = self.grid()
-        pixels = (canvas.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        font = ImageFont.load_default(size=11)
-        left, top = 100, 18
-        image = Image.new("RGB", (pixels.shape[1] + left + 4, pixels.shape[0] + top + 4), "white")
-        image.paste(Image.fromarray(pixels), (left, top))
-        draw = ImageDraw.Draw(image)
-        for epoch, x in columns:
-            draw.text((left + x, top - 3), f"epoch {epoch}", fill="black", font=font, anchor="md")
-        for layer, map_index, y in rows:
-            draw.text((left - 6, top + y), f"layer {layer}, map {map_index}", fill="black", font=font, anchor="rm")
-        return image
+        """The Fig. 4 grid of the snapshots so far, with its labels (`visualize.evolution_figure.render_evolution`)."""
+        return render_evolution(self.columns, self.cell_size)
 
 
 # --------------------------------------------------------------------- helpers
@@ -463,21 +391,10 @@ def _with_world_dim(gathered: torch.Tensor, local: torch.Tensor) -> torch.Tensor
     return gathered.unsqueeze(0) if gathered.dim() == local.dim() else gathered
 
 
-def _resize(window: torch.Tensor, size: int) -> torch.Tensor:
-    """(C, h, w) -> (3, size, size): small windows (layer 1) blown up pixel by pixel, large ones averaged."""
-    if window.shape[0] == 1:
-        window = window.expand(3, -1, -1)
-    h, w = window.shape[1:]
-    if (h, w) == (size, size):
-        return window
-    mode = "nearest-exact" if max(h, w) <= size else "area"
-    return F.interpolate(window[None], size=(size, size), mode=mode)[0]
-
-
 def _check_epochs(epochs: Any) -> list[int]:
     if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Sequence) or not len(epochs):
         raise ValueError(f"FeatureEvolution: snapshot_epochs must be a non-empty list of 1-based epochs, got {epochs!r}")
-    bad = [e for e in epochs if _as_int(e) is None or e < 1]
+    bad = [e for e in epochs if as_int(e) is None or e < 1]
     if bad:
         raise ValueError(f"FeatureEvolution: snapshot_epochs must be positive ints (1-based epochs), got {bad} in {list(epochs)}")
     return sorted({int(e) for e in epochs})
@@ -486,7 +403,7 @@ def _check_epochs(epochs: Any) -> list[int]:
 def _check_layers(layers: Any) -> list[int]:
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not len(layers):
         raise ValueError(f"FeatureEvolution: layers must be a non-empty list of conv layers (1-based) or null, got {layers!r}")
-    bad = [layer for layer in layers if _as_int(layer) is None or layer < 1]
+    bad = [layer for layer in layers if as_int(layer) is None or layer < 1]
     if bad:
         raise ValueError(f"FeatureEvolution: unknown layer(s) {bad}: layers are 1-based conv layer numbers")
     return sorted({int(layer) for layer in layers})
@@ -497,12 +414,12 @@ def _check_maps(maps: Any) -> dict[int, list[int]]:
         raise ValueError(f"FeatureEvolution: maps must be a non-empty {{layer: [map, ...]}} mapping or null, got {maps!r}")
     checked: dict[int, list[int]] = {}
     for layer, indices in maps.items():
-        layer = _as_int(layer) if not isinstance(layer, str) else (int(layer) if layer.isdigit() else None)
+        layer = as_int(layer) if not isinstance(layer, str) else (int(layer) if layer.isdigit() else None)
         if layer is None or layer < 1:
             raise ValueError(f"FeatureEvolution: unknown layer {layer!r} in maps: layers are 1-based conv layer numbers")
         if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence) or not len(indices):
             raise ValueError(f"FeatureEvolution: maps of layer {layer} must be a non-empty list of map indices, got {indices!r}")
-        bad = [m for m in indices if _as_int(m) is None or m < 0]
+        bad = [m for m in indices if as_int(m) is None or m < 0]
         if bad:
             raise ValueError(f"FeatureEvolution: map(s) {bad} of layer {layer} out of range: map indices are ints >= 0")
         checked[layer] = [int(m) for m in indices]

@@ -17,9 +17,8 @@ from typing import Any
 
 import hydra
 import lightning as L
-import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
 from zf_lightning.config import config_dir
@@ -35,37 +34,13 @@ from zf_lightning.cli.common import (
 )
 from zf_lightning.utils.io import atomic_write_npz
 from zf_lightning.deconv import METHODS, Deconvnet
+from zf_lightning.deconv.maps import choose_maps
 from zf_lightning.visualize.figures import blocks_grid, contrast_stretch, filters_grid, save_png, side_by_side, top9_figure
 from zf_lightning.deconv.topk import (
-    choose_maps,
     find_top_activations,
     project_all_top_activations,
     project_top_activations,
 )
-
-
-def maps_by_layer(deconv: Deconvnet, layers, maps_per_layer: int, explicit: dict | None, seed: int) -> dict[int, list[int]]:
-    """Which maps to show per layer: listed ones where given, otherwise a seeded random draw."""
-    explicit = {int(k): list(v) for k, v in (explicit or {}).items()}
-    unknown = sorted(set(explicit) - set(int(layer) for layer in layers))
-    if unknown:
-        raise ValueError(f"maps lists layers {unknown} that are not in layers={list(layers)}")
-    chosen = {}
-    for layer in layers:
-        layer = int(layer)
-        if not 1 <= layer <= deconv.num_layers:
-            raise ValueError(f"layers: {layer} is not a conv layer of this model (1..{deconv.num_layers})")
-        num_maps = deconv.num_maps(layer)
-        if layer in explicit:
-            bad = [m for m in explicit[layer] if not 0 <= int(m) < num_maps]
-            if bad:
-                raise ValueError(f"maps for layer {layer}: {bad} out of range (the layer has {num_maps} maps, 0..{num_maps - 1})")
-            chosen[layer] = [int(m) for m in explicit[layer]]
-        else:
-            if maps_per_layer < 1:
-                raise ValueError(f"maps_per_layer must be >= 1, got {maps_per_layer}")
-            chosen[layer] = choose_maps(num_maps, maps_per_layer, seed, layer)
-    return chosen
 
 
 def top9(cfg: DictConfig) -> dict[str, Any]:
@@ -80,7 +55,7 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
         model, datamodule = load_checkpoint_with_data(cfg.ckpt_path, cfg.data)
         net = model.net.to(device).eval()
         deconv = Deconvnet(net)
-        chosen = maps_by_layer(deconv, cfg.layers, cfg.maps_per_layer, cfg.get("maps"), cfg.seed)
+        chosen = choose_maps(deconv, cfg.layers, cfg.maps_per_layer, cfg.seed, cfg.get("maps"), owner="zf-visualize top9")
         dataset = datamodule.split_dataset(cfg.split)
         display = datamodule.split_dataset(cfg.split, display=True)
         if cfg.max_images is not None:
@@ -177,7 +152,7 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
                 display = datamodule.split_dataset(cfg.split, display=True)
                 if cfg.max_images is not None:
                     dataset = Subset(dataset, range(min(cfg.max_images, len(dataset))))
-                maps = choose_maps(deconv.num_maps(2), cfg.layer2_maps, cfg.seed, 2)
+                maps = choose_maps(deconv, [2], cfg.layer2_maps, cfg.seed, owner="zf-visualize filters")[2]
                 loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
                 top = find_top_activations(deconv, _indexed_batches(loader, device), {2: maps}, k=1)[2]
                 load = lambda source: (lambda idx: torch.stack([source[i][0] for i in idx]).to(device))  # noqa: E731

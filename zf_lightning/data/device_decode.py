@@ -16,7 +16,6 @@ by `load_rgb_tensor` with its conversion and skipping rules, and sent as pixels 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import torch

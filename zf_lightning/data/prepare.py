@@ -29,7 +29,6 @@ import multiprocessing
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from zf_lightning.data.image_files import BadImageLog, load_rgb

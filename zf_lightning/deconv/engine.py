@@ -48,6 +48,7 @@ from torch import nn
 
 from zf_lightning.models.layers import PaperLayers
 from zf_lightning.utils.modes import evaluating
+from zf_lightning.utils.validation import as_int
 
 MODES = ("max", "map")
 METHODS = ("deconvnet", "guided", "gradient")
@@ -83,6 +84,13 @@ class Projections:
     left: torch.Tensor  # (N,) int64
     values: torch.Tensor  # (N,) the activation that was projected
     receptive_field: ReceptiveField
+    rows: torch.Tensor | None = None  # (N,) int64: where in its map the activation is
+    cols: torch.Tensor | None = None
+
+    def patches(self, images: torch.Tensor, image_index) -> torch.Tensor:
+        """(N, C, H, W): the input under each window, cut from `images` (the projected inputs, or the same crops
+        for display), image `image_index[n]` for window n; zero outside the image."""
+        return cut_windows(images, image_index, self.top, self.left, self.receptive_field.size)
 
     def paste(self, image_size: tuple[int, int]) -> torch.Tensor:
         """(N, C, *image_size): each window put at its place in an otherwise zero image."""
@@ -149,10 +157,10 @@ class Deconvnet:
     def num_maps(self, layer: int) -> int:
         """The number of feature maps of conv layer `layer`."""
         self._check_layer(layer)
-        return self.features[self.conv_indices[_as_int(layer) - 1]].out_channels
+        return self.features[self.conv_indices[as_int(layer) - 1]].out_channels
 
     def _check_layer(self, layer) -> None:
-        if _as_int(layer) is None or not 1 <= _as_int(layer) <= self.num_layers:
+        if as_int(layer) is None or not 1 <= as_int(layer) <= self.num_layers:
             raise ValueError(
                 f"Deconvnet: layer must be an int in 1..{self.num_layers} (the model has {self.num_layers} "
                 f"conv layers), got {layer!r}"
@@ -161,7 +169,7 @@ class Deconvnet:
     def feature_map_index(self, layer: int) -> int:
         """Index in `features` of the module whose output is layer `layer`'s feature map (its ReLU, if any)."""
         self._check_layer(layer)
-        return self._top_index(_as_int(layer))
+        return self._top_index(as_int(layer))
 
     def _top_index(self, layer: int) -> int:
         return self.layers.conv[layer - 1].rectified
@@ -170,7 +178,7 @@ class Deconvnet:
         """The input window seen by one activation of layer `layer` (sizes follow from kernels, strides, padding)."""
         self._check_layer(layer)
         size, stride, offset = [1, 1], [1, 1], [0, 0]
-        for module in list(self.features)[: self.conv_indices[_as_int(layer) - 1] + 1]:
+        for module in list(self.features)[: self.conv_indices[as_int(layer) - 1] + 1]:
             if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
                 kernel, step, pad, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
                 for axis in (0, 1):
@@ -181,7 +189,7 @@ class Deconvnet:
 
     def feature_maps(self, images: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """{layer: (B, maps, h, w)}: the rectified maps of each listed layer, from one forward pass."""
-        layers = sorted({_as_int(layer) for layer in layers if self._check_layer(layer) is None})
+        layers = sorted({as_int(layer) for layer in layers if self._check_layer(layer) is None})
         tops = {self._top_index(layer): layer for layer in layers}
         out: dict[int, torch.Tensor] = {}
         with evaluating(self.features):
@@ -208,7 +216,24 @@ class Deconvnet:
         field only (see the module docstring). Returns the windows, not whole images: `Projections.paste`
         places them in image-sized canvases.
         """
-        return self.project_activations_by_layer(images, {layer: (image_index, maps, rows, cols)}, method)[_as_int(layer)]
+        return self.project_activations_by_layer(images, {layer: (image_index, maps, rows, cols)}, method)[as_int(layer)]
+
+    def project_strongest(self, images: torch.Tensor, layer: int, maps, method: str = "deconvnet") -> Projections:
+        """Image n's strongest activation of map `maps[n]` (its first maximum in row-major order, as `argmax`),
+        projected on its receptive-field window: what Fig. 4 (feature evolution) and Fig. 7(c) (occlusion) show.
+        `Projections.rows`/`cols` say where the activation is, `paste` puts the windows in image-sized canvases."""
+        self._check_images(images)
+        self._check_layer(layer)
+        layer = as_int(layer)
+        maps = torch.as_tensor(maps, device=images.device, dtype=torch.long).reshape(-1)
+        if maps.numel() != images.shape[0]:
+            raise ValueError(f"Deconvnet: project_strongest takes one map per image, got {maps.numel()} maps for {images.shape[0]} images")
+        self._check_map_tensor(layer, maps)
+        activation = self.feature_maps(images, [layer])[layer]  # (N, maps, h, w)
+        own = torch.arange(len(maps), device=images.device)
+        where = activation[own, maps].flatten(1).argmax(dim=1)
+        width = activation.shape[3]
+        return self.project_activations(images, layer, own, maps, where // width, where % width, method=method)
 
     def project_activations_by_layer(
         self, images: torch.Tensor, requests: Mapping[int, tuple], method: str = "deconvnet"
@@ -224,7 +249,7 @@ class Deconvnet:
         checked = {}
         for layer, request in requests.items():
             self._check_layer(layer)
-            layer = _as_int(layer)
+            layer = as_int(layer)
             image_index, maps, rows, cols = (torch.as_tensor(v, device=device, dtype=torch.long).reshape(-1) for v in request)
             if not len({image_index.numel(), maps.numel(), rows.numel(), cols.numel()}) == 1:
                 raise ValueError("Deconvnet: image_index, maps, rows and cols must have the same length")
@@ -335,7 +360,7 @@ class Deconvnet:
             field = self.receptive_field(layer)
             windows = images.new_zeros(image_index.numel(), images.shape[1], *field.size)
             top, left = field.window(rows, cols)
-            results[layer] = Projections(windows, top, left, images.new_zeros(image_index.numel()), field)
+            results[layer] = Projections(windows, top, left, images.new_zeros(image_index.numel()), field, rows, cols)
         requests = {layer: request for layer, request in requests.items() if request[0].numel()}
         if not requests:
             return results
@@ -449,22 +474,22 @@ class Deconvnet:
         """
         self._check_images(images)
         self._check_layer(layer)
-        layer = _as_int(layer)
+        layer = as_int(layer)
         if mode not in MODES:
             raise ValueError(f"Deconvnet: unknown mode {mode!r}; allowed modes are {list(MODES)}")
         if method not in METHODS:
             raise ValueError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
-        map_list = [maps] if _as_int(maps) is not None else list(maps)
+        map_list = [maps] if as_int(maps) is not None else list(maps)
         num_maps = self.num_maps(layer)
         if not map_list:
             raise ValueError("Deconvnet: maps is empty; give at least one feature map index")
-        bad = [m for m in map_list if _as_int(m) is None or not 0 <= _as_int(m) < num_maps]
+        bad = [m for m in map_list if as_int(m) is None or not 0 <= as_int(m) < num_maps]
         if bad:
             raise ValueError(
                 f"Deconvnet: map index(es) {bad} out of range: layer {layer} has {num_maps} maps "
                 f"(valid indices 0..{num_maps - 1})"
             )
-        map_list = [_as_int(m) for m in map_list]
+        map_list = [as_int(m) for m in map_list]
 
         with evaluating(self.features):
             return self._project(images, layer, map_list, mode, method)
@@ -547,16 +572,6 @@ def cut_windows(images: torch.Tensor, image_index, top, left, size: tuple[int, i
 
 def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-def _as_int(value) -> int | None:
-    """`value` as an int if it is an integer (int, numpy integer, 0-d integer tensor) but not a bool."""
-    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dim() != 0):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def _conv_transpose(signal: torch.Tensor, conv: nn.Conv2d, input_size: Iterable[int]) -> torch.Tensor:

@@ -185,11 +185,3 @@ def project_all_top_activations(
             fields[layer],
         )
     return projected
-
-
-def choose_maps(num_maps: int, count: int, seed: int, layer: int) -> list[int]:
-    """`count` maps of a layer drawn at random (seeded per layer), in increasing order; all if count >= num_maps."""
-    if count >= num_maps:
-        return list(range(num_maps))
-    generator = torch.Generator().manual_seed(seed * 1009 + layer)
-    return sorted(torch.randperm(num_maps, generator=generator)[:count].tolist())

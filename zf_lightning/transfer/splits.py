@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral
 
 import numpy as np
+
+from zf_lightning.utils.validation import check_int
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: == on arrays is elementwise; compare with np.array_equal
@@ -15,11 +16,6 @@ class Split:
 
     train: np.ndarray
     test: np.ndarray
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def per_class_split(targets: Sequence[int], train_per_class: int, seed: int,
@@ -31,10 +27,10 @@ def per_class_split(targets: Sequence[int], train_per_class: int, seed: int,
     class's split depends only on the seed, the class index and that class's images (in dataset order):
     adding or removing other classes leaves it unchanged, and numpy's PCG64 makes it the same on every machine.
     """
-    _check_int(train_per_class, "train_per_class", 1)
-    _check_int(seed, "seed", 0)
+    check_int(train_per_class, "train_per_class", 1)
+    check_int(seed, "seed", 0)
     if max_test_per_class is not None:
-        _check_int(max_test_per_class, "max_test_per_class", 1)
+        check_int(max_test_per_class, "max_test_per_class", 1)
     labels = np.asarray(targets)
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise ValueError(f"targets must be a non-empty 1-D sequence of class indices >= 0, got {labels.dtype} of shape {labels.shape}")

@@ -1,0 +1,63 @@
+"""Which feature maps to follow per conv layer: listed ones, or a seeded draw. One rule for every figure
+(Fig. 2's top-9, Fig. 4's feature evolution, Fig. 6's layer-2 projections)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from zf_lightning.deconv.engine import Deconvnet
+from zf_lightning.utils.validation import check_int
+
+
+def draw_maps(num_maps: int, count: int, seed: int, layer: int) -> list[int]:
+    """`count` of a layer's `num_maps` maps drawn at random, in increasing order; all of them if count >= num_maps.
+
+    Each layer draws from its own generator (seed * 1009 + layer): adding or removing a layer leaves the other
+    layers' maps as they were.
+    """
+    if count >= num_maps:
+        return list(range(num_maps))
+    generator = torch.Generator().manual_seed(seed * 1009 + layer)  # never the global RNG: training must not change
+    return sorted(torch.randperm(num_maps, generator=generator)[:count].tolist())
+
+
+def choose_maps(
+    deconv: Deconvnet,
+    layers: Sequence[int] | None,
+    count: int,
+    seed: int,
+    explicit: Mapping[int, Sequence[int]] | None = None,
+    owner: str = "maps",
+) -> dict[int, list[int]]:
+    """{layer: maps}: the maps `explicit` lists for a layer, the others drawn by `draw_maps`.
+
+    `layers` None means the layers `explicit` names, or else every conv layer. Every layer and map is checked
+    against the network; errors start with `owner` (the option or callback that asked).
+    """
+    explicit = {int(layer): [int(m) for m in maps] for layer, maps in (explicit or {}).items()}
+    available = list(range(1, deconv.num_layers + 1))
+    wanted = [int(layer) for layer in layers] if layers is not None else (sorted(explicit) or available)
+    unknown = [layer for layer in wanted if layer not in available]
+    if unknown:
+        raise ValueError(
+            f"{owner}: unknown layer(s) {unknown}: the model has {deconv.num_layers} conv layers (valid layers {available})"
+        )
+    stray = sorted(set(explicit) - set(wanted))
+    if stray:
+        raise ValueError(f"{owner}: maps are listed for layer(s) {stray}, which are not among the layers {wanted}")
+    check_int(count, f"{owner}: maps_per_layer")
+    chosen: dict[int, list[int]] = {}
+    for layer in wanted:
+        num_maps = deconv.num_maps(layer)
+        if layer in explicit:
+            bad = [m for m in explicit[layer] if not 0 <= m < num_maps]
+            if bad:
+                raise ValueError(
+                    f"{owner}: map(s) {bad} of layer {layer} out of range: it has {num_maps} maps (valid indices 0..{num_maps - 1})"
+                )
+            chosen[layer] = explicit[layer]
+        else:
+            chosen[layer] = draw_maps(num_maps, count, seed, layer)
+    return chosen
