@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import TINY, cli_env, compose_config
 from zf_lightning.config import config_dir
-from zf_lightning.config.schema import ConfigError, ValidateConfig, _sweep_jobs, config_problems, validate_config, validate_sweep
+from zf_lightning.config.checker import ConfigError, ValidateConfig, _sweep_jobs, config_problems, validate_config, validate_sweep
 from zf_lightning.utils.secrets import REDACTED, redact_secrets
 
 
@@ -178,8 +178,14 @@ def test_other_apps_check_the_groups_they_have(tmp_path):
     assert "trainer.max_epoch: unknown key" in problems_of(tmp_path, ["ckpt_path=x.ckpt", "+trainer.max_epoch=1"], "eval")[0]
     assert "data.batch_sise: unknown key" in problems_of(tmp_path, ["ckpt_path=x.ckpt", "+data.batch_sise=1"], "visualize_top9")[0]
     assert "logger.wandb.projct: unknown key" in problems_of(tmp_path, ["+logger.wandb.projct=x"], "analyze_occlusion")[0]
-    # a new top-level key that is no typo of a known one is allowed (W&B notes, tags of one's own)
-    assert problems_of(tmp_path, ["+notes=first try"]) == []
+    # notes of one's own are the one free-form key; any other unknown key is refused, naming what the app takes
+    assert problems_of(tmp_path, ["+notes=first try"]) == problems_of(tmp_path, ["+notes.lr_note=x"]) == []
+    assert problems_of(tmp_path, ["+images.image_dir=x"], "visualize_top9") == [
+        "images: unknown top-level key (did you mean 'max_images'?); zf-visualize top9 takes: batch_size, ckpt_path, data, "
+        "device, group, job_type, layers, logger, maps, maps_per_layer, max_images, method, notes, num_workers, paths, "
+        "run_name, seed, split, tags, task_name, top_k"]
+    assert "occlusion.windw: unknown key for occlusion (did you mean 'window'?)" in problems_of(
+        tmp_path, ["ckpt_path=x.ckpt", "+occlusion.windw=32"], "analyze_occlusion")[0]
 
 
 def test_the_hydra_callback_ends_the_process_with_the_problems(tmp_path):
@@ -192,7 +198,7 @@ def test_the_hydra_callback_ends_the_process_with_the_problems(tmp_path):
 
 def test_the_callback_is_registered_for_every_app():
     hydra_cfg = OmegaConf.load(Path(config_dir()) / "hydra" / "default.yaml")
-    assert hydra_cfg.callbacks.validate_config._target_ == "zf_lightning.config.schema.ValidateConfig"
+    assert hydra_cfg.callbacks.validate_config._target_ == "zf_lightning.config.checker.ValidateConfig"
     for primary in Path(config_dir()).glob("*.yaml"):
         assert {"hydra": "default"} in OmegaConf.load(primary).defaults, primary.name
 
@@ -286,9 +292,9 @@ def test_no_secret_reaches_logged_configs_or_result_files(tmp_path):
     done = zf_train([
         *TINY, "debug=limit", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
         "callbacks.feature_evolution=null",
-        "+notes=${oc.env:WANDB_API_KEY}",                          # a config value that resolves to the secret
-        "+run_note='key is ${oc.env:WANDB_API_KEY}'",              # ... and one that contains it
-        "+service.api_key=not-from-the-env",                      # a key whose name says it is secret
+        "+notes.text=${oc.env:WANDB_API_KEY}",                     # a config value that resolves to the secret
+        "+notes.run_note='key is ${oc.env:WANDB_API_KEY}'",        # ... and one that contains it
+        "+notes.service.api_key=not-from-the-env",                # a key whose name says it is secret
     ], tmp_path, env)  # logger=default: CSV + W&B offline
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
@@ -300,9 +306,9 @@ def test_no_secret_reaches_logged_configs_or_result_files(tmp_path):
     for path in (run / "summary.json", run / "csv" / "hparams.yaml"):  # the command line itself is kept by Hydra and W&B
         assert "not-from-the-env" not in path.read_text(), path
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["config"]["notes"] == REDACTED and summary["config"]["run_note"] == f"key is {REDACTED}"
-    assert summary["config"]["service"] == {"api_key": REDACTED}
-    assert "notes: ${oc.env:WANDB_API_KEY}" in (run / ".hydra" / "config.yaml").read_text()  # unresolved
+    notes = summary["config"]["notes"]
+    assert notes["text"] == REDACTED and notes["run_note"] == f"key is {REDACTED}" and notes["service"] == {"api_key": REDACTED}
+    assert "text: ${oc.env:WANDB_API_KEY}" in (run / ".hydra" / "config.yaml").read_text()  # unresolved
     assert b"run_note" in next(run.rglob("*.wandb")).read_bytes()  # the config did reach W&B, redacted
 
 

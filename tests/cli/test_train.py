@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 
 from tests.conftest import TINY, cli_env, compose_config
 from zf_lightning.cli.evaluate import evaluate
-from zf_lightning.config.schema import ConfigError
+from zf_lightning.config.checker import ConfigError
 from zf_lightning.cli.train import train
 
 
@@ -115,7 +115,7 @@ def test_resume_without_a_checkpoint_says_where_it_looked(compose_train, tmp_pat
 def test_missing_imagenet_root_fails_before_training(compose_train, tmp_path):
     missing = tmp_path / "no-imagenet"
     cfg = compose_config("train", tmp_path / "run", ["experiment=imagenet", f"data.root={missing}", "trainer=cpu", "logger=csv"])
-    with pytest.raises(InstantiationException, match=rf"FileNotFoundError.*{missing}/train/<wnid>/\*\.JPEG"):
+    with pytest.raises(InstantiationException, match=rf"MissingInputError.*{missing}/train/<wnid>/\*\.JPEG"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 
 from tests.conftest import compose_config
 from tests.transfer.fake_trees import make_caltech101, make_caltech256, make_voc2012
-from zf_lightning.config.schema import ConfigError
+from zf_lightning.config.checker import ConfigError
 from zf_lightning.cli.train import train
 
 TINY_TRANSFER = [

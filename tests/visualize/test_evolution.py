@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from tests.conftest import compose_config
-from zf_lightning.config.schema import ConfigError
+from zf_lightning.config.checker import ConfigError
 from zf_lightning.cli.train import train
 from zf_lightning.data import SyntheticDataModule
 from zf_lightning.models import ImageClassifier

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from zf_lightning.analysis.features import LayerFeatures
+from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.validation import check_int
 
 RANDOM = "random"
@@ -85,9 +86,9 @@ def sign_hamming_delta(eps: torch.Tensor) -> float:
     """
     if not isinstance(eps, torch.Tensor) or eps.dim() != 2 or eps.shape[1] == 0:
         shape = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-        raise ValueError(f"sign_hamming_delta: eps must be a 2-D (N, D) tensor with D >= 1, got {shape}")
+        raise InputError(f"sign_hamming_delta: eps must be a 2-D (N, D) tensor with D >= 1, got {shape}")
     if eps.is_floating_point() and torch.isnan(eps).any():
-        raise ValueError("sign_hamming_delta: eps contains NaN; expected finite differences")
+        raise InputError("sign_hamming_delta: eps contains NaN; expected finite differences")
     signs = torch.sign(eps)
     count, length = eps.shape
     same = sum(((signs == value).sum(dim=0, dtype=torch.int64) ** 2).sum() for value in (-1, 0, 1))
@@ -99,38 +100,38 @@ def _as_box(value, where: str) -> Box:
     """`value` as a Box: 4 integers with 0 <= left < right and 0 <= top < bottom."""
     expected = "4 integers [left, top, right, bottom]"
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 4:
-        raise ValueError(f"{where} must be {expected}, got {value!r}")
+        raise InputError(f"{where} must be {expected}, got {value!r}")
     numbers = []
     for v in value:
         if isinstance(v, bool):
-            raise ValueError(f"{where} must be {expected}, got {value!r}")
+            raise InputError(f"{where} must be {expected}, got {value!r}")
         try:
             numbers.append(operator.index(v))
         except TypeError:
-            raise ValueError(f"{where} must be {expected}, got {value!r}") from None
+            raise InputError(f"{where} must be {expected}, got {value!r}") from None
     box = Box(*numbers)
     if min(box) < 0:
-        raise ValueError(f"{where} has a negative coordinate: {list(box)}; expected pixel coordinates >= 0")
+        raise InputError(f"{where} has a negative coordinate: {list(box)}; expected pixel coordinates >= 0")
     if box.left >= box.right or box.top >= box.bottom:
-        raise ValueError(f"{where} is empty: {list(box)}; expected left < right and top < bottom")
+        raise InputError(f"{where} is empty: {list(box)}; expected left < right and top < bottom")
     return box
 
 
 def _check_boxes(boxes: Mapping[str, Mapping], where: str) -> dict[str, dict[str, Box]]:
     """Validated {image: {part: Box}}, every image with the same part names (in the first image's order)."""
     if not isinstance(boxes, Mapping) or not boxes:
-        raise ValueError(f"{where}: expected a non-empty mapping of image -> {{part -> box}}, got {boxes!r}")
+        raise InputError(f"{where}: expected a non-empty mapping of image -> {{part -> box}}, got {boxes!r}")
     out: dict[str, dict[str, Box]] = {}
     for image, parts in boxes.items():
         if not isinstance(parts, Mapping) or not parts:
-            raise ValueError(f"{where}: image {image!r} must map part names to boxes, got {parts!r}")
+            raise InputError(f"{where}: image {image!r} must map part names to boxes, got {parts!r}")
         out[str(image)] = {str(part): _as_box(box, f"{where}: box {part!r} of image {image!r}") for part, box in parts.items()}
     first, names = next(iter(out.items()))
     for image, parts in out.items():
         missing = [part for part in names if part not in parts]
         extra = [part for part in parts if part not in names]
         if missing or extra:
-            raise ValueError(
+            raise InputError(
                 f"{where}: every image must have the same parts as {first!r} ({list(names)}); image {image!r}"
                 + (f" lacks {missing}" if missing else "")
                 + (" and" if missing and extra else "")
@@ -151,7 +152,7 @@ def check_boxes_inside(boxes: Mapping[str, Mapping[str, Box]], image_sizes: Mapp
     only_boxes = [image for image in boxes if image not in image_sizes]
     only_images = [image for image in image_sizes if image not in boxes]
     if only_boxes or only_images:
-        raise ValueError(
+        raise InputError(
             "part boxes and images do not match:"
             + (f" image(s) {only_boxes} have boxes but no image" if only_boxes else "")
             + (";" if only_boxes and only_images else "")
@@ -161,7 +162,7 @@ def check_boxes_inside(boxes: Mapping[str, Mapping[str, Box]], image_sizes: Mapp
         height, width = image_sizes[image]
         for part, box in parts.items():
             if min(box) < 0 or box.right > width or box.bottom > height:
-                raise ValueError(
+                raise InputError(
                     f"box {part} of {image} {list(box)} lies outside the image ({width} x {height}); expected "
                     f"0 <= left < right <= {width} and 0 <= top < bottom <= {height}"
                 )
@@ -256,11 +257,11 @@ class Correspondence:
         for name, value in (("repeats", repeats), ("batch_size", batch_size)):
             check_int(value, f"Correspondence: {name}")
         if not tolerance >= 0:
-            raise ValueError(f"Correspondence: tolerance must be >= 0, got {tolerance!r}")
+            raise InputError(f"Correspondence: tolerance must be >= 0, got {tolerance!r}")
         try:
             self.extractor = LayerFeatures(model, layers, channels_last=channels_last)
         except ValueError as error:
-            raise ValueError(f"Correspondence: {error}") from None
+            raise InputError(f"Correspondence: {error}") from None
         self.layers = tuple(self.extractor.layers)
         self.repeats, self.seed, self.batch_size = repeats, int(seed), batch_size
         self.fill, self.tolerance = float(fill), float(tolerance)
@@ -268,13 +269,13 @@ class Correspondence:
     def _check(self, images, boxes) -> dict[str, dict[str, Box]]:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"Correspondence: images must be a 4-D (N, C, H, W) tensor, got {shape}")
+            raise InputError(f"Correspondence: images must be a 4-D (N, C, H, W) tensor, got {shape}")
         count, _, height, width = images.shape
         if count < 2:
-            raise ValueError(f"Correspondence: needs at least 2 images to compare, got {count}")
+            raise InputError(f"Correspondence: needs at least 2 images to compare, got {count}")
         if isinstance(boxes, Mapping) or not isinstance(boxes, Sequence) or len(boxes) != count:
             got = f"{len(boxes)} entries" if isinstance(boxes, Sequence) else type(boxes).__name__
-            raise ValueError(
+            raise InputError(
                 f"Correspondence: boxes must be a sequence with one {{part: box}} mapping per image; got {got} for {count} images"
             )
         named = _check_boxes({str(i): parts for i, parts in enumerate(boxes)}, "Correspondence")

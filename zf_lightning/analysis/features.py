@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from zf_lightning.models.layers import PaperLayers
+from zf_lightning.utils.errors import InputError, InputTypeError
 from zf_lightning.utils.modes import evaluating
 
 
@@ -36,7 +37,7 @@ class LayerFeatures:
     def __init__(self, model: nn.Module, layers: Sequence[int] = (1, 7), channels_last: bool = True) -> None:
         features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
         if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Sequential):
-            raise TypeError(
+            raise InputTypeError(
                 f"LayerFeatures needs a model with `features` and `classifier` nn.Sequential (a PaperConvNet), got {type(model).__name__}"
             )
         self.model, self.channels_last = model, channels_last
@@ -46,7 +47,7 @@ class LayerFeatures:
         layers = [int(layer) for layer in layers]
         missing = [layer for layer in layers if layer not in self.available]
         if missing or not layers:
-            raise ValueError(f"LayerFeatures: layer(s) {missing or layers} not in this network; expected some of "
+            raise InputError(f"LayerFeatures: layer(s) {missing or layers} not in this network; expected some of "
                              f"{sorted(self.available)} ({numbering.describe()})")
         self.layers = sorted(set(layers))
         self.num_classes = [m for m in classifier.modules() if isinstance(m, nn.Linear)][-1].out_features

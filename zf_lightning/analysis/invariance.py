@@ -59,6 +59,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from zf_lightning.analysis.features import LayerFeatures
+from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.validation import check_int
 
 TRANSFORMATIONS = ("translation", "scale", "rotation")
@@ -83,17 +84,17 @@ def default_amounts(image_size: int = 224) -> dict[str, list[float]]:
 
 def _check_amount(kind, amount) -> float:
     if kind not in TRANSFORMATIONS:
-        raise ValueError(f"Invariance: unknown transformation {kind!r}; expected one of {TRANSFORMATIONS}")
+        raise InputError(f"Invariance: unknown transformation {kind!r}; expected one of {TRANSFORMATIONS}")
     try:
         if isinstance(amount, (bool, str, bytes)):
             raise TypeError
         amount = float(amount)
     except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
-        raise ValueError(f"Invariance: {kind} amount {amount!r} is not a number; expected a finite float") from None
+        raise InputError(f"Invariance: {kind} amount {amount!r} is not a number; expected a finite float") from None
     if not math.isfinite(amount):
-        raise ValueError(f"Invariance: {kind} amount {amount} is not finite; expected finite numbers")
+        raise InputError(f"Invariance: {kind} amount {amount} is not finite; expected finite numbers")
     if kind == "scale" and amount <= 0:
-        raise ValueError(f"Invariance: scale amount {amount} must be > 0 (a zoom factor; 1.0 is the identity)")
+        raise InputError(f"Invariance: scale amount {amount} must be > 0 (a zoom factor; 1.0 is the identity)")
     return amount
 
 
@@ -188,7 +189,7 @@ class Invariance:
         check_int(batch_size, "Invariance: batch_size")
         fill = float(fill)
         if not math.isfinite(fill):
-            raise ValueError(f"Invariance: fill must be a finite number, got {fill}")
+            raise InputError(f"Invariance: fill must be a finite number, got {fill}")
         self.extract = LayerFeatures(model, layers, channels_last=channels_last)  # checks the layers
         self.layers = tuple(self.extract.layers)
         self.batch_size, self.fill = batch_size, fill
@@ -197,33 +198,33 @@ class Invariance:
     def _check(self, images, targets, amounts) -> tuple[torch.Tensor, dict[str, list[float]]]:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
             shape = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"Invariance: images must be a 4-D (B, C, H, W) floating-point tensor, got {shape}")
+            raise InputError(f"Invariance: images must be a 4-D (B, C, H, W) floating-point tensor, got {shape}")
         batch = images.shape[0]
         if batch == 0:
-            raise ValueError("Invariance: images is an empty batch; expected at least one image")
+            raise InputError("Invariance: images is an empty batch; expected at least one image")
         targets = torch.as_tensor(targets, device=images.device)
         if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.dim() > 1:
-            raise ValueError(f"Invariance: targets must be a 1-D sequence of class indices, got {targets!r}")
+            raise InputError(f"Invariance: targets must be a 1-D sequence of class indices, got {targets!r}")
         targets = targets.reshape(-1).long()
         if targets.numel() != batch:
-            raise ValueError(f"Invariance: got {targets.numel()} targets for {batch} images; expected one class per image")
+            raise InputError(f"Invariance: got {targets.numel()} targets for {batch} images; expected one class per image")
         classes = self.extract.num_classes
         bad = targets[(targets < 0) | (targets >= classes)]
         if bad.numel():
-            raise ValueError(f"Invariance: target class(es) {bad.tolist()} out of range; expected classes in 0..{classes - 1}")
+            raise InputError(f"Invariance: target class(es) {bad.tolist()} out of range; expected classes in 0..{classes - 1}")
         if not isinstance(amounts, Mapping) or not amounts:
-            raise ValueError(
+            raise InputError(
                 f"Invariance: amounts must be a non-empty mapping {{transformation: amounts}} with keys from "
                 f"{TRANSFORMATIONS}, got {amounts!r}"
             )
         checked = {}
         for kind, values in amounts.items():
             if kind not in TRANSFORMATIONS:
-                raise ValueError(f"Invariance: unknown transformation {kind!r}; expected one of {TRANSFORMATIONS}")
+                raise InputError(f"Invariance: unknown transformation {kind!r}; expected one of {TRANSFORMATIONS}")
             if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, torch.Tensor)):
-                raise ValueError(f"Invariance: {kind} amounts must be a sequence of numbers, got {values!r}")
+                raise InputError(f"Invariance: {kind} amounts must be a sequence of numbers, got {values!r}")
             if len(values) == 0:
-                raise ValueError(f"Invariance: no amounts for {kind!r}; expected a non-empty sequence of numbers")
+                raise InputError(f"Invariance: no amounts for {kind!r}; expected a non-empty sequence of numbers")
             checked[kind] = [_check_amount(kind, value) for value in values]
         return targets, checked
 

@@ -35,15 +35,15 @@ module's train/eval flag is restored afterwards.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from zf_lightning.models.layers import PaperLayers
-from zf_lightning.utils.modes import evaluating
 from zf_lightning.deconv.engine import Deconvnet
+from zf_lightning.models.layers import PaperLayers
+from zf_lightning.utils.errors import InputError, InputTypeError
+from zf_lightning.utils.modes import evaluating
 from zf_lightning.utils.validation import check_int, int_pair
 
 
@@ -106,7 +106,7 @@ class OcclusionSensitivity:
     ) -> None:
         features = getattr(model, "features", None)
         if not isinstance(features, nn.Sequential) or not isinstance(getattr(model, "classifier", None), nn.Module):
-            raise TypeError(
+            raise InputTypeError(
                 "OcclusionSensitivity needs a model with a `features` nn.Sequential and a `classifier` "
                 f"(a PaperConvNet), got {type(model).__name__}"
             )
@@ -114,9 +114,9 @@ class OcclusionSensitivity:
         self.window = int_pair(window, "OcclusionSensitivity: window")
         self.stride = int_pair(stride, "OcclusionSensitivity: stride")
         if min(self.window) < 1:
-            raise ValueError(f"OcclusionSensitivity: window must be >= 1 pixel, got {window!r}")
+            raise InputError(f"OcclusionSensitivity: window must be >= 1 pixel, got {window!r}")
         if min(self.stride) < 1:
-            raise ValueError(f"OcclusionSensitivity: stride must be >= 1 pixel, got {stride!r}")
+            raise InputError(f"OcclusionSensitivity: stride must be >= 1 pixel, got {stride!r}")
         self.batch_size = check_int(batch_size, "OcclusionSensitivity: batch_size")
         self.occluder_value = float(occluder_value)
         self.include_partial = bool(include_partial)
@@ -124,7 +124,7 @@ class OcclusionSensitivity:
         self.channels_last = bool(channels_last)
         conv_layers = PaperLayers(model).conv
         if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= len(conv_layers):
-            raise ValueError(
+            raise InputError(
                 f"OcclusionSensitivity: layer must be an int in 1..{len(conv_layers)} (the model has "
                 f"{len(conv_layers)} conv layers), got {layer!r}"
             )
@@ -138,25 +138,25 @@ class OcclusionSensitivity:
     def _check(self, images, targets) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"OcclusionSensitivity: images must be a 4-D (B, C, H, W) tensor, got {shape}")
+            raise InputError(f"OcclusionSensitivity: images must be a 4-D (B, C, H, W) tensor, got {shape}")
         batch, _, height, width = images.shape
         if self.window[0] > height or self.window[1] > width:
-            raise ValueError(
+            raise InputError(
                 f"OcclusionSensitivity: window {self.window[0]}x{self.window[1]} is larger than the "
                 f"{height}x{width} images; expected a window of at most {height}x{width}"
             )
         targets = torch.as_tensor(targets, device=images.device)
         if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.dim() > 1:
-            raise ValueError(f"OcclusionSensitivity: targets must be a 1-D sequence of class indices, got {targets!r}")
+            raise InputError(f"OcclusionSensitivity: targets must be a 1-D sequence of class indices, got {targets!r}")
         targets = targets.reshape(-1).long()
         if targets.numel() != batch:
-            raise ValueError(
+            raise InputError(
                 f"OcclusionSensitivity: got {targets.numel()} targets for {batch} images; expected one class per image"
             )
         if self.num_classes is not None:
             bad = targets[(targets < 0) | (targets >= self.num_classes)]
             if bad.numel():
-                raise ValueError(
+                raise InputError(
                     f"OcclusionSensitivity: target class(es) {bad.tolist()} out of range; expected classes "
                     f"in 0..{self.num_classes - 1}"
                 )
@@ -204,7 +204,7 @@ class OcclusionSensitivity:
             if self.num_classes is None:  # classifier without a Linear: check the targets now
                 bad = targets[(targets < 0) | (targets >= logits.shape[1])]
                 if bad.numel():
-                    raise ValueError(
+                    raise InputError(
                         f"OcclusionSensitivity: target class(es) {bad.tolist()} out of range; expected "
                         f"classes in 0..{logits.shape[1] - 1}"
                     )

@@ -46,11 +46,12 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 from torch import nn
 
-from zf_lightning.utils.io import atomic_write_bytes
 from zf_lightning.deconv.engine import METHODS, Deconvnet
 from zf_lightning.deconv.maps import choose_maps
-from zf_lightning.visualize.evolution_figure import evolution_grid, render_evolution
+from zf_lightning.utils.errors import InputError
+from zf_lightning.utils.io import atomic_write_bytes
 from zf_lightning.utils.validation import as_int
+from zf_lightning.visualize.evolution_figure import evolution_grid, render_evolution
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def best_across_ranks(values: torch.Tensor, images: torch.Tensor) -> tuple[torch
     depend on anything but the gathered tensors.
     """
     if values.dim() != 2 or images.shape[:2] != values.shape:
-        raise ValueError(f"best_across_ranks: expected (world, K) values and (world, K, ...) images, got {tuple(values.shape)} and {tuple(images.shape)}")
+        raise InputError(f"best_across_ranks: expected (world, K) values and (world, K, ...) images, got {tuple(values.shape)} and {tuple(images.shape)}")
     rank = values.argmax(dim=0)  # the first maximum: the lowest rank wins ties
     maps = torch.arange(values.shape[1], device=values.device)
     return values[rank, maps], images[rank, maps], rank
@@ -111,17 +112,17 @@ class FeatureEvolution(L.Callback):
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.snapshot_epochs = _check_epochs(snapshot_epochs)
         if as_int(maps_per_layer) is None or maps_per_layer < 1:
-            raise ValueError(f"FeatureEvolution: maps_per_layer must be an int >= 1, got {maps_per_layer!r}")
+            raise InputError(f"FeatureEvolution: maps_per_layer must be an int >= 1, got {maps_per_layer!r}")
         if as_int(seed) is None:
-            raise ValueError(f"FeatureEvolution: seed must be an int, got {seed!r}")
+            raise InputError(f"FeatureEvolution: seed must be an int, got {seed!r}")
         if method not in METHODS:
-            raise ValueError(f"FeatureEvolution: unknown method {method!r}; allowed methods are {list(METHODS)}")
+            raise InputError(f"FeatureEvolution: unknown method {method!r}; allowed methods are {list(METHODS)}")
         if as_int(cell_size) is None or cell_size < 1:
-            raise ValueError(f"FeatureEvolution: cell_size must be an int >= 1, got {cell_size!r}")
+            raise InputError(f"FeatureEvolution: cell_size must be an int >= 1, got {cell_size!r}")
         self.layers = None if layers is None else _check_layers(layers)
         self.explicit_maps = None if maps is None else _check_maps(maps)
         if self.layers is not None and self.explicit_maps is not None and self.layers != sorted(self.explicit_maps):
-            raise ValueError(f"FeatureEvolution: layers {self.layers} disagree with the layers of maps {sorted(self.explicit_maps)}; give one of them")
+            raise InputError(f"FeatureEvolution: layers {self.layers} disagree with the layers of maps {sorted(self.explicit_maps)}; give one of them")
         self.maps_per_layer, self.seed, self.method = int(maps_per_layer), int(seed), method
         self.cell_size, self.log_key = int(cell_size), log_key
 
@@ -393,34 +394,34 @@ def _with_world_dim(gathered: torch.Tensor, local: torch.Tensor) -> torch.Tensor
 
 def _check_epochs(epochs: Any) -> list[int]:
     if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Sequence) or not len(epochs):
-        raise ValueError(f"FeatureEvolution: snapshot_epochs must be a non-empty list of 1-based epochs, got {epochs!r}")
+        raise InputError(f"FeatureEvolution: snapshot_epochs must be a non-empty list of 1-based epochs, got {epochs!r}")
     bad = [e for e in epochs if as_int(e) is None or e < 1]
     if bad:
-        raise ValueError(f"FeatureEvolution: snapshot_epochs must be positive ints (1-based epochs), got {bad} in {list(epochs)}")
+        raise InputError(f"FeatureEvolution: snapshot_epochs must be positive ints (1-based epochs), got {bad} in {list(epochs)}")
     return sorted({int(e) for e in epochs})
 
 
 def _check_layers(layers: Any) -> list[int]:
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not len(layers):
-        raise ValueError(f"FeatureEvolution: layers must be a non-empty list of conv layers (1-based) or null, got {layers!r}")
+        raise InputError(f"FeatureEvolution: layers must be a non-empty list of conv layers (1-based) or null, got {layers!r}")
     bad = [layer for layer in layers if as_int(layer) is None or layer < 1]
     if bad:
-        raise ValueError(f"FeatureEvolution: unknown layer(s) {bad}: layers are 1-based conv layer numbers")
+        raise InputError(f"FeatureEvolution: unknown layer(s) {bad}: layers are 1-based conv layer numbers")
     return sorted({int(layer) for layer in layers})
 
 
 def _check_maps(maps: Any) -> dict[int, list[int]]:
     if not isinstance(maps, Mapping) or not maps:
-        raise ValueError(f"FeatureEvolution: maps must be a non-empty {{layer: [map, ...]}} mapping or null, got {maps!r}")
+        raise InputError(f"FeatureEvolution: maps must be a non-empty {{layer: [map, ...]}} mapping or null, got {maps!r}")
     checked: dict[int, list[int]] = {}
     for layer, indices in maps.items():
         layer = as_int(layer) if not isinstance(layer, str) else (int(layer) if layer.isdigit() else None)
         if layer is None or layer < 1:
-            raise ValueError(f"FeatureEvolution: unknown layer {layer!r} in maps: layers are 1-based conv layer numbers")
+            raise InputError(f"FeatureEvolution: unknown layer {layer!r} in maps: layers are 1-based conv layer numbers")
         if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence) or not len(indices):
-            raise ValueError(f"FeatureEvolution: maps of layer {layer} must be a non-empty list of map indices, got {indices!r}")
+            raise InputError(f"FeatureEvolution: maps of layer {layer} must be a non-empty list of map indices, got {indices!r}")
         bad = [m for m in indices if as_int(m) is None or m < 0]
         if bad:
-            raise ValueError(f"FeatureEvolution: map(s) {bad} of layer {layer} out of range: map indices are ints >= 0")
+            raise InputError(f"FeatureEvolution: map(s) {bad} of layer {layer} out of range: map indices are ints >= 0")
         checked[layer] = [int(m) for m in indices]
     return dict(sorted(checked.items()))

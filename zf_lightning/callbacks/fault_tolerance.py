@@ -15,8 +15,9 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from zf_lightning.utils.seeding import mix_seed
+from zf_lightning.utils.errors import InputError, InputTypeError
 from zf_lightning.utils.io import atomic_torch_save
+from zf_lightning.utils.seeding import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
+            raise InputTypeError(f"{type(self).__name__} takes no storage_options")
         atomic_torch_save(checkpoint, path)
 
 
@@ -89,7 +90,7 @@ class CheckpointOnSignal(Checkpoint):
     def __init__(self, dirpath: str | Path, filename: str = "last", signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")) -> None:
         unknown = [name for name in signals if not isinstance(getattr(signal, name, None), signal.Signals)]
         if unknown:
-            raise ValueError(f"callbacks.checkpoint_on_signal.signals: unknown signal(s) {unknown}; e.g. SIGTERM, SIGUSR1, SIGUSR2")
+            raise InputError(f"callbacks.checkpoint_on_signal.signals: unknown signal(s) {unknown}; e.g. SIGTERM, SIGUSR1, SIGUSR2")
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.signals = [getattr(signal, name) for name in signals]
         self._previous: dict[int, Any] = {}

@@ -25,7 +25,6 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms.v2.functional import get_size
 
-from zf_lightning.config import config_dir
 from zf_lightning.cli.common import (
     finish_loggers,
     job_loggers,
@@ -35,7 +34,9 @@ from zf_lightning.cli.common import (
     resolve_device,
     run_with_summary,
 )
+from zf_lightning.config import config_dir
 from zf_lightning.data.user_images import UserImages
+from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_bytes, atomic_write_npz
 
 
@@ -55,11 +56,11 @@ class AnalysisImages:
 def check_source(images_cfg: DictConfig) -> None:
     """Exactly one source: a folder of the user's images or a split of the datamodule."""
     if images_cfg.image_dir is None and images_cfg.split is None:
-        raise ValueError("images: give images.image_dir=FOLDER (your images) or images.split=train|val|test (the datamodule's)")
+        raise InputError("images: give images.image_dir=FOLDER (your images) or images.split=train|val|test (the datamodule's)")
     if images_cfg.image_dir is not None and images_cfg.labels is None and images_cfg.get("require_labels", False):
-        raise ValueError("images.labels is required here: a file name -> class mapping (inline or a .json/.yaml file)")
+        raise InputError("images.labels is required here: a file name -> class mapping (inline or a .json/.yaml file)")
     if images_cfg.max_images is not None and images_cfg.max_images < 1:
-        raise ValueError(f"images.max_images must be >= 1 or null, got {images_cfg.max_images}")
+        raise InputError(f"images.max_images must be >= 1 or null, got {images_cfg.max_images}")
 
 
 def load_images(images_cfg: DictConfig, datamodule, model) -> AnalysisImages:
@@ -80,13 +81,13 @@ def load_images(images_cfg: DictConfig, datamodule, model) -> AnalysisImages:
     else:
         split = images_cfg.split
         if split not in datamodule.stage_splits:
-            raise ValueError(f"images.split must be one of {list(datamodule.stage_splits)}, got {split!r}")
+            raise InputError(f"images.split must be one of {list(datamodule.stage_splits)}, got {split!r}")
         raw_split = datamodule.make_dataset(datamodule.stage_splits[split], None)
         class_names = list(getattr(raw_split, "classes", []) or []) or None
         indices = list(images_cfg.indices) if images_cfg.indices is not None else list(range(min(len(raw_split), images_cfg.max_images or len(raw_split))))
         bad = [i for i in indices if not 0 <= int(i) < len(raw_split)]
         if bad:
-            raise ValueError(f"images.indices {bad} out of range: split {split!r} has {len(raw_split)} images")
+            raise InputError(f"images.indices {bad} out of range: split {split!r} has {len(raw_split)} images")
         items = [raw_split[int(i)] for i in indices]
         raw, targets = [image for image, _ in items], [int(label) for _, label in items]
         names = [f"{split}_{int(i):05d}" for i in indices]
@@ -113,7 +114,7 @@ def load_model_and_images(cfg: DictConfig):
     model, datamodule = load_checkpoint_with_data(cfg.ckpt_path, cfg.data)
     arch = model.hparams.net.get("arch")
     if cfg.get("arch") is not None and arch != cfg.arch:
-        raise ValueError(f"checkpoint {cfg.ckpt_path} is a {arch!r} network but the config says arch={cfg.arch!r}")
+        raise InputError(f"checkpoint {cfg.ckpt_path} is a {arch!r} network but the config says arch={cfg.arch!r}")
     images = load_images(cfg.images, datamodule, model)
     return model, datamodule, images
 
@@ -180,7 +181,7 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
         )
         crop = images.inputs.shape[-1]
         if max(engine.window) > crop:
-            raise ValueError(f"occlusion.window={settings.window} is larger than the {crop}x{crop} input; expected at most {crop}")
+            raise InputError(f"occlusion.window={settings.window} is larger than the {crop}x{crop} input; expected at most {crop}")
         with job_loggers(cfg, output_dir) as loggers:
             result = engine.compute(images.inputs.to(device), images.targets.to(device))
             png = occlusion_figure(images.display, result, output_dir / "occlusion.png", images.names, images.class_names)
@@ -206,7 +207,11 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
     """Fig. 5: feature distances and p(correct class) under vertical translation, scale and rotation."""
     import pandas as pd
 
-    from zf_lightning.analysis.invariance import TRANSFORMATIONS, Invariance, default_amounts
+    from zf_lightning.analysis.invariance import (
+        TRANSFORMATIONS,
+        Invariance,
+        default_amounts,
+    )
     from zf_lightning.visualize.invariance_figure import invariance_figure
 
     output_dir = output_dir_of(cfg)
@@ -219,7 +224,7 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
         given = OmegaConf.to_container(settings.amounts) if settings.amounts is not None else {}
         unknown = sorted((set(kinds) | set(given)) - set(TRANSFORMATIONS))
         if unknown or not kinds:
-            raise ValueError(
+            raise InputError(
                 f"invariance.transformations / invariance.amounts: {unknown or 'nothing'} given; expected some of {list(TRANSFORMATIONS)}"
             )
         model, datamodule, images = load_model_and_images(cfg)
@@ -260,14 +265,18 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
 
 def part_boxes_in_input(boxes_file, images: AnalysisImages, datamodule) -> tuple[list[int], list[dict]]:
     """The images named in the boxes file (their positions in `images`) and their boxes in input pixels."""
-    from zf_lightning.analysis.correspondence import Box, check_boxes_inside, load_part_boxes
+    from zf_lightning.analysis.correspondence import (
+        Box,
+        check_boxes_inside,
+        load_part_boxes,
+    )
     from zf_lightning.data.user_images import box_in_input
 
     boxes = load_part_boxes(boxes_file)
     position = {name: i for i, name in enumerate(images.names)}
     missing = [name for name in boxes if name not in position]
     if missing:
-        raise ValueError(f"correspondence.boxes names images that are not among the loaded images: {missing}; loaded: {images.names}")
+        raise InputError(f"correspondence.boxes names images that are not among the loaded images: {missing}; loaded: {images.names}")
     chosen = [position[name] for name in boxes]
     check_boxes_inside(boxes, {name: images.original_sizes[position[name]] for name in boxes})
     crop = int(images.inputs.shape[-1])
@@ -278,7 +287,7 @@ def part_boxes_in_input(boxes_file, images: AnalysisImages, datamodule) -> tuple
             try:
                 converted[part] = Box(*box_in_input(box, images.original_sizes[position[name]], datamodule.resize_size, crop, datamodule.preset))
             except ValueError as error:
-                raise ValueError(f"correspondence.boxes: part {part!r} of {name}: {error}") from None
+                raise InputError(f"correspondence.boxes: part {part!r} of {name}: {error}") from None
         mapped.append(converted)
     return chosen, mapped
 
@@ -295,7 +304,7 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
         if settings.boxes is None:
-            raise ValueError("correspondence.boxes is required: a .json/.yaml file of image name -> {part: [left, top, right, bottom]}")
+            raise InputError("correspondence.boxes is required: a .json/.yaml file of image name -> {part: [left, top, right, bottom]}")
         model, datamodule, images = load_model_and_images(cfg)
         chosen, boxes = part_boxes_in_input(settings.boxes, images, datamodule)
         engine = Correspondence(model.net.to(device), layers=list(settings.layers), repeats=settings.repeats,

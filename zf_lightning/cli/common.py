@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_json
 from zf_lightning.utils.secrets import redact_secrets
 
@@ -165,11 +166,11 @@ def check_compatible(model: ImageClassifier, datamodule, ckpt_path: Path) -> Non
     """The data must have the checkpoint's classes and input size; say which differs."""
     net = model.hparams.net
     if net.get("num_classes") != datamodule.num_classes:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {ckpt_path} has {net.get('num_classes')} classes but data.num_classes={datamodule.num_classes}"
         )
     if net.get("input_size") != datamodule.crop_size:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {ckpt_path} was built for {net.get('input_size')}px inputs but data.crop_size={datamodule.crop_size}"
         )
 

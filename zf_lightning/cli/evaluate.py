@@ -10,7 +10,6 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from zf_lightning.config import config_dir
 from zf_lightning.cli.common import (
     finish_loggers,
     instantiate_loggers,
@@ -20,12 +19,14 @@ from zf_lightning.cli.common import (
     output_dir_of,
     run_with_summary,
 )
+from zf_lightning.config import config_dir
+from zf_lightning.utils.errors import MissingInputError
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
+        raise MissingInputError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
     output_dir = output_dir_of(cfg)
 
     def body() -> dict[str, Any]:

@@ -16,8 +16,15 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from zf_lightning.cli.common import (
+    finish_loggers,
+    job_loggers,
+    output_dir_of,
+    resolve_device,
+    run_with_summary,
+)
 from zf_lightning.config import config_dir
-from zf_lightning.cli.common import finish_loggers, job_loggers, output_dir_of, resolve_device, run_with_summary
+from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_bytes, check_checkpoint
 
 
@@ -29,7 +36,7 @@ def parse_rows(rows) -> list[tuple[str, int]]:
     for row in rows:
         kind, _, layer = str(row).partition(":")
         if kind not in CLASSIFIERS or not layer.isdigit() or int(layer) not in FEATURE_LAYERS:
-            raise ValueError(f"rows: {row!r} is not <classifier>:<layer> with classifier in {list(CLASSIFIERS)} and layer in {list(FEATURE_LAYERS)}")
+            raise InputError(f"rows: {row!r} is not <classifier>:<layer> with classifier in {list(CLASSIFIERS)} and layer in {list(FEATURE_LAYERS)}")
         parsed.append((kind, int(layer)))
     return parsed
 
@@ -40,7 +47,12 @@ def feature_analysis(cfg: DictConfig) -> dict[str, Any]:
     from zf_lightning.models import ImageClassifier
     from zf_lightning.transfer.datamodule import CALTECH
     from zf_lightning.transfer.datasets import dataset_by_name
-    from zf_lightning.transfer.feature_analysis import cache_key, cached_features, extract_features, score_rows
+    from zf_lightning.transfer.feature_analysis import (
+        cache_key,
+        cached_features,
+        extract_features,
+        score_rows,
+    )
 
     output_dir = output_dir_of(cfg)
     rows = parse_rows(cfg.rows)
@@ -48,12 +60,12 @@ def feature_analysis(cfg: DictConfig) -> dict[str, Any]:
     def body() -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
         if cfg.data.dataset not in CALTECH:
-            raise ValueError(f"the feature analysis runs on {list(CALTECH)}, got data.dataset={cfg.data.dataset!r}")
+            raise InputError(f"the feature analysis runs on {list(CALTECH)}, got data.dataset={cfg.data.dataset!r}")
         check_checkpoint(cfg.ckpt_path)
         model = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
         datamodule = instantiate(cfg.data)
         if model.hparams.net.get("input_size") != datamodule.crop_size:
-            raise ValueError(f"checkpoint {cfg.ckpt_path} was built for {model.hparams.net.get('input_size')}px inputs but data.crop_size={datamodule.crop_size}")
+            raise InputError(f"checkpoint {cfg.ckpt_path} was built for {model.hparams.net.get('input_size')}px inputs but data.crop_size={datamodule.crop_size}")
         layers = sorted({layer for _, layer in rows})
         transform = datamodule.transforms()["val"]  # the centre crop, normalised with the checkpoint's mean image
         dataset = dataset_by_name(datamodule.dataset, datamodule.root, transform=transform)

@@ -33,7 +33,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zf_lightning.tables.build import PAPER_FILE, build_tables, load_paper, to_markdown, write_table
+    from zf_lightning.tables.build import (
+        PAPER_FILE,
+        build_tables,
+        load_paper,
+        to_markdown,
+        write_table,
+    )
     from zf_lightning.tables.results import find_runs, wandb_runs
 
     args = parse_args(argv)

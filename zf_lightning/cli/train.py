@@ -16,11 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from zf_lightning.config import config_dir
-from zf_lightning.config.schema import validate_config
-from zf_lightning.data.image_files import summarize_bad_images
 from zf_lightning.callbacks.fault_tolerance import CheckpointOnSignal
-from zf_lightning.utils.io import check_checkpoint
 from zf_lightning.callbacks.loggers import LOGGED_ROWS
 from zf_lightning.cli.common import (
     SUMMARY_FILE,
@@ -32,6 +28,11 @@ from zf_lightning.cli.common import (
     output_dir_of,
     run_with_summary,
 )
+from zf_lightning.config import config_dir
+from zf_lightning.config.checker import validate_config
+from zf_lightning.data.image_files import summarize_bad_images
+from zf_lightning.utils.errors import ExistingOutputError, MissingInputError
+from zf_lightning.utils.io import check_checkpoint
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
         if ckpt_path == "last":
             hint = (" (the run stopped before its first checkpoint: run the same command without ckpt_path to start it again)"
                     if earlier_attempt(output_dir) else " (ckpt_path=last resumes the run in hydra.run.dir=<its output dir>)")
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r}: no checkpoint at {where}{hint}")
+        raise MissingInputError(f"ckpt_path={ckpt_path!r}: no checkpoint at {where}{hint}")
     return str(check_checkpoint(path))  # a truncated file fails here, not deep inside torch
 
 
@@ -80,7 +81,7 @@ def refuse_to_overwrite(output_dir: Path) -> None:
     completed = summary.is_file() and json.loads(summary.read_text() or "{}").get("status") == "completed"
     if checkpoints or completed:
         held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else f"a completed run ({SUMMARY_FILE})"
-        raise FileExistsError(
+        raise ExistingOutputError(
             f"{output_dir} already holds a run ({held}); resume it with ckpt_path=last "
             "or leave hydra.run.dir to its default to start a new one"
         )

@@ -21,7 +21,6 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 
-from zf_lightning.config import config_dir
 from zf_lightning.cli.common import (
     finish_loggers,
     instantiate_loggers,
@@ -32,14 +31,23 @@ from zf_lightning.cli.common import (
     resolve_device,
     run_with_summary,
 )
-from zf_lightning.utils.io import atomic_write_npz
+from zf_lightning.config import config_dir
 from zf_lightning.deconv import METHODS, Deconvnet
 from zf_lightning.deconv.maps import choose_maps
-from zf_lightning.visualize.figures import blocks_grid, contrast_stretch, filters_grid, save_png, side_by_side, top9_figure
 from zf_lightning.deconv.topk import (
     find_top_activations,
     project_all_top_activations,
     project_top_activations,
+)
+from zf_lightning.utils.errors import InputError
+from zf_lightning.utils.io import atomic_write_npz
+from zf_lightning.visualize.figures import (
+    blocks_grid,
+    contrast_stretch,
+    filters_grid,
+    save_png,
+    side_by_side,
+    top9_figure,
 )
 
 
@@ -47,7 +55,7 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
     """Fig. 2: the top-k activations of the chosen maps over a split, their projections and patches."""
     output_dir = output_dir_of(cfg)
     if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {cfg.method!r}")
+        raise InputError(f"method must be one of {list(METHODS)}, got {cfg.method!r}")
 
     def body() -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
@@ -125,9 +133,9 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
     output_dir = output_dir_of(cfg)
     ckpt_paths = [str(path) for path in (cfg.ckpt_paths or [])]
     if not ckpt_paths:
-        raise ValueError("ckpt_paths is empty: give one or more checkpoints, e.g. ckpt_paths=[alexnet.ckpt,zfnet.ckpt]")
+        raise InputError("ckpt_paths is empty: give one or more checkpoints, e.g. ckpt_paths=[alexnet.ckpt,zfnet.ckpt]")
     if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {cfg.method!r}")
+        raise InputError(f"method must be one of {list(METHODS)}, got {cfg.method!r}")
 
     def body() -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)

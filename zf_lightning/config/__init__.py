@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from zf_lightning.utils.errors import MissingInputError
+
 
 def config_dir() -> str:
     """The repository's conf/ in a source checkout or editable install, the packaged copy in a wheel."""
@@ -9,4 +11,4 @@ def config_dir() -> str:
     for candidate in (package.parent / "conf", package / "conf"):
         if (candidate / "train.yaml").is_file():
             return str(candidate)
-    raise FileNotFoundError(f"zf-lightning's Hydra configs were not found next to {package}")
+    raise MissingInputError(f"zf-lightning's Hydra configs were not found next to {package}")

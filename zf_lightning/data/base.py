@@ -15,7 +15,13 @@ from torchvision.transforms import v2
 
 from zf_lightning.data.mean_image import load_or_compute_mean_image
 from zf_lightning.data.sampling import EpochSeededSampler, SeededSamples
-from zf_lightning.data.transforms import PRESETS, paper_base, paper_transforms, torchvision_transforms
+from zf_lightning.data.transforms import (
+    PRESETS,
+    paper_base,
+    paper_transforms,
+    torchvision_transforms,
+)
+from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import default_cache_dir
 
 STAGE_SPLITS = {"train": "train", "val": "val", "test": "val"}
@@ -38,13 +44,13 @@ def resume_point(position: dict, sampler: EpochSeededSampler) -> tuple[int, int]
     differs = [f"{key} {position[key]} then, {value} now" for key, value in now.items() if key in position and position[key] != value]
     where = f"the checkpoint stopped inside epoch {epoch + 1} (1-based) after batch {done}"
     if differs:
-        raise ValueError(
+        raise InputError(
             f"{where}, in a training loader that differs from this run's ({'; '.join(differs)}; batch_size is per "
             "device): continuing there would train other samples than the interrupted run. Resume with the same "
             "data.batch_size, trainer.devices/num_nodes and data, or from an end-of-epoch checkpoint (checkpoints/epochNNN.ckpt)"
         )
     if done > sampler.num_batches:
-        raise ValueError(f"{where}, but this run's epoch has only {sampler.num_batches} batches: it would train no batch of epoch {epoch + 1}")
+        raise InputError(f"{where}, but this run's epoch has only {sampler.num_batches} batches: it would train no batch of epoch {epoch + 1}")
     return epoch, done
 
 
@@ -79,11 +85,11 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
-            raise ValueError(f"data.preset must be one of {list(PRESETS)}, got {preset!r}")
+            raise InputError(f"data.preset must be one of {list(PRESETS)}, got {preset!r}")
         if crop_size > resize_size:
-            raise ValueError(f"data.crop_size ({crop_size}) must not exceed data.resize_size ({resize_size})")
+            raise InputError(f"data.crop_size ({crop_size}) must not exceed data.resize_size ({resize_size})")
         if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"data.batch_size must be >= 1, got {batch_size}")
         self.num_classes, self.batch_size, self.num_workers = num_classes, batch_size, num_workers
         self.preset, self.resize_size, self.crop_size, self.ten_crop_test = preset, resize_size, crop_size, ten_crop_test
         self.mean_image_max_images = mean_image_max_images
@@ -106,7 +112,7 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
     def per_device_batch_size(self) -> int:
         world_size = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world_size:
-            raise ValueError(f"data.batch_size={self.batch_size} (global) does not divide across {world_size} devices")
+            raise InputError(f"data.batch_size={self.batch_size} (global) does not divide across {world_size} devices")
         return self.batch_size // world_size
 
     def load_mean_image(self):
@@ -141,7 +147,7 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         if "mean_image" in state:
             expected = (3, self.resize_size, self.resize_size)
             if tuple(state["mean_image"].shape) != expected:
-                raise ValueError(
+                raise InputError(
                     f"the checkpoint's mean image is {tuple(state['mean_image'].shape)} but data.resize_size={self.resize_size} needs {expected}"
                 )
             self.mean_image = state["mean_image"]
@@ -163,7 +169,7 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
     def split_dataset(self, split: str, display: bool = False) -> Dataset:
         """Split "train", "val" or "test" without augmentation (centre crops), for analysis and figures."""
         if split not in self.stage_splits:
-            raise ValueError(f"split must be one of {list(self.stage_splits)}, got {split!r}")
+            raise InputError(f"split must be one of {list(self.stage_splits)}, got {split!r}")
         transform = self.display_transform() if display else self.transforms()["val"]
         return self.make_dataset(self.stage_splits[split], transform)
 

@@ -8,10 +8,16 @@ from pathlib import Path
 import torch
 
 from zf_lightning.data.base import ImageClassificationDataModule
-from zf_lightning.data.device_decode import DeviceBatch, DeviceDecoder, PrepareForDevice, collate_for_device
+from zf_lightning.data.device_decode import (
+    DeviceBatch,
+    DeviceDecoder,
+    PrepareForDevice,
+    collate_for_device,
+)
 from zf_lightning.data.image_files import BadImageLog, check_on_bad_image
 from zf_lightning.data.imagenet_folder import ImageNetFolder
 from zf_lightning.data.synthetic import SyntheticShapes
+from zf_lightning.utils.errors import InputError
 
 DECODE = ("pil", "reduced", "torchvision", "gpu")  # data.decode of the imagenet datamodule
 
@@ -71,9 +77,9 @@ class ImageNetDataModule(ImageClassificationDataModule):
                  bad_image_log: str | Path | None = None, decode: str = "pil", **kwargs) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
         if decode not in DECODE:
-            raise ValueError(f"data.decode must be one of {list(DECODE)}, got {decode!r}")
+            raise InputError(f"data.decode must be one of {list(DECODE)}, got {decode!r}")
         if decode == "gpu" and self.preset != "paper":
-            raise ValueError(f"data.decode=gpu implements the paper preset's crops; got data.preset={self.preset!r} "
+            raise InputError(f"data.decode=gpu implements the paper preset's crops; got data.preset={self.preset!r} "
                              f"(use data.decode=torchvision with it)")
         self.decode = decode
         self._device_decoder: DeviceDecoder | None = None

@@ -25,6 +25,8 @@ from torchvision.transforms.v2 import functional as F
 from zf_lightning.data.image_files import BadImageLog, load_rgb_tensor
 from zf_lightning.data.jpeg import EncodedJPEG
 from zf_lightning.data.transforms import paper_base_uint8
+from zf_lightning.utils.errors import InputError
+
 
 class DeviceSample(NamedTuple):
     payload: torch.Tensor  # 1-D: a JPEG's bytes; 3-D: uint8 pixels already at resize_size x resize_size
@@ -88,7 +90,7 @@ class DeviceDecoder:
     def __init__(self, resize_size: int, crop_size: int, mean_image: torch.Tensor, ten_crop_test: bool = True,
                  on_bad_image: str = "skip", bad_image_log: BadImageLog | None = None) -> None:
         if tuple(mean_image.shape) != (3, resize_size, resize_size):
-            raise ValueError(f"the mean image is {tuple(mean_image.shape)}; expected (3, {resize_size}, {resize_size})")
+            raise InputError(f"the mean image is {tuple(mean_image.shape)}; expected (3, {resize_size}, {resize_size})")
         self.resize_size, self.crop_size, self.ten_crop_test = resize_size, crop_size, ten_crop_test
         self.mean_image = mean_image.float()
         self.on_bad_image, self.bad_image_log = on_bad_image, bad_image_log or BadImageLog(None)

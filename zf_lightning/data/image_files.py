@@ -27,6 +27,7 @@ from PIL import Image, ImageFile
 from torch.utils.data import Subset
 
 from zf_lightning.data.jpeg import DEVICE_FRAMES, EncodedJPEG, jpeg_frame
+from zf_lightning.utils.errors import InputError
 
 ON_BAD_IMAGE = ("skip", "error")
 KINDS = ("skipped", "converted", "small")
@@ -45,7 +46,7 @@ class BadImageError(ValueError):
 
 def check_on_bad_image(on_bad_image: str) -> str:
     if on_bad_image not in ON_BAD_IMAGE:
-        raise ValueError(f"data.on_bad_image must be one of {list(ON_BAD_IMAGE)}, got {on_bad_image!r}")
+        raise InputError(f"data.on_bad_image must be one of {list(ON_BAD_IMAGE)}, got {on_bad_image!r}")
     return on_bad_image
 
 
@@ -79,7 +80,7 @@ class BadImageLog:
     def record(self, path: str | Path, kind: str, reason: str) -> bool:
         """Append the event unless this file was already recorded with this kind; True if it is new."""
         if kind not in KINDS:
-            raise ValueError(f"bad-image kind must be one of {list(KINDS)}, got {kind!r}")
+            raise InputError(f"bad-image kind must be one of {list(KINDS)}, got {kind!r}")
         if self._seen is None:
             self._seen = {(e["path"], e["kind"]) for e in read_bad_image_log(self.path)} if self.path else set()
         key = (str(path), kind)
@@ -264,7 +265,7 @@ class SkipBadImages:
                         device_decode: bool = False) -> None:
         check_truncation_detected()
         if draft_size is not None and (tensor_decode or device_decode):
-            raise ValueError("draft_size (decode=reduced) is a PIL decode option; it cannot go with tensor_decode (decode=torchvision) "
+            raise InputError("draft_size (decode=reduced) is a PIL decode option; it cannot go with tensor_decode (decode=torchvision) "
                              "or device_decode (decode=gpu)")
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_image_log, self.min_size, self.draft_size = as_bad_image_log(bad_image_log), min_size, draft_size

@@ -13,6 +13,7 @@ import torchvision
 from torchvision.datasets.folder import DatasetFolder, has_file_allowed_extension
 
 from zf_lightning.data.image_files import BadImageLog, FolderSkipBadImages
+from zf_lightning.utils.errors import InputError, MissingInputError
 from zf_lightning.utils.io import default_cache_dir
 
 SPLITS = ("train", "val")
@@ -44,7 +45,7 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
                  bad_image_log: BadImageLog | str | Path | None = None, min_size: int | None = None,
                  draft_size: int | None = None, tensor_decode: bool = False, device_decode: bool = False):
         if split not in SPLITS:
-            raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+            raise InputError(f"Unknown split {split!r}; expected one of {SPLITS}.")
         self.init_bad_images(on_bad_image, bad_image_log, min_size, draft_size, tensor_decode, device_decode)
         root = Path(root).expanduser()
         layout = self.check_layout(root, splits=(split,))
@@ -65,10 +66,10 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         layout = (f"Expected ImageNet laid out as {root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG "
                   f"(val images already sorted into wnid folders).")
         if not root.is_dir():
-            raise FileNotFoundError(f"ImageNet root {root} does not exist or is not a directory. {layout}")
+            raise MissingInputError(f"ImageNet root {root} does not exist or is not a directory. {layout}")
         for split in splits:
             if not (root / split).is_dir():
-                raise FileNotFoundError(f"Split folder {root / split} does not exist. {layout}")
+                raise MissingInputError(f"Split folder {root / split} does not exist. {layout}")
         return layout
 
     @staticmethod
@@ -87,9 +88,9 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         # Only the top-level class folders are listed; hidden dirs (e.g. .ipynb_checkpoints) are not classes.
         classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
         if not classes:
-            raise FileNotFoundError(f"No class (wnid) folders found in {directory}. {self._layout}")
+            raise MissingInputError(f"No class (wnid) folders found in {directory}. {self._layout}")
         if self.expected_num_classes is not None and len(classes) != self.expected_num_classes:
-            raise ValueError(f"Expected {self.expected_num_classes} class folders in {directory} "
+            raise InputError(f"Expected {self.expected_num_classes} class folders in {directory} "
                              f"but found {len(classes)}. {self._layout}")
         return classes, {c: i for i, c in enumerate(classes)}
 
@@ -102,7 +103,7 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         empty = sorted(set(classes) - {classes[label] for _, label in samples})
         if empty and not allow_empty:
             folders = ", ".join(os.path.join(directory, c) for c in empty)
-            raise FileNotFoundError(f"No images ({'/'.join(EXTENSIONS)}) in class folder(s): {folders}. {self._layout}")
+            raise MissingInputError(f"No images ({'/'.join(EXTENSIONS)}) in class folder(s): {folders}. {self._layout}")
         self._write_cache(directory, classes, samples)
         return samples
 

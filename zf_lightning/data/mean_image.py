@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_torch_save
 from zf_lightning.utils.progress import track
 
@@ -34,7 +35,7 @@ def compute_mean_image(dataset, max_images: int | None = None, seed: int = 0, ba
         total = batch_sum if total is None else total + batch_sum
         count += len(images)
     if count == 0:
-        raise ValueError("cannot compute a mean image of an empty training set")
+        raise InputError("cannot compute a mean image of an empty training set")
     return (total / count).float()
 
 

@@ -19,13 +19,13 @@ on disk, means training decodes ~2-3x fewer pixels per image and the pipeline's 
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-import multiprocessing
 from pathlib import Path
 
 import torch

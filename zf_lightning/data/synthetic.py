@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from zf_lightning.utils.errors import InputError
+
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent", "heart")
 TEXTURES = ("plain", "h-striped", "v-striped", "diagonal-striped", "checkered", "dotted")
 HUES = (("red", 0.0), ("orange", 0.075), ("yellow", 0.15), ("green", 0.33),
@@ -87,16 +89,16 @@ class SyntheticShapes(Dataset):
     def __init__(self, split: str = "train", num_classes: int = 10, images_per_class: int = 500,
                  image_size: int = 72, seed: int = 0, transform=None):
         if split not in self.splits:
-            raise ValueError(f"split must be one of {self.splits}, got {split!r}")
+            raise InputError(f"split must be one of {self.splits}, got {split!r}")
         if not 2 <= num_classes <= MAX_CLASSES:
-            raise ValueError(f"num_classes must be between 2 and {MAX_CLASSES} "
+            raise InputError(f"num_classes must be between 2 and {MAX_CLASSES} "
                              f"(distinct shape x texture x hue combinations), got {num_classes}")
         if images_per_class < 1:
-            raise ValueError(f"images_per_class must be >= 1, got {images_per_class}")
+            raise InputError(f"images_per_class must be >= 1, got {images_per_class}")
         if image_size < 16:
-            raise ValueError(f"image_size must be >= 16, got {image_size}")
+            raise InputError(f"image_size must be >= 16, got {image_size}")
         if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+            raise InputError(f"seed must be a non-negative integer, got {seed}")
         self.split, self.num_classes, self.images_per_class = split, num_classes, images_per_class
         self.image_size, self.seed, self.transform = image_size, seed, transform
 

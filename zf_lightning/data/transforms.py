@@ -7,6 +7,8 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from zf_lightning.utils.errors import InputError
+
 PRESETS = ("paper", "torchvision")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -20,7 +22,7 @@ class SubtractMeanImage(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape != self.mean_image.shape:
-            raise ValueError(f"image of shape {tuple(image.shape)} does not match the mean image {tuple(self.mean_image.shape)}")
+            raise InputError(f"image of shape {tuple(image.shape)} does not match the mean image {tuple(self.mean_image.shape)}")
         return image - self.mean_image
 
 
@@ -40,7 +42,7 @@ class RandomCropFlipSubtractMean(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape != self.mean_image.shape:
-            raise ValueError(f"image of shape {tuple(image.shape)} does not match the mean image {tuple(self.mean_image.shape)}")
+            raise InputError(f"image of shape {tuple(image.shape)} does not match the mean image {tuple(self.mean_image.shape)}")
         crop, mean = self.crop_flip(tv_tensors.Image(image), self.mean_image)  # one draw of the crop and flip for both
         return crop.as_subclass(torch.Tensor).float() - mean.as_subclass(torch.Tensor)
 

@@ -12,15 +12,17 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from zf_lightning.utils.errors import InputError, MissingInputError
+
 
 def list_images(image_dir: str | Path) -> list[Path]:
     """The image files directly inside `image_dir` (by extension, sorted by name); other files are ignored."""
     image_dir = Path(image_dir).expanduser()
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"image_dir={str(image_dir)!r}: no such folder; expected a folder of images ({', '.join(IMG_EXTENSIONS)})")
+        raise MissingInputError(f"image_dir={str(image_dir)!r}: no such folder; expected a folder of images ({', '.join(IMG_EXTENSIONS)})")
     files = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"image_dir={str(image_dir)!r} holds no images; expected files ending in {', '.join(IMG_EXTENSIONS)}")
+        raise MissingInputError(f"image_dir={str(image_dir)!r} holds no images; expected files ending in {', '.join(IMG_EXTENSIONS)}")
     return files
 
 
@@ -53,7 +55,7 @@ class UserImages(Dataset):
             except (OSError, UnidentifiedImageError, ValueError) as error:
                 unreadable.append(f"{path.name} ({type(error).__name__}: {error})")
         if unreadable:
-            raise ValueError(f"image_dir={str(image_dir)!r}: {len(unreadable)} unreadable image(s): {'; '.join(unreadable)}")
+            raise InputError(f"image_dir={str(image_dir)!r}: {len(unreadable)} unreadable image(s): {'; '.join(unreadable)}")
         self.targets = resolve_labels(labels, self.names, class_names, num_classes) if labels is not None else [-1] * len(self.files)
         self.transform = transform
 
@@ -71,16 +73,16 @@ def load_mapping(source: str | Path | Mapping, what: str) -> dict:
         return dict(source)
     path = Path(source).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what}={str(path)!r}: no such file; expected a .json or .yaml file")
+        raise MissingInputError(f"{what}={str(path)!r}: no such file; expected a .json or .yaml file")
     if path.suffix.lower() not in (".json", ".yaml", ".yml"):
-        raise ValueError(f"{what}={str(path)!r}: expected a .json, .yaml or .yml file, got {path.suffix!r}")
+        raise InputError(f"{what}={str(path)!r}: expected a .json, .yaml or .yml file, got {path.suffix!r}")
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:  # their messages say where the syntax is wrong
-        raise ValueError(f"{what}={str(path)!r} could not be parsed: {error}") from None
+        raise InputError(f"{what}={str(path)!r} could not be parsed: {error}") from None
     if not isinstance(data, Mapping):
-        raise ValueError(f"{what}={str(path)!r}: expected a mapping of image file name -> ..., got {type(data).__name__}")
+        raise InputError(f"{what}={str(path)!r}: expected a mapping of image file name -> ..., got {type(data).__name__}")
     return dict(data)
 
 
@@ -90,7 +92,7 @@ def resolve_labels(labels: str | Path | Mapping, names: Sequence[str], class_nam
     missing = [name for name in names if name not in mapping]
     unknown_files = sorted(set(mapping) - set(names))
     if missing or unknown_files:
-        raise ValueError(f"labels: images without a label: {missing}; labels for files not in the folder: {unknown_files}")
+        raise InputError(f"labels: images without a label: {missing}; labels for files not in the folder: {unknown_files}")
     index_of = {name: i for i, name in enumerate(class_names or [])}
     targets, bad = [], []
     for name in names:
@@ -103,7 +105,7 @@ def resolve_labels(labels: str | Path | Mapping, names: Sequence[str], class_nam
             bad.append(f"{name}: {value!r}")
     if bad:
         expected = f"a class index in 0..{num_classes - 1}" if num_classes else "a class index"
-        raise ValueError(f"labels: unknown classes {bad}; expected {expected} or a class name of the model")
+        raise InputError(f"labels: unknown classes {bad}; expected {expected} or a class name of the model")
     return targets
 
 
@@ -130,7 +132,7 @@ def box_in_input(box: Sequence[float], original_size: tuple[int, int], resize_si
     height, width = original_size
     left, top, right, bottom = box
     if not (0 <= left < right <= width and 0 <= top < bottom <= height):
-        raise ValueError(f"box {list(box)} lies outside the {width}x{height} image; expected 0 <= left < right <= {width}, 0 <= top < bottom <= {height}")
+        raise InputError(f"box {list(box)} lies outside the {width}x{height} image; expected 0 <= left < right <= {width}, 0 <= top < bottom <= {height}")
     new_h, new_w = resized_size(height, width, resize_size)
     sy, sx = new_h / height, new_w / width
     crops = (resize_size, crop_size) if preset == "paper" else (crop_size,)
@@ -141,5 +143,5 @@ def box_in_input(box: Sequence[float], original_size: tuple[int, int], resize_si
     mapped = (math.floor(left * sx) - dx, math.floor(top * sy) - dy, math.ceil(right * sx) - dx, math.ceil(bottom * sy) - dy)
     l, t, r, b = max(mapped[0], 0), max(mapped[1], 0), min(mapped[2], crop_size), min(mapped[3], crop_size)
     if l >= r or t >= b:
-        raise ValueError(f"box {list(box)} falls outside the centre {crop_size}x{crop_size} crop the network sees (at {list(mapped)})")
+        raise InputError(f"box {list(box)} falls outside the centre {crop_size}x{crop_size} crop the network sees (at {list(mapped)})")
     return l, t, r, b

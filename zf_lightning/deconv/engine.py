@@ -38,7 +38,6 @@ as it was: no gradients, same weights, same train/eval mode of every module; the
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zf_lightning.models.layers import PaperLayers
+from zf_lightning.utils.errors import InputError, InputTypeError
 from zf_lightning.utils.modes import evaluating
 from zf_lightning.utils.validation import as_int
 
@@ -127,26 +127,26 @@ class Deconvnet:
         try:
             self.layers = PaperLayers(model)
         except TypeError as error:
-            raise TypeError(f"Deconvnet: {error}") from None
+            raise InputTypeError(f"Deconvnet: {error}") from None
         self.features = self.layers.features
         supported = ", ".join(cls.__name__ for cls in SUPPORTED_MODULES)
         for index, module in enumerate(self.features):
             if type(module) not in SUPPORTED_MODULES:
-                raise TypeError(
+                raise InputTypeError(
                     f"Deconvnet: features[{index}] is a {type(module).__name__}, which the deconvnet cannot "
                     f"invert; supported modules are {supported}"
                 )
             if isinstance(module, nn.Conv2d):
                 if module.padding_mode != "zeros" or isinstance(module.padding, str):
-                    raise TypeError(
+                    raise InputTypeError(
                         f"Deconvnet: features[{index}] is a Conv2d with padding={module.padding!r}, "
                         f"padding_mode={module.padding_mode!r}; only explicit zero padding is supported"
                     )
         self.conv_indices = [layer.weights for layer in self.layers.conv]
         if not self.conv_indices:
-            raise ValueError("Deconvnet: the features contain no Conv2d layer")
+            raise InputError("Deconvnet: the features contain no Conv2d layer")
         if max_batch_elements is not None and max_batch_elements < 1:
-            raise ValueError(f"Deconvnet: max_batch_elements must be >= 1 or None, got {max_batch_elements}")
+            raise InputError(f"Deconvnet: max_batch_elements must be >= 1 or None, got {max_batch_elements}")
         self.max_batch_elements = max_batch_elements
 
     @property
@@ -161,7 +161,7 @@ class Deconvnet:
 
     def _check_layer(self, layer) -> None:
         if as_int(layer) is None or not 1 <= as_int(layer) <= self.num_layers:
-            raise ValueError(
+            raise InputError(
                 f"Deconvnet: layer must be an int in 1..{self.num_layers} (the model has {self.num_layers} "
                 f"conv layers), got {layer!r}"
             )
@@ -227,7 +227,7 @@ class Deconvnet:
         layer = as_int(layer)
         maps = torch.as_tensor(maps, device=images.device, dtype=torch.long).reshape(-1)
         if maps.numel() != images.shape[0]:
-            raise ValueError(f"Deconvnet: project_strongest takes one map per image, got {maps.numel()} maps for {images.shape[0]} images")
+            raise InputError(f"Deconvnet: project_strongest takes one map per image, got {maps.numel()} maps for {images.shape[0]} images")
         self._check_map_tensor(layer, maps)
         activation = self.feature_maps(images, [layer])[layer]  # (N, maps, h, w)
         own = torch.arange(len(maps), device=images.device)
@@ -244,7 +244,7 @@ class Deconvnet:
         """
         self._check_images(images)
         if method not in METHODS:
-            raise ValueError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
+            raise InputError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
         device = images.device
         checked = {}
         for layer, request in requests.items():
@@ -252,10 +252,10 @@ class Deconvnet:
             layer = as_int(layer)
             image_index, maps, rows, cols = (torch.as_tensor(v, device=device, dtype=torch.long).reshape(-1) for v in request)
             if not len({image_index.numel(), maps.numel(), rows.numel(), cols.numel()}) == 1:
-                raise ValueError("Deconvnet: image_index, maps, rows and cols must have the same length")
+                raise InputError("Deconvnet: image_index, maps, rows and cols must have the same length")
             self._check_map_tensor(layer, maps)
             if image_index.numel() and (image_index.min() < 0 or image_index.max() >= images.shape[0]):
-                raise ValueError(f"Deconvnet: image_index out of range for {images.shape[0]} images")
+                raise InputError(f"Deconvnet: image_index out of range for {images.shape[0]} images")
             checked[layer] = (image_index, maps, rows, cols)
 
         with evaluating(self.features):
@@ -440,13 +440,13 @@ class Deconvnet:
     def _check_images(self, images) -> None:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"Deconvnet: images must be a 4-D (B, C, H, W) tensor, got {shape}")
+            raise InputError(f"Deconvnet: images must be a 4-D (B, C, H, W) tensor, got {shape}")
 
     def _check_map_tensor(self, layer: int, maps: torch.Tensor) -> None:
         num_maps = self.num_maps(layer)
         bad = maps[(maps < 0) | (maps >= num_maps)]
         if bad.numel():
-            raise ValueError(
+            raise InputError(
                 f"Deconvnet: map index(es) {bad.tolist()} out of range: layer {layer} has {num_maps} maps "
                 f"(valid indices 0..{num_maps - 1})"
             )
@@ -476,16 +476,16 @@ class Deconvnet:
         self._check_layer(layer)
         layer = as_int(layer)
         if mode not in MODES:
-            raise ValueError(f"Deconvnet: unknown mode {mode!r}; allowed modes are {list(MODES)}")
+            raise InputError(f"Deconvnet: unknown mode {mode!r}; allowed modes are {list(MODES)}")
         if method not in METHODS:
-            raise ValueError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
+            raise InputError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
         map_list = [maps] if as_int(maps) is not None else list(maps)
         num_maps = self.num_maps(layer)
         if not map_list:
-            raise ValueError("Deconvnet: maps is empty; give at least one feature map index")
+            raise InputError("Deconvnet: maps is empty; give at least one feature map index")
         bad = [m for m in map_list if as_int(m) is None or not 0 <= as_int(m) < num_maps]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"Deconvnet: map index(es) {bad} out of range: layer {layer} has {num_maps} maps "
                 f"(valid indices 0..{num_maps - 1})"
             )

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from zf_lightning.deconv.engine import Deconvnet
+from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.validation import check_int
 
 
@@ -41,12 +42,12 @@ def choose_maps(
     wanted = [int(layer) for layer in layers] if layers is not None else (sorted(explicit) or available)
     unknown = [layer for layer in wanted if layer not in available]
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"{owner}: unknown layer(s) {unknown}: the model has {deconv.num_layers} conv layers (valid layers {available})"
         )
     stray = sorted(set(explicit) - set(wanted))
     if stray:
-        raise ValueError(f"{owner}: maps are listed for layer(s) {stray}, which are not among the layers {wanted}")
+        raise InputError(f"{owner}: maps are listed for layer(s) {stray}, which are not among the layers {wanted}")
     check_int(count, f"{owner}: maps_per_layer")
     chosen: dict[int, list[int]] = {}
     for layer in wanted:
@@ -54,7 +55,7 @@ def choose_maps(
         if layer in explicit:
             bad = [m for m in explicit[layer] if not 0 <= m < num_maps]
             if bad:
-                raise ValueError(
+                raise InputError(
                     f"{owner}: map(s) {bad} of layer {layer} out of range: it has {num_maps} maps (valid indices 0..{num_maps - 1})"
                 )
             chosen[layer] = explicit[layer]

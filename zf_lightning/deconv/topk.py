@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from zf_lightning.deconv.engine import Deconvnet, ReceptiveField, cut_windows
+from zf_lightning.utils.errors import InputError
 
 
 @dataclass
@@ -38,7 +39,7 @@ class RunningTopK:
 
     def __init__(self, layer: int, maps: Sequence[int], k: int = 9) -> None:
         if k < 1:
-            raise ValueError(f"top-k needs k >= 1, got {k}")
+            raise InputError(f"top-k needs k >= 1, got {k}")
         self.layer, self.k = layer, k
         self.maps = torch.as_tensor(list(maps), dtype=torch.long)
         self.values = self.image_index = self.where = None
@@ -48,7 +49,7 @@ class RunningTopK:
         """activation: (B, M, h, w), the chosen maps only; image_index: (B,) dataset indices of the batch."""
         batch, maps, h, w = activation.shape
         if maps != len(self.maps):
-            raise ValueError(f"expected {len(self.maps)} maps, got activations of {maps}")
+            raise InputError(f"expected {len(self.maps)} maps, got activations of {maps}")
         self.width = w
         value, where = activation.reshape(batch, maps, h * w).max(dim=2)  # first maximum on ties
         index = image_index.to(value.device).reshape(1, batch).expand(maps, batch)
@@ -66,7 +67,7 @@ class RunningTopK:
 
     def result(self) -> TopActivations:
         if self.values is None:
-            raise ValueError("no data was seen: the dataset is empty")
+            raise InputError("no data was seen: the dataset is empty")
         return TopActivations(
             self.layer, self.maps, self.values, self.image_index, self.where // self.width, self.where % self.width
         )

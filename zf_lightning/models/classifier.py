@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from zf_lightning.models.finite_check import DeferredFiniteCheck
 from zf_lightning.models.registry import build_network
+from zf_lightning.utils.errors import InputError
 
 PAPER_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4}
 PAPER_LR_SCHEDULER = {
@@ -92,7 +93,7 @@ def load_pretrained_weights(net: nn.Module, checkpoint: str | Path) -> list[str]
                   for name, value in kept.items() if name in own and value.shape != own[name].shape]
     unexpected = sorted(set(kept) - set(own))
     if missing or mismatched or unexpected:
-        raise ValueError(
+        raise InputError(
             f"transfer.checkpoint={str(path)!r} does not fit the configured network (model=...: use the variant it was trained as): "
             f"missing {missing}, shape mismatches {mismatched}, unexpected {unexpected}"
         )
@@ -141,11 +142,11 @@ class ImageClassifier(L.LightningModule):
         optimizer, lr_scheduler = dict(optimizer), dict(lr_scheduler) if lr_scheduler else None
         transfer = {"mode": "scratch", "checkpoint": None, **(transfer or {})}
         if transfer["mode"] not in TRANSFER_MODES:
-            raise ValueError(f"model.transfer.mode must be one of {list(TRANSFER_MODES)}, got {transfer['mode']!r}")
+            raise InputError(f"model.transfer.mode must be one of {list(TRANSFER_MODES)}, got {transfer['mode']!r}")
         if transfer["mode"] != "scratch" and not transfer["checkpoint"]:
-            raise ValueError(f"model.transfer.mode={transfer['mode']!r} needs model.transfer.checkpoint=PATH (an ImageNet-trained zf-train checkpoint)")
+            raise InputError(f"model.transfer.mode={transfer['mode']!r} needs model.transfer.checkpoint=PATH (an ImageNet-trained zf-train checkpoint)")
         if task not in TASKS:
-            raise ValueError(f"model.task must be one of {list(TASKS)}, got {task!r}")
+            raise InputError(f"model.task must be one of {list(TASKS)}, got {task!r}")
         self.save_hyperparameters({
             "net": net, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "filter_rms_radius": filter_rms_radius,
             "transfer": transfer, "task": task, "channels_last": channels_last, "compile": _plain(compile),
@@ -296,7 +297,7 @@ class ImageClassifier(L.LightningModule):
             monitor = self.trainer.lr_scheduler_configs[0].monitor
             value = self.trainer.callback_metrics.get(monitor)
             if value is None:
-                raise ValueError(
+                raise InputError(
                     f"model.lr_scheduler.monitor={monitor!r} was not logged by the end of epoch {self.current_epoch + 1}; "
                     f"logged: {sorted(self.trainer.callback_metrics)}"
                 )

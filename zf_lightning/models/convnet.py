@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
+from zf_lightning.utils.errors import InputError
+
 CONV_LAYERS = (1, 2, 3, 4, 5)
 DENSE_LAYERS = (6, 7)
 REMOVABLE_LAYERS = (3, 4, 6, 7)  # the paper's Table 3 removes conv3, conv4, fc6 and fc7
@@ -81,7 +83,7 @@ class PaperConvNet(nn.Module):
                 continue
             conv_name = f"conv{index}"
             if size + 2 * spec.padding < spec.kernel_size:
-                raise ValueError(
+                raise InputError(
                     f"{name}: {conv_name} gets a {size}x{size} input, smaller than its "
                     f"{spec.kernel_size}x{spec.kernel_size} filter (input_size={input_size} is too small "
                     f"for this architecture; removed_layers={removed})"
@@ -93,7 +95,7 @@ class PaperConvNet(nn.Module):
             norm = [nn.LocalResponseNorm(**lrn_options)] if spec.norm and local_response_norm else []
             if spec.pool:
                 if size < POOL_KERNEL:
-                    raise ValueError(
+                    raise InputError(
                         f"{name}: pool{index} (after {conv_name}) gets a {size}x{size} map, smaller than its "
                         f"{POOL_KERNEL}x{POOL_KERNEL} window (input_size={input_size} is too small)"
                     )
@@ -132,26 +134,26 @@ class PaperConvNet(nn.Module):
 
 def _check_options(name, convs, num_classes, fc_widths, removed, norm_position, width_multiplier, input_size) -> None:
     if len(convs) != len(CONV_LAYERS):
-        raise ValueError(f"{name}: expected {len(CONV_LAYERS)} conv layer specs, got {len(convs)}")
+        raise InputError(f"{name}: expected {len(CONV_LAYERS)} conv layer specs, got {len(convs)}")
     if len(fc_widths) != len(DENSE_LAYERS):
-        raise ValueError(f"{name}: fc_widths must give the widths of fc6 and fc7 (2 numbers), got {list(fc_widths)}")
+        raise InputError(f"{name}: fc_widths must give the widths of fc6 and fc7 (2 numbers), got {list(fc_widths)}")
     bad = [layer for layer in removed if layer not in REMOVABLE_LAYERS]
     if bad:
-        raise ValueError(
+        raise InputError(
             f"{name}: cannot remove layer(s) {bad}; removable layers are {list(REMOVABLE_LAYERS)} "
             "(conv3, conv4, fc6, fc7, as in the paper's Table 3)"
         )
     if norm_position not in NORM_POSITIONS:
-        raise ValueError(f"{name}: norm_position must be one of {list(NORM_POSITIONS)}, got {norm_position!r}")
+        raise InputError(f"{name}: norm_position must be one of {list(NORM_POSITIONS)}, got {norm_position!r}")
     if num_classes < 1:
-        raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
+        raise InputError(f"{name}: num_classes must be >= 1, got {num_classes}")
     if width_multiplier <= 0:
-        raise ValueError(f"{name}: width_multiplier must be > 0, got {width_multiplier}")
+        raise InputError(f"{name}: width_multiplier must be > 0, got {width_multiplier}")
     if input_size < 1:
-        raise ValueError(f"{name}: input_size must be >= 1, got {input_size}")
+        raise InputError(f"{name}: input_size must be >= 1, got {input_size}")
     for layer, width in zip(DENSE_LAYERS, fc_widths):
         if width < 1:
-            raise ValueError(f"{name}: fc{layer} width must be >= 1, got {width}")
+            raise InputError(f"{name}: fc{layer} width must be >= 1, got {width}")
 
 
 def with_widths(convs: Sequence[ConvSpec], conv_widths: Sequence[int] | None) -> list[ConvSpec]:
@@ -159,5 +161,5 @@ def with_widths(convs: Sequence[ConvSpec], conv_widths: Sequence[int] | None) ->
     if conv_widths is None:
         return list(convs)
     if len(conv_widths) != len(convs):
-        raise ValueError(f"conv_widths must give {len(convs)} numbers (conv1-conv5), got {list(conv_widths)}")
+        raise InputError(f"conv_widths must give {len(convs)} numbers (conv1-conv5), got {list(conv_widths)}")
     return [replace(spec, out_channels=int(width)) for spec, width in zip(convs, conv_widths)]

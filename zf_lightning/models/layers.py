@@ -13,6 +13,8 @@ from typing import Literal
 
 from torch import nn
 
+from zf_lightning.utils.errors import InputError, InputTypeError
+
 
 @dataclass(frozen=True)
 class PaperLayer:
@@ -54,7 +56,7 @@ class PaperLayers:
     def __init__(self, net: nn.Module) -> None:
         features = net if isinstance(net, nn.Sequential) else getattr(net, "features", None)
         if not isinstance(features, nn.Sequential):
-            raise TypeError(
+            raise InputTypeError(
                 f"the paper's layer numbering needs a network whose `features` is an nn.Sequential (or an nn.Sequential "
                 f"itself), got {type(net).__name__} with features of type {type(features).__name__}"
             )
@@ -75,7 +77,7 @@ class PaperLayers:
 
     def __getitem__(self, number: int) -> PaperLayer:
         if isinstance(number, bool) or not isinstance(number, int) or number not in self._by_number:
-            raise ValueError(f"layer {number!r} is not in this network; {self.describe()}")
+            raise InputError(f"layer {number!r} is not in this network; {self.describe()}")
         return self._by_number[number]
 
     def describe(self) -> str:

@@ -44,19 +44,21 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from zf_lightning.utils.errors import InputError
+
 IGNORED, NEGATIVE, POSITIVE = -1, 0, 1
 
 
 def _check_inputs(scores: Tensor, targets: Tensor) -> None:
     if scores.shape != targets.shape:
-        raise ValueError(f"scores and targets must have the same shape, got {tuple(scores.shape)} "
+        raise InputError(f"scores and targets must have the same shape, got {tuple(scores.shape)} "
                          f"and {tuple(targets.shape)}")
     if torch.isnan(scores).any():
-        raise ValueError("scores contain NaN")
+        raise InputError("scores contain NaN")
     valid = (targets == POSITIVE) | (targets == NEGATIVE) | (targets == IGNORED)  # bool targets too
     if not valid.all():
         found = torch.unique(targets[~valid])[:5].tolist()
-        raise ValueError(f"targets must be 1 (positive), 0 (negative) or -1 (ignored), found {found}")
+        raise InputError(f"targets must be 1 (positive), 0 (negative) or -1 (ignored), found {found}")
 
 
 def _per_class_ap(scores: Tensor, targets: Tensor) -> Tensor:
@@ -87,7 +89,7 @@ def voc_average_precision(scores: Tensor, targets: Tensor) -> float:
     if there is no positive."""
     _check_inputs(scores, targets)
     if scores.dim() != 1:
-        raise ValueError(f"expected 1-d scores and targets, got shape {tuple(scores.shape)}")
+        raise InputError(f"expected 1-d scores and targets, got shape {tuple(scores.shape)}")
     return _per_class_ap(scores[:, None], targets[:, None]).item()
 
 
@@ -95,7 +97,7 @@ def voc_mean_average_precision(scores: Tensor, targets: Tensor) -> tuple[Tensor,
     """Per-class devkit APs (C,) of (N, C) scores/targets, and their mean over classes with positives."""
     _check_inputs(scores, targets)
     if scores.dim() != 2:
-        raise ValueError(f"expected (N, C) scores and targets, got shape {tuple(scores.shape)}")
+        raise InputError(f"expected (N, C) scores and targets, got shape {tuple(scores.shape)}")
     per_class = _per_class_ap(scores, targets)
     return per_class, torch.nanmean(per_class).item()
 
@@ -117,7 +119,7 @@ class VOCAveragePrecision(Metric):
     def __init__(self, num_classes: int, **kwargs) -> None:
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise InputError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("targets", default=[], dist_reduce_fx="cat")
@@ -125,7 +127,7 @@ class VOCAveragePrecision(Metric):
     def update(self, scores: Tensor, targets: Tensor) -> None:
         _check_inputs(scores, targets)
         if scores.dim() != 2 or scores.shape[1] != self.num_classes:
-            raise ValueError(f"expected (N, {self.num_classes}) scores and targets, "
+            raise InputError(f"expected (N, {self.num_classes}) scores and targets, "
                              f"got shape {tuple(scores.shape)}")
         self.scores.append(scores.detach())
         self.targets.append(targets.detach())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from zf_lightning.models.alexnet import alexnet
 from zf_lightning.models.convnet import PaperConvNet
 from zf_lightning.models.zfnet import zfnet
+from zf_lightning.utils.errors import InputError
 
 ARCHITECTURES = {"zfnet": zfnet, "alexnet": alexnet}
 
@@ -12,5 +13,5 @@ ARCHITECTURES = {"zfnet": zfnet, "alexnet": alexnet}
 def build_network(arch: str, **options) -> PaperConvNet:
     """Build a network by name, e.g. `build_network("zfnet", num_classes=10, fc_widths=[2048, 2048])`."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown model architecture {arch!r}; available: {sorted(ARCHITECTURES)}")
+        raise InputError(f"unknown model architecture {arch!r}; available: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch](**options)

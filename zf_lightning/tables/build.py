@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from zf_lightning.tables.results import COMPLETED, FAILED, RunRecord
+from zf_lightning.utils.errors import InputError
 
 PAPER_FILE = Path(__file__).with_name("paper.yaml")
 FORMATS = ("md", "tex", "csv")
@@ -81,7 +82,7 @@ def _table_spec(name: str, entry: dict[str, Any]) -> TableSpec:
     for row in entry["rows"]:
         paper = row.get("paper") or [None] * len(columns)
         if len(paper) != len(columns):
-            raise ValueError(f"paper.yaml: {name} row {row['key']!r} has {len(paper)} paper numbers for {len(columns)} columns")
+            raise InputError(f"paper.yaml: {name} row {row['key']!r} has {len(paper)} paper numbers for {len(columns)} columns")
         rows.append(Row(
             key=str(row["key"]), label=row["label"], metric=row.get("metric"),
             paper={column.key: parse_paper_value(value) for column, value in zip(columns, paper)},

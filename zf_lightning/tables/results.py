@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from zf_lightning.utils.errors import InputError
+
 SUMMARY_FILE = "summary.json"  # as written by zf_lightning.cli.common.run_with_summary
 HYDRA_DIR = ".hydra"
 # Folders of a run that never hold another run; not walked into.
@@ -66,7 +68,7 @@ def read_summary(path: Path) -> RunRecord:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+            raise InputError("not a JSON object")
     except (OSError, ValueError) as error:
         record = incomplete_run(path.parent)
         record.error = f"unreadable {SUMMARY_FILE}: {error}"

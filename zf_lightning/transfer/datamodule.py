@@ -8,7 +8,12 @@ import torch
 from torch.utils.data import Dataset
 
 from zf_lightning.data.base import ImageClassificationDataModule
-from zf_lightning.data.image_files import BadImageLog, ReadableSubset, check_on_bad_image
+from zf_lightning.data.image_files import (
+    BadImageLog,
+    ReadableSubset,
+    check_on_bad_image,
+)
+from zf_lightning.utils.errors import InputError
 
 CALTECH = ("caltech101", "caltech256")
 DATASETS = (*CALTECH, "voc2012")
@@ -21,7 +26,7 @@ def mean_image_from_checkpoint(path: str | Path) -> torch.Tensor:
     checkpoint = load_checkpoint(path, "data.mean_image_checkpoint")
     found = [value["mean_image"] for value in checkpoint.values() if isinstance(value, dict) and "mean_image" in value]
     if not found:
-        raise ValueError(f"checkpoint {path} holds no mean image (trained with data.preset=torchvision?)")
+        raise InputError(f"checkpoint {path} holds no mean image (trained with data.preset=torchvision?)")
     return found[0]
 
 
@@ -61,7 +66,7 @@ class TransferDataModule(ImageClassificationDataModule):
         **kwargs,
     ) -> None:
         if dataset not in DATASETS:
-            raise ValueError(f"data.dataset must be one of {list(DATASETS)}, got {dataset!r}")
+            raise InputError(f"data.dataset must be one of {list(DATASETS)}, got {dataset!r}")
         super().__init__(num_classes=num_classes, **kwargs)
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_image_log = Path(bad_image_log).expanduser() if bad_image_log else None
@@ -88,7 +93,7 @@ class TransferDataModule(ImageClassificationDataModule):
             return dataset_by_name(self.dataset, self.root, split="train", transform=transform, **self._bad_images())
         dataset = dataset_by_name(self.dataset, self.root, transform=transform, **self._bad_images())
         if len(dataset.classes) != self.num_classes:
-            raise ValueError(f"{self.dataset} at {self.root} has {len(dataset.classes)} classes but data.num_classes={self.num_classes}")
+            raise InputError(f"{self.dataset} at {self.root} has {len(dataset.classes)} classes but data.num_classes={self.num_classes}")
         return dataset
 
     def _make_split(self, full):

@@ -14,7 +14,12 @@ import torchvision
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from zf_lightning.data.image_files import BadImageLog, FolderSkipBadImages, SkipBadImages
+from zf_lightning.data.image_files import (
+    BadImageLog,
+    FolderSkipBadImages,
+    SkipBadImages,
+)
+from zf_lightning.utils.errors import InputError, MissingInputError
 
 CALTECH101_EXCLUDED = ("BACKGROUND_Google",)  # not an object class; the paper's 101 classes leave it out
 CALTECH256_EXCLUDED = ("257.clutter",)  # the background class; the paper's 256 classes leave it out
@@ -73,15 +78,15 @@ class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         if (root / cls.categories).is_dir():  # a common slip: passing the dataset folder itself
             hint = f" {root / cls.categories} exists: root must be the folder that contains {cls.folder}/{cls.categories}."
         problem = f"root {root} does not exist" if not root.is_dir() else f"{categories_dir} does not exist"
-        raise FileNotFoundError(f"{cls.name}: {problem}. {cls.layout(root)}{hint}")
+        raise MissingInputError(f"{cls.name}: {problem}. {cls.layout(root)}{hint}")
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         folders = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
         classes = [c for c in folders if c not in self.excluded]
         if not classes:
-            raise FileNotFoundError(f"{self.name}: no class folders in {directory}. {self.layout(self.dataset_root)}")
+            raise MissingInputError(f"{self.name}: no class folders in {directory}. {self.layout(self.dataset_root)}")
         if self.expected_num_classes is not None and len(classes) != self.expected_num_classes:
-            raise ValueError(f"{self.name}: expected {self.expected_num_classes} class folders in {directory} "
+            raise InputError(f"{self.name}: expected {self.expected_num_classes} class folders in {directory} "
                              f"(not counting {', '.join(self.excluded)}) but found {len(classes)}.")
         return classes, {c: i for i, c in enumerate(classes)}
 
@@ -94,7 +99,7 @@ class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
                 empty.append(class_dir)
             samples.extend((os.path.join(class_dir, f), label) for f in files)
         if empty:
-            raise FileNotFoundError(f"{self.name}: no images ({', '.join(IMG_EXTENSIONS)}) in class folder(s): "
+            raise MissingInputError(f"{self.name}: no images ({', '.join(IMG_EXTENSIONS)}) in class folder(s): "
                                     f"{', '.join(empty)}. {self.layout(self.dataset_root)}")
         return samples
 
@@ -143,16 +148,16 @@ class VOC2012Classification(SkipBadImages, Dataset):
     def check_layout(cls, root: str | Path, image_set: str = "train") -> Path:
         """The VOC2012 folder; ValueError for an unknown image set, FileNotFoundError naming a missing path."""
         if image_set not in VOC_IMAGE_SETS:
-            raise ValueError(f"PASCAL VOC 2012: unknown image_set {image_set!r}; expected one of {VOC_IMAGE_SETS}.")
+            raise InputError(f"PASCAL VOC 2012: unknown image_set {image_set!r}; expected one of {VOC_IMAGE_SETS}.")
         root = Path(root).expanduser()
         voc = root / "VOCdevkit" / "VOC2012"
         if not root.is_dir():
-            raise FileNotFoundError(f"PASCAL VOC 2012: root {root} does not exist. {cls.layout(root)}")
+            raise MissingInputError(f"PASCAL VOC 2012: root {root} does not exist. {cls.layout(root)}")
         for path in (voc, voc / "Annotations", voc / "JPEGImages", voc / "ImageSets" / "Main"):
             if not path.is_dir():
-                raise FileNotFoundError(f"PASCAL VOC 2012: {path} does not exist. {cls.layout(root)}")
+                raise MissingInputError(f"PASCAL VOC 2012: {path} does not exist. {cls.layout(root)}")
         if not (voc / "ImageSets" / "Main" / f"{image_set}.txt").is_file():
-            raise FileNotFoundError(f"PASCAL VOC 2012: image set file {voc / 'ImageSets' / 'Main' / f'{image_set}.txt'} "
+            raise MissingInputError(f"PASCAL VOC 2012: image set file {voc / 'ImageSets' / 'Main' / f'{image_set}.txt'} "
                                     f"does not exist. {cls.layout(root)}")
         return voc
 
@@ -162,12 +167,12 @@ class VOC2012Classification(SkipBadImages, Dataset):
         list_file = voc_dir / "ImageSets" / "Main" / f"{image_set}.txt"
         image_ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
         if not image_ids:
-            raise ValueError(f"PASCAL VOC 2012: {list_file} lists no image ids.")
+            raise InputError(f"PASCAL VOC 2012: {list_file} lists no image ids.")
         for folder, suffix in (("Annotations", ".xml"), ("JPEGImages", ".jpg")):
             missing = [str(voc_dir / folder / f"{i}{suffix}") for i in image_ids if not (voc_dir / folder / f"{i}{suffix}").is_file()]
             if missing:
                 shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                raise FileNotFoundError(f"PASCAL VOC 2012: {len(missing)} file(s) listed in {list_file} are missing: {shown}")
+                raise MissingInputError(f"PASCAL VOC 2012: {len(missing)} file(s) listed in {list_file} are missing: {shown}")
         return image_ids
 
     @staticmethod
@@ -176,13 +181,13 @@ class VOC2012Classification(SkipBadImages, Dataset):
         try:
             annotation = ET.parse(xml_path).getroot()
         except ET.ParseError as error:
-            raise ValueError(f"PASCAL VOC 2012: cannot parse {xml_path}: {error}") from None
+            raise InputError(f"PASCAL VOC 2012: cannot parse {xml_path}: {error}") from None
         row = [ABSENT] * len(VOC_CLASSES)
         # Direct <object> children only, and their own <name>: a person's <part>s (head, hand, foot) have names too.
         for obj in annotation.findall("object"):
             name = (obj.findtext("name") or "").strip()
             if name not in VOC_CLASSES:
-                raise ValueError(f"PASCAL VOC 2012: {xml_path} has an object of unknown class {name!r}; expected one of {VOC_CLASSES}.")
+                raise InputError(f"PASCAL VOC 2012: {xml_path} has an object of unknown class {name!r}; expected one of {VOC_CLASSES}.")
             difficult = (obj.findtext("difficult") or "0").strip() == "1"  # a few VOC2012 objects have no <difficult>
             c = VOC_CLASSES.index(name)
             if not difficult:
@@ -215,4 +220,4 @@ def dataset_by_name(name: str, root: str | Path, split: str | None = None, trans
         return Caltech256(root, transform=transform, **bad_images)
     if name == "voc2012":
         return VOC2012Classification(root, image_set=split or "train", transform=transform, **bad_images)
-    raise ValueError(f"Unknown transfer dataset {name!r}; expected one of {DATASETS}.")
+    raise InputError(f"Unknown transfer dataset {name!r}; expected one of {DATASETS}.")

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zf_lightning.models.layers import PaperLayers
+from zf_lightning.utils.errors import InputError, InputTypeError
 from zf_lightning.utils.io import atomic_write_npz
 from zf_lightning.utils.modes import evaluating
 
@@ -46,9 +47,9 @@ class BlockFeatures:
     def __init__(self, net: nn.Module, layers: Sequence[int] = FEATURE_LAYERS, grid: int = 6) -> None:
         features, classifier = getattr(net, "features", None), getattr(net, "classifier", None)
         if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Sequential):
-            raise TypeError(f"BlockFeatures needs a network with `features` and `classifier` nn.Sequential, got {type(net).__name__}")
+            raise InputTypeError(f"BlockFeatures needs a network with `features` and `classifier` nn.Sequential, got {type(net).__name__}")
         if grid < 1:
-            raise ValueError(f"grid must be >= 1, got {grid}")
+            raise InputError(f"grid must be >= 1, got {grid}")
         numbering = PaperLayers(net)
         # A conv layer's block ends just before the next conv (after its pooling and normalisation); a dense
         # layer's at its ReLU.
@@ -56,7 +57,7 @@ class BlockFeatures:
         ends.update({layer.number: (layer.part, layer.rectified) for layer in numbering.dense})
         missing = [int(layer) for layer in layers if int(layer) not in ends]
         if missing or not layers:
-            raise ValueError(f"layers {missing or list(layers)} are not in this network; expected some of {sorted(ends)} "
+            raise InputError(f"layers {missing or list(layers)} are not in this network; expected some of {sorted(ends)} "
                              f"({numbering.describe()})")
         self.net, self.grid = net, grid
         self.layers = sorted({int(layer) for layer in layers})
@@ -124,7 +125,7 @@ def make_classifier(kind: str, regularisation: float = 1.0, seed: int = 0):
     elif kind == "softmax":
         model = LogisticRegression(C=regularisation, max_iter=2000, random_state=seed)
     else:
-        raise ValueError(f"classifier must be one of {list(CLASSIFIERS)}, got {kind!r}")
+        raise InputError(f"classifier must be one of {list(CLASSIFIERS)}, got {kind!r}")
     return make_pipeline(StandardScaler(), model)
 
 

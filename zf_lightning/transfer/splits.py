@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.validation import check_int
 
 
@@ -33,11 +34,11 @@ def per_class_split(targets: Sequence[int], train_per_class: int, seed: int,
         check_int(max_test_per_class, "max_test_per_class", 1)
     labels = np.asarray(targets)
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise ValueError(f"targets must be a non-empty 1-D sequence of class indices >= 0, got {labels.dtype} of shape {labels.shape}")
+        raise InputError(f"targets must be a non-empty 1-D sequence of class indices >= 0, got {labels.dtype} of shape {labels.shape}")
     classes, counts = np.unique(labels, return_counts=True)
     too_small = [f"class {c} has {n}" for c, n in zip(classes, counts) if n < train_per_class + 1]
     if too_small:
-        raise ValueError(f"train_per_class={train_per_class} needs at least {train_per_class + 1} images per class "
+        raise InputError(f"train_per_class={train_per_class} needs at least {train_per_class + 1} images per class "
                          f"(one left for testing): {'; '.join(too_small)}")
     train, test = [], []
     for c in classes:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from zf_lightning.utils.errors import InputError, MissingInputError
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ZF_CACHE_DIR", Path.home() / ".cache" / "zf_lightning"))
@@ -66,9 +68,9 @@ def check_checkpoint(path: str | Path, what: str = "ckpt_path") -> Path:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what}={str(path)!r}: no such checkpoint file")
+        raise MissingInputError(f"{what}={str(path)!r}: no such checkpoint file")
     if not zipfile.is_zipfile(path):
-        raise ValueError(
+        raise InputError(
             f"{what}={str(path)!r} is not a complete checkpoint ({path.stat().st_size} bytes, no zip end record): "
             "truncated by a kill or an interrupted copy? Use another checkpoint, e.g. the run's previous last.ckpt"
         )
@@ -83,7 +85,7 @@ def load_checkpoint(path: str | Path, what: str = "ckpt_path") -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(
+        raise InputError(
             f"{what}={str(path)!r} needs arbitrary Python objects to load, which could run code: refused "
             f"(checkpoints are loaded with weights_only=True). Torch said: {str(error).splitlines()[0]}"
         ) from None

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from zf_lightning.utils.errors import InputError
+
 
 def as_int(value: Any) -> int | None:
     """`value` as an int if it is an integer (int, numpy integer, 0-d integer tensor) but not a bool, else None."""
@@ -23,7 +25,7 @@ def check_int(value: Any, name: str, minimum: int = 1, unit: str = "") -> int:
     """`value` as an int >= `minimum`, or a ValueError: "`name` must be an int >= `minimum` (unit), got ..."."""
     number = as_int(value)
     if number is None or number < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}{f' ({unit})' if unit else ''}, got {value!r}")
+        raise InputError(f"{name} must be an int >= {minimum}{f' ({unit})' if unit else ''}, got {value!r}")
     return number
 
 
@@ -32,5 +34,5 @@ def int_pair(value: Any, name: str) -> tuple[int, int]:
     values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     numbers = [as_int(v) for v in values]
     if len(numbers) != 2 or any(number is None for number in numbers):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise InputError(f"{name} must be an int or a pair of ints, got {value!r}")
     return numbers[0], numbers[1]  # type: ignore[return-value]

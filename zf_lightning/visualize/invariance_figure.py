@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from zf_lightning.analysis.invariance import TRANSFORMATIONS, InvarianceResult
+from zf_lightning.utils.errors import InputError
 
 X_LABELS = {
     "translation": "Vertical translation (pixels)",
@@ -27,20 +28,20 @@ def build_invariance_figure(
     kinds = [kind for kind in TRANSFORMATIONS if kind in results]
     unknown = sorted(set(results) - set(TRANSFORMATIONS))
     if not kinds or unknown:
-        raise ValueError(
+        raise InputError(
             f"invariance_figure: results must have keys from {TRANSFORMATIONS}, got {sorted(results)}"
         )
     layers = results[kinds[0]].layers
     batch = results[kinds[0]].true_class_prob.shape[0]
     for kind in kinds:
         if results[kind].layers != layers or results[kind].true_class_prob.shape[0] != batch:
-            raise ValueError(
+            raise InputError(
                 f"invariance_figure: all results must share layers {layers} and {batch} images; "
                 f"{kind!r} has layers {results[kind].layers} and {results[kind].true_class_prob.shape[0]} images"
             )
     labels = list(image_labels) if image_labels is not None else [f"image {b}" for b in range(batch)]
     if len(labels) != batch:
-        raise ValueError(f"invariance_figure: got {len(labels)} image_labels for {batch} images; expected one per image")
+        raise InputError(f"invariance_figure: got {len(labels)} image_labels for {batch} images; expected one per image")
 
     columns = len(layers) + 1
     figure, axes = plt.subplots(len(kinds), columns, figsize=(4.2 * columns, 3.4 * len(kinds)), squeeze=False)

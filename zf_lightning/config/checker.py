@@ -1,20 +1,21 @@
-"""Structured schemas of the main config groups, checked at start-up, before any data is read or directory made.
+"""The check of a composed config against the schemas, run at start-up before any data is read or directory made.
 
-    from zf_lightning.config.schema import ConfigError, validate_config
+    from zf_lightning.config.checker import ConfigError, validate_config
     validate_config(cfg)        # raises ConfigError listing every problem, each with its full dotted key
 
-What is checked (only the groups a config has, so every app can share it):
+What is checked, for every entry point (its schema in `config.schemas.APPS`, found from Hydra's config name or the
+config's `task_name`):
 
-- keys: a misspelled key anywhere in `model`, `data`, `trainer`, `callbacks.*` and `logger.*` is refused, with
-  the allowed keys and the closest one. Nodes with a `_target_` allow the parameters of what they instantiate
-  (base classes included where it passes **kwargs on, W&B's `wandb.init` options for the W&B logger);
-  `model.net` allows the options of `zf_lightning.models.build_network`. An unknown top-level key that is one
-  typo away from a known one (`trainr`) is refused too; other new top-level keys (`+notes=...`) are allowed.
-- types: the fields declared in the dataclasses below (an int where an int is expected, a list of ints, ...).
+- keys: a misspelled key anywhere is refused, with the allowed keys and the closest one: at the top level
+  (each app's own keys, its groups and the shared `TopSchema`), in the app's own nodes (`occlusion`, `images`, ...),
+  in `model`, `data`, `trainer`, `paths`, `callbacks.*` and `logger.*`. Nodes with a `_target_` allow the
+  parameters of what they instantiate (base classes included where it passes **kwargs on, W&B's `wandb.init`
+  options for the W&B logger); `model.net` allows the options of `zf_lightning.models.build_network`.
+- types: the fields declared in the schemas (an int where an int is expected, a list of ints, ...).
 - values: `model.net.arch` among the registered architectures, learning rate > 0, momentum and weight decay
   >= 0, width multiplier > 0, dropout in [0, 1), snapshot epochs strictly increasing and >= 1, a global
   `data.batch_size` that divides across `trainer.devices` x `trainer.num_nodes`, choices such as
-  `data.preset` or `model.net.norm_position`, ...
+  `data.preset`, `split` or `method`, ...
 
 Values that cannot be resolved yet (`${hydra:runtime.output_dir}` before the run starts, `???` mandatory
 values) are skipped: the app itself reports those when it reads them.
@@ -33,26 +34,44 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from zf_lightning.config.fields import Closed, Targeted
+from zf_lightning.config.schemas import (
+    APP_OF_TASK,
+    APPS,
+    CALLBACK_SCHEMAS,
+    DataSchema,
+    GenericTargetSchema,
+    ImagesSchema,
+    LoggerSchema,
+    ModelSchema,
+    PathsSchema,
+    TopSchema,
+    TrainerSchema,
+)
+from zf_lightning.utils.errors import InputError
 
 try:  # Hydra's callback base class (hydra-core >= 1.1)
     from hydra.experimental.callback import Callback as _HydraCallback
 except ImportError:  # pragma: no cover
     _HydraCallback = object
 
-__all__ = ["ConfigError", "ValidateConfig", "validate_config", "config_problems", "allowed_keys"]
+__all__ = ["ConfigError", "ValidateConfig", "allowed_keys", "app_of", "config_problems", "validate_config"]
 
 # Keys Hydra's instantiate understands on any node.
 HYDRA_KEYS = frozenset({"_target_", "_recursive_", "_convert_", "_partial_", "_args_"})
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 MAX_REPORTED_JOBS = 5
+# The shared groups an app may compose, and their schemas (callbacks and logger are groups of named entries).
+GROUP_SCHEMAS: dict[str, type] = {"model": ModelSchema, "data": DataSchema, "trainer": TrainerSchema, "paths": PathsSchema,
+                                  "images": ImagesSchema}
+ENTRY_GROUPS = frozenset({"callbacks", "logger"})
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that cannot run; `problems` lists each one, starting with its full dotted key."""
 
     def __init__(self, problems: list[str], header: str | None = None) -> None:
@@ -62,335 +81,6 @@ class ConfigError(ValueError):
         super().__init__(f"{header}:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
-# --------------------------------------------------------------------------------------------- value checks
-# A check takes a value of the right type and returns what is wrong with it, or None.
-
-
-def _choices(source: Callable[[], Iterable[Any]]) -> Callable[[Any], str | None]:
-    def check(value):
-        allowed = list(source())
-        return None if value in allowed else f"must be one of {allowed}"
-
-    return check
-
-
-def _at_least(bound: float) -> Callable[[Any], str | None]:
-    return lambda value: None if value >= bound else f"must be >= {bound}"
-
-
-def _positive(value) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def _probability(value) -> str | None:
-    return None if 0 <= value < 1 else "must be in [0, 1)"
-
-
-def _open_unit(value) -> str | None:
-    return None if 0 < value < 1 else "must be in (0, 1)"
-
-
-def _all_at_least(bound: int) -> Callable[[Any], str | None]:
-    def check(values):
-        bad = [v for v in values if v < bound]
-        return f"every entry must be >= {bound}, got {bad}" if bad else None
-
-    return check
-
-
-def _length(n: int, what: str) -> Callable[[Any], str | None]:
-    return lambda values: None if len(values) == n else f"must give {n} numbers ({what}), got {len(values)}"
-
-
-def _snapshot_epochs(epochs) -> str | None:
-    increasing = all(a < b for a, b in zip(epochs, epochs[1:]))
-    if epochs and increasing and min(epochs) >= 1:
-        return None
-    return "must be a non-empty, strictly increasing list of 1-based epochs (ints >= 1, no duplicates), e.g. [1, 2, 5, 10]"
-
-
-def _conv_layers(layers) -> str | None:
-    bad = [layer for layer in layers if not 1 <= layer <= 5]
-    return f"unknown layer(s) {bad}; allowed values: the conv layers 1..5" if bad else None
-
-
-def _removable_layers(layers) -> str | None:
-    from zf_lightning.models.convnet import REMOVABLE_LAYERS
-
-    bad = [layer for layer in layers if layer not in REMOVABLE_LAYERS]
-    return f"layer(s) {bad} cannot be removed; allowed values: {list(REMOVABLE_LAYERS)} (conv3, conv4, fc6, fc7)" if bad else None
-
-
-def _devices(value) -> str | None:
-    if isinstance(value, int) and (value == -1 or value >= 1):
-        return None
-    if isinstance(value, str) or (isinstance(value, list) and value and all(v >= 0 for v in value)):
-        return None
-    return "must be a number of devices >= 1, -1 (all), 'auto', or a non-empty list of device ids"
-
-
-def spec(*checks: Callable[[Any], str | None], doc: str = "") -> Any:
-    """A schema field: its type is the annotation, `checks` test its value (the default is never used)."""
-    return field(default=None, metadata={"checks": checks, "doc": doc})
-
-
-def _architectures():
-    from zf_lightning.models.registry import ARCHITECTURES
-
-    return sorted(ARCHITECTURES)
-
-
-def _norm_positions():
-    from zf_lightning.models.convnet import NORM_POSITIONS
-
-    return NORM_POSITIONS
-
-
-def _transfer_modes():
-    from zf_lightning.models.classifier import TRANSFER_MODES
-
-    return TRANSFER_MODES
-
-
-def _tasks():
-    from zf_lightning.models.classifier import TASKS
-
-    return TASKS
-
-
-def _presets():
-    from zf_lightning.data.transforms import PRESETS
-
-    return list(PRESETS)
-
-
-def _decodes():
-    from zf_lightning.data.datamodules import DECODE
-
-    return list(DECODE)
-
-
-def _datasets():
-    from zf_lightning.transfer.datamodule import DATASETS
-
-    return list(DATASETS)
-
-
-def _evolution_methods():
-    from zf_lightning.callbacks.evolution import METHODS
-
-    return list(METHODS)
-
-
-# ------------------------------------------------------------------------------------------------- schemas
-
-
-class Closed:
-    """A node whose keys are exactly the dataclass fields."""
-
-
-class Targeted:
-    """A node with a `_target_`: its keys are the target's parameters (less `drop_keys`, plus `extra_keys`);
-    the dataclass fields type-check those of them that are present."""
-
-    drop_keys: typing.ClassVar[frozenset[str]] = frozenset()
-    extra_keys: typing.ClassVar[frozenset[str]] = frozenset()
-
-
-@dataclass
-class NetSchema(Closed):
-    """`model.net`: the options of `zf_lightning.models.build_network` (zfnet / alexnet / PaperConvNet)."""
-
-    arch: str = spec(_choices(_architectures))
-    num_classes: int = spec(_at_least(1))
-    input_size: int = spec(_at_least(1))
-    conv_widths: list[int] | None = spec(_length(5, "maps of conv1-5"), _all_at_least(1))
-    fc_widths: list[int] = spec(_length(2, "units of fc6 and fc7"), _all_at_least(1))
-    removed_layers: list[int] = spec(_removable_layers)
-    local_response_norm: bool = spec()
-    norm_position: str = spec(_choices(_norm_positions))
-    width_multiplier: float = spec(_positive)
-    dropout: float = spec(_probability)
-    init_std: float | None = spec(_positive)
-    lrn: dict[str, float] | None = spec()
-    in_channels: int = spec(_at_least(1))
-
-
-@dataclass
-class OptimizerSchema(Targeted):
-    """`model.optimizer`: a torch optimizer; its `params` come from the model."""
-
-    drop_keys = frozenset({"params"})
-    lr: float = spec(_positive)
-    momentum: float = spec(_at_least(0))
-    dampening: float = spec(_at_least(0))
-    weight_decay: float = spec(_at_least(0))
-    nesterov: bool = spec()
-
-
-@dataclass
-class SchedulerSchema(Targeted):
-    """`model.lr_scheduler`: a torch scheduler of the optimizer, plus the metric it watches (`monitor`)."""
-
-    drop_keys = frozenset({"optimizer"})
-    extra_keys = frozenset({"monitor"})
-    monitor: str = spec()
-    mode: str = spec(_choices(lambda: ["min", "max"]))
-    factor: float = spec(_open_unit)
-    patience: int = spec(_at_least(0))
-    cooldown: int = spec(_at_least(0))
-    threshold: float = spec(_at_least(0))
-    threshold_mode: str = spec(_choices(lambda: ["rel", "abs"]))
-    min_lr: float | list[float] = spec()
-    gamma: float = spec(_positive)
-    step_size: int = spec(_at_least(1))
-
-
-@dataclass
-class TransferSchema(Closed):
-    mode: str = spec(_choices(_transfer_modes))
-    checkpoint: str | None = spec()
-
-
-@dataclass
-class ModelSchema(Targeted):
-    """`model`: the LightningModule (`zf_lightning.models.ImageClassifier`)."""
-
-    net: NetSchema = spec()
-    optimizer: OptimizerSchema = spec()
-    lr_scheduler: SchedulerSchema | None = spec()
-    filter_rms_radius: float | None = spec(_positive)
-    transfer: TransferSchema | None = spec()
-    task: str = spec(_choices(_tasks))
-    channels_last: bool = spec()
-    compile: Any = spec()
-
-
-@dataclass
-class DataSchema(Targeted):
-    """`data`: the fields the datamodules share, and those of each (checked where present)."""
-
-    num_classes: int = spec(_at_least(1))
-    batch_size: int = spec(_at_least(1))
-    num_workers: int = spec(_at_least(0))
-    preset: str = spec(_choices(_presets))
-    resize_size: int = spec(_at_least(1))
-    image_size: int = spec(_at_least(1))
-    crop_size: int = spec(_at_least(1))
-    ten_crop_test: bool = spec()
-    mean_image_max_images: int | None = spec(_at_least(1))
-    cache_dir: str | None = spec()
-    pin_memory: bool = spec()
-    persistent_workers: bool = spec()
-    train_per_class: int = spec(_at_least(1))
-    val_per_class: int = spec(_at_least(1))
-    test_per_class: int = spec(_at_least(1))
-    seed: int = spec()
-    root: str = spec()
-    decode: str = spec(_choices(_decodes))
-    dataset: str = spec(_choices(_datasets))
-    split_seed: int = spec(_at_least(0))
-    max_test_per_class: int | None = spec(_at_least(1))
-    mean_image_checkpoint: str | None = spec()
-
-
-@dataclass
-class TrainerSchema(Targeted):
-    """`trainer`: `lightning.pytorch.Trainer`'s arguments (the common ones typed)."""
-
-    accelerator: str = spec()
-    strategy: Any = spec()
-    devices: Union[int, str, list[int]] = spec(_devices)
-    num_nodes: int = spec(_at_least(1))
-    precision: Union[int, str, None] = spec()
-    fast_dev_run: Union[bool, int] = spec()
-    max_epochs: int | None = spec(_at_least(-1))
-    min_epochs: int | None = spec(_at_least(0))
-    max_steps: int = spec(_at_least(-1))
-    limit_train_batches: Union[int, float, None] = spec(_at_least(0))
-    limit_val_batches: Union[int, float, None] = spec(_at_least(0))
-    limit_test_batches: Union[int, float, None] = spec(_at_least(0))
-    check_val_every_n_epoch: int | None = spec(_at_least(1))
-    log_every_n_steps: int | None = spec(_at_least(0))
-    accumulate_grad_batches: int = spec(_at_least(1))
-    gradient_clip_val: Union[int, float, None] = spec(_at_least(0))
-    deterministic: Union[bool, str, None] = spec()
-    benchmark: bool | None = spec()
-    sync_batchnorm: bool = spec()
-    num_sanity_val_steps: int | None = spec(_at_least(-1))
-    default_root_dir: str | None = spec()
-    enable_checkpointing: bool | None = spec()
-    enable_progress_bar: bool | None = spec()
-    enable_model_summary: bool | None = spec()
-
-
-@dataclass
-class FeatureEvolutionSchema(Targeted):
-    """`callbacks.feature_evolution` (`zf_lightning.callbacks.evolution.FeatureEvolution`)."""
-
-    output_dir: str | None = spec()
-    snapshot_epochs: list[int] = spec(_snapshot_epochs)
-    layers: list[int] | None = spec(_conv_layers)
-    maps_per_layer: int = spec(_at_least(1))
-    seed: int = spec()
-    maps: dict[int, list[int]] | None = spec()
-    method: str = spec(_choices(_evolution_methods))
-    cell_size: int = spec(_at_least(1))
-    log_key: str = spec()
-
-
-@dataclass
-class ModelCheckpointSchema(Targeted):
-    dirpath: str | None = spec()
-    filename: str | None = spec()
-    monitor: str | None = spec()
-    mode: str = spec(_choices(lambda: ["min", "max"]))
-    save_top_k: int = spec(_at_least(-1))
-    every_n_epochs: int | None = spec(_at_least(0))
-    save_last: Union[bool, str, None] = spec()
-    auto_insert_metric_name: bool = spec()
-    enable_version_counter: bool = spec()
-
-
-@dataclass
-class GenericTargetSchema(Targeted):
-    """Any other `_target_` node (callbacks, loggers): its keys are checked, not their types."""
-
-
-@dataclass
-class LoggerSchema(Targeted):
-    save_dir: str | None = spec()
-    name: str | None = spec()
-    version: Union[int, str, None] = spec()
-    offline: bool = spec()
-    project: str | None = spec()
-    tags: list[str] | None = spec()
-    log_model: Union[bool, str] = spec()
-
-
-@dataclass
-class TopSchema:
-    """Top-level keys shared by the apps (others are allowed, unless one typo away from a known key)."""
-
-    task_name: str = spec()
-    run_name: str | None = spec()
-    group: str | None = spec()
-    tags: list[str] | None = spec()
-    job_type: str | None = spec()
-    seed: int | None = spec()
-    ckpt_path: str | None = spec()
-    train: bool = spec()
-    test: bool = spec()
-
-
-# The schema of a `_target_` node by what it instantiates (first match), else GenericTargetSchema.
-CALLBACK_SCHEMAS = {
-    "zf_lightning.callbacks.evolution.FeatureEvolution": FeatureEvolutionSchema,
-    "lightning.pytorch.callbacks.ModelCheckpoint": ModelCheckpointSchema,
-}
-
-
-# ------------------------------------------------------------------------------------------- the checker
 
 _UNRESOLVED = object()
 
@@ -642,22 +332,6 @@ def _callback_schema(target: str) -> type:
     return GenericTargetSchema
 
 
-@functools.lru_cache(maxsize=1)
-def _known_top_level_keys() -> frozenset[str]:
-    """Top-level keys and groups of every app's primary config (conf/*.yaml) and the group folders."""
-    from zf_lightning.config import config_dir
-
-    root = Path(config_dir())
-    keys = {path.name for path in root.iterdir() if path.is_dir()}
-    for path in root.glob("*.yaml"):
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception:
-            continue
-        keys |= {str(key) for key in loaded.keys() if key != "defaults"}
-    return frozenset(keys | {f.name for f in dataclasses.fields(TopSchema)})
-
-
 def _world_size(trainer: DictConfig) -> tuple[int, str] | None:
     """Processes the global batch is split over, when the config says (not `auto` / -1)."""
     devices = _value(trainer, "devices") if "devices" in trainer else 1
@@ -679,38 +353,50 @@ def _world_size(trainer: DictConfig) -> tuple[int, str] | None:
     return devices * nodes, f"trainer.devices x trainer.num_nodes = {devices} x {nodes}"
 
 
-def config_problems(cfg: DictConfig) -> list[str]:
+def app_of(cfg: DictConfig, app: str | None = None) -> str | None:
+    """The entry point of `cfg` (a key of `APPS`): `app` if given, else Hydra's config name, else its task_name."""
+    if app is not None:
+        return app
+    name = OmegaConf.select(cfg, "hydra.job.config_name", default=None) if "hydra" in cfg else None
+    if name in APPS:
+        return name
+    task = cfg.get("task_name") if isinstance(cfg, DictConfig) else None
+    return APP_OF_TASK.get(task) if isinstance(task, str) else None
+
+
+def config_problems(cfg: DictConfig, app: str | None = None) -> list[str]:
     """Every problem of `cfg` (a composed app config, with or without its `hydra` node), as messages."""
     check = _Checker()
     keys = [key for key in _keys(cfg) if key != "hydra"]
-
+    entry = APPS.get(app_of(cfg, app) or "")
     top_fields = {f.name: f for f in dataclasses.fields(TopSchema)}
-    known = _known_top_level_keys()
-    for key in keys:
+    own = {f.name: f for f in dataclasses.fields(entry.fields)} if entry else {}
+    groups = entry.groups if entry else frozenset(GROUP_SCHEMAS) | ENTRY_GROUPS
+    allowed = sorted({*top_fields, *own, *groups})
+    order = ["model", "data", "trainer", "paths", "images", "callbacks", "logger"]  # problems in this order, after the app's own
+    for key in sorted(keys, key=lambda k: order.index(k) + 1 if k in order else 0):
         if key in top_fields:
             check.field(cfg, key, _hints(TopSchema)[key], top_fields[key].metadata.get("checks", ()), str(key))
-        elif key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.8)
-            if close:
-                here = sorted(str(k) for k in keys if k in known)
-                check.add(f"{key}: unknown top-level key (did you mean {close[0]!r}?); this config's keys: {', '.join(here)}")
+        elif key in own:
+            check.field(cfg, key, _hints(entry.fields)[key], own[key].metadata.get("checks", ()), str(key))
+        elif key in groups:
+            node = _node(cfg, key)
+            if key in ENTRY_GROUPS:
+                check.entries(node, key, _callback_schema if key == "callbacks" else (lambda target: LoggerSchema))
+            elif isinstance(node, DictConfig) and (key not in ("model", "data") or "_target_" in node):
+                check.node(node, GROUP_SCHEMAS[key], key)
+        elif entry is not None:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            check.add(f"{key}: unknown top-level key{hint}; {entry.command} takes: {', '.join(allowed)}")
 
-    if "model" in keys and isinstance(_node(cfg, "model"), DictConfig) and "_target_" in cfg.model:
-        check.node(_node(cfg, "model"), ModelSchema, "model")
-    if "data" in keys and isinstance(_node(cfg, "data"), DictConfig) and "_target_" in cfg.data:
-        check.node(_node(cfg, "data"), DataSchema, "data")
+    if "data" in keys and "data" in groups and isinstance(_node(cfg, "data"), DictConfig) and "_target_" in cfg.data:
         data = cfg.data
         crop = _value(data, "crop_size") if "crop_size" in data else _UNRESOLVED
         resize_key = "resize_size" if "resize_size" in data else "image_size" if "image_size" in data else None
         resize = _value(data, resize_key) if resize_key else _UNRESOLVED
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (crop, resize)) and crop > resize:
             check.add(f"data.crop_size={crop}: must not exceed data.{resize_key}={resize} (crops are cut from the resized image)")
-    if "trainer" in keys and isinstance(_node(cfg, "trainer"), DictConfig):
-        check.node(_node(cfg, "trainer"), TrainerSchema, "trainer")
-    if "callbacks" in keys:
-        check.entries(_node(cfg, "callbacks"), "callbacks", _callback_schema)
-    if "logger" in keys:
-        check.entries(_node(cfg, "logger"), "logger", lambda target: LoggerSchema)
 
     # the global batch is split evenly over the processes
     if "data" in keys and "trainer" in keys and isinstance(_node(cfg, "trainer"), DictConfig) and isinstance(_node(cfg, "data"), DictConfig):
@@ -727,9 +413,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
     return check.problems
 
 
-def validate_config(cfg: DictConfig) -> DictConfig:
-    """Check `cfg` against the schemas; raise ConfigError naming every problem. Returns `cfg` unchanged."""
-    problems = config_problems(cfg)
+def validate_config(cfg: DictConfig, app: str | None = None) -> DictConfig:
+    """Check `cfg` against the schemas (of entry point `app`, see `app_of`); raise ConfigError naming every
+    problem. Returns `cfg` unchanged."""
+    problems = config_problems(cfg, app)
     if problems:
         raise ConfigError(problems)
     return cfg
