@@ -66,8 +66,8 @@ def test_top9_guided_method_and_random_maps_are_seeded(tiny_checkpoint, tmp_path
         (["+maps={1:[99]}"], ValueError, r"map\(s\) \[99\] of layer 1 out of range: it has 12 maps"),
         (["layers=[1]", "+maps={2:[0]}"], ValueError, r"maps are listed for layer\(s\) \[2\], which are not among the layers \[1\]"),
         (["data.num_classes=5"], ValueError, "has 10 classes but data.num_classes=5"),
-        (["split=holdout"], ValueError, r"split must be one of \['train', 'val', 'test'\]"),
-        (["method=lrp"], ValueError, "method must be one of"),
+        (["split=holdout"], ValueError, r"split='holdout': must be one of \['train', 'val', 'test'\]"),
+        (["method=lrp"], ValueError, "method='lrp': must be one of"),
     ],
 )
 def test_top9_bad_input_fails_before_writing_figures(tiny_checkpoint, tmp_path, overrides, error, match):
@@ -113,7 +113,7 @@ def test_filter_statistics_counts_dead_filters():
 
 
 def test_filters_errors(tiny_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="ckpt_paths is empty"):
+    with pytest.raises(ValueError, match=r"ckpt_paths=\[\]: must list at least one checkpoint"):
         filters(compose_config("visualize_filters", tmp_path / "a", ["ckpt_paths=[]", "~logger"]))
     missing = tmp_path / "missing.ckpt"
     cfg = compose_config("visualize_filters", tmp_path / "b", [f"ckpt_paths=[{tiny_checkpoint},{missing}]", "~logger"])

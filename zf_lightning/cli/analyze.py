@@ -11,6 +11,7 @@ to W&B. Every input (checkpoint, images, labels, boxes) is checked before any an
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,9 +33,11 @@ from zf_lightning.cli.common import (
     log_images,
     output_dir_of,
     resolve_device,
-    run_with_summary,
+    run_app,
+    run_summary,
 )
 from zf_lightning.config import config_dir
+from zf_lightning.config.checker import validate_config
 from zf_lightning.data.user_images import UserImages
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_bytes, atomic_write_npz
@@ -163,6 +166,7 @@ def occlusion_rows(result, images: AnalysisImages) -> list[dict[str, Any]]:
 
 def occlusion(cfg: DictConfig) -> dict[str, Any]:
     """Fig. 7: occlusion maps (b)-(e) for each image."""
+    validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
     import pandas as pd
 
     from zf_lightning.analysis.occlusion import OcclusionSensitivity
@@ -171,7 +175,7 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
     output_dir = output_dir_of(cfg)
     settings = cfg.occlusion
 
-    def body() -> dict[str, Any]:
+    with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
         model, datamodule, images = load_model_and_images(cfg)
@@ -191,20 +195,21 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
             frame = pd.DataFrame(rows)
             csv = _write_csv(frame, output_dir / "occlusion.csv")
             _publish(loggers, {"occlusion/figure": png}, {"occlusion/images": frame.astype({"classes_in_map": str})})
-        return {
+        summary.update({
             "checkpoint": str(cfg.ckpt_path),
             "num_images": len(images.names),
             "label_source": images.label_source,
             "positions": [len(result.rows), len(result.cols)],
             "images": rows,
             "files": {"png": str(png), "npz": str(npz), "csv": str(csv)},
-        }
+        })
 
-    return run_with_summary(cfg, body)
+    return summary
 
 
 def invariance(cfg: DictConfig) -> dict[str, Any]:
     """Fig. 5: feature distances and p(correct class) under vertical translation, scale and rotation."""
+    validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
     import pandas as pd
 
     from zf_lightning.analysis.invariance import (
@@ -217,7 +222,7 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
     output_dir = output_dir_of(cfg)
     settings = cfg.invariance
 
-    def body() -> dict[str, Any]:
+    with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
         kinds = list(settings.transformations or [])
@@ -251,16 +256,16 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
             }
             for kind, result in results.items()
         }
-        return {
+        summary.update({
             "checkpoint": str(cfg.ckpt_path),
             "num_images": len(images.names),
             "label_source": images.label_source,
             "layers": list(engine.layers),
             "curves": curves,
             "files": {"png": str(png), "npz": str(npz), "csv": str(csv)},
-        }
+        })
 
-    return run_with_summary(cfg, body)
+    return summary
 
 
 def part_boxes_in_input(boxes_file, images: AnalysisImages, datamodule) -> tuple[list[int], list[dict]]:
@@ -294,13 +299,14 @@ def part_boxes_in_input(boxes_file, images: AnalysisImages, datamodule) -> tuple
 
 def correspondence(cfg: DictConfig) -> dict[str, Any]:
     """The paper's correspondence table: how consistently occluding a part changes layers 5 and 7."""
+    validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
     from zf_lightning.analysis.correspondence import Correspondence
     from zf_lightning.visualize.correspondence_figure import correspondence_figure
 
     output_dir = output_dir_of(cfg)
     settings = cfg.correspondence
 
-    def body() -> dict[str, Any]:
+    with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
         if settings.boxes is None:
@@ -321,7 +327,7 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
             markdown = result.to_markdown(per_pair=settings.per_pair)
             atomic_write_bytes(markdown.encode(), output_dir / "correspondence.md")
             _publish(loggers, {"correspondence/figure": png}, {"correspondence/table": frame})
-        return {
+        summary.update({
             "checkpoint": str(cfg.ckpt_path),
             "images": names,
             "parts": result.parts,
@@ -330,9 +336,9 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
             "table": frame.to_dict(orient="records"),
             "markdown": markdown,
             "files": {"png": str(png), "npz": str(npz), "csv": str(csv), "markdown": str(output_dir / "correspondence.md")},
-        }
+        })
 
-    return run_with_summary(cfg, body)
+    return summary
 
 
 COMMANDS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
@@ -343,11 +349,15 @@ COMMANDS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        given = sys.argv[1] if len(sys.argv) > 1 else "nothing"
-        sys.exit(f"usage: zf-analyze {{{','.join(COMMANDS)}}} [hydra overrides]; got {given}")
-    command = sys.argv.pop(1)
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name=f"analyze_{command}")(COMMANDS[command])()
+    command = sys.argv.pop(1) if len(sys.argv) > 1 else ""
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        sys.exit(f"zf-analyze: error: the command is one of {', '.join(COMMANDS)}, got {command or 'nothing'}{hint}; "
+                 f"usage: zf-analyze {{{','.join(COMMANDS)}}} [hydra overrides]")
+    task = COMMANDS[command]
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name=f"analyze_{command}")(
+        lambda cfg: run_app(cfg, task, f"zf-analyze {command}"))()
 
 
 if __name__ == "__main__":

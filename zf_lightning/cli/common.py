@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from zf_lightning.utils.errors import InputError
+from zf_lightning.utils.errors import InputError, user_error_in
 from zf_lightning.utils.io import atomic_write_json
 from zf_lightning.utils.secrets import redact_secrets
 
@@ -126,8 +127,10 @@ def metrics_as_floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {name: float(value) for name, value in sorted(metrics.items())}
 
 
-def run_with_summary(cfg: DictConfig, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run `body`, then write `summary.json` (status, metrics, resolved config) whether it worked or failed."""
+@contextmanager
+def run_summary(cfg: DictConfig) -> Iterator[dict[str, Any]]:
+    """The run's `summary.json` (status, metrics, resolved config), written when the block ends, whether it
+    completed, failed or was stopped; the block fills the dict it is given."""
     output_dir = output_dir_of(cfg)
     started = time.time()
     summary: dict[str, Any] = {
@@ -140,9 +143,8 @@ def run_with_summary(cfg: DictConfig, body: Callable[[], dict[str, Any]]) -> dic
         "config": redact_secrets(OmegaConf.to_container(cfg, resolve=True)),
     }
     try:
-        summary.update(body())
+        yield summary
         summary["status"] = "completed"
-        return summary
     except BaseException as error:
         # Interrupted (a stop signal, with a checkpoint to continue from) is not failed: the run is not over.
         summary["status"] = "interrupted" if isinstance(error, SystemExit) else "failed"
@@ -153,6 +155,51 @@ def run_with_summary(cfg: DictConfig, body: Callable[[], dict[str, Any]]) -> dic
         summary["duration_s"] = round(time.time() - started, 2)
         if is_global_zero():  # one summary per run, not one per DDP rank
             atomic_write_json(redact_secrets(summary), output_dir / SUMMARY_FILE)  # error texts and overrides too
+
+
+def run_app(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], command: str) -> dict[str, Any]:
+    """Run an entry point's task as its Hydra main does: say where the outputs go when it starts, and which were
+    written when it ends. A user error (a bad config or input: `utils.errors.UserError`, also when Hydra wrapped
+    it) ends the process with its message on one line and exit status 2, without a traceback (HYDRA_FULL_ERROR=1
+    shows it); in a multirun it goes to Hydra, which fails that job and goes on with the others. Programming
+    errors keep their traceback."""
+    output_dir = output_dir_of(cfg)
+    started = time.time()
+    if is_global_zero():
+        print(f"{command}: writing to {output_dir}", flush=True)
+    try:
+        summary = task(cfg)
+    except Exception as error:
+        user = user_error_in(error)
+        if user is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
+            raise
+        print(f"{command}: error: {user}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if is_global_zero():
+        print(f"{command}: wrote {output_dir}: {', '.join(written_since(output_dir, started)) or 'nothing'}", flush=True)
+    return summary
+
+
+def written_since(directory: Path, started: float) -> list[str]:
+    """The entries of `directory` written since `started` (folders with their number of new files), Hydra's own
+    bookkeeping and the log left out."""
+    written = []
+    for entry in sorted(Path(directory).iterdir()) if Path(directory).is_dir() else []:
+        if entry.name == ".hydra" or entry.suffix == ".log":
+            continue
+        if entry.is_dir():
+            new = [path for path in entry.rglob("*") if path.is_file() and path.stat().st_mtime >= started]
+            if new:
+                written.append(f"{entry.name}/ ({len(new)} file{'s' if len(new) != 1 else ''})")
+        elif entry.stat().st_mtime >= started:
+            written.append(entry.name)
+    return written
+
+
+def _in_multirun() -> bool:
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _overrides() -> list[str]:

@@ -17,19 +17,23 @@ from zf_lightning.cli.common import (
     log_config,
     metrics_as_floats,
     output_dir_of,
-    run_with_summary,
+    run_app,
+    run_summary,
 )
 from zf_lightning.config import config_dir
+from zf_lightning.config.checker import validate_config
 from zf_lightning.utils.errors import MissingInputError
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test a checkpoint on the data's test split; the metrics go to summary.json and the loggers."""
+    validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
     ckpt_path = Path(cfg.ckpt_path)
     if not ckpt_path.is_file():
         raise MissingInputError(f"ckpt_path={str(ckpt_path)!r}: no such checkpoint file")
     output_dir = output_dir_of(cfg)
 
-    def body() -> dict[str, Any]:
+    with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         model, datamodule = load_checkpoint_with_data(ckpt_path, cfg.data)
         loggers = instantiate_loggers(cfg, output_dir, resume=False)
@@ -40,14 +44,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         finally:
             finish_loggers(trainer.loggers)
         test = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
-        return {"checkpoint": str(ckpt_path), "ten_crop": bool(getattr(datamodule, "ten_crop_test", False)), "test": test}
+        summary.update({"checkpoint": str(ckpt_path), "ten_crop": bool(getattr(datamodule, "ten_crop_test", False)), "test": test})
 
-    return run_with_summary(cfg, body)
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    run_app(cfg, evaluate, "zf-eval")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@ from zf_lightning.cli.common import (
     job_loggers,
     output_dir_of,
     resolve_device,
-    run_with_summary,
+    run_app,
+    run_summary,
 )
 from zf_lightning.config import config_dir
+from zf_lightning.config.checker import validate_config
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_bytes, check_checkpoint
 
@@ -42,6 +44,8 @@ def parse_rows(rows) -> list[tuple[str, int]]:
 
 
 def feature_analysis(cfg: DictConfig) -> dict[str, Any]:
+    """The feature-analysis table of one split: every (classifier, layer) row, scored on the split's test images."""
+    validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
     import pandas as pd
 
     from zf_lightning.models import ImageClassifier
@@ -57,7 +61,7 @@ def feature_analysis(cfg: DictConfig) -> dict[str, Any]:
     output_dir = output_dir_of(cfg)
     rows = parse_rows(cfg.rows)
 
-    def body() -> dict[str, Any]:
+    with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         if cfg.data.dataset not in CALTECH:
             raise InputError(f"the feature analysis runs on {list(CALTECH)}, got data.dataset={cfg.data.dataset!r}")
@@ -85,7 +89,7 @@ def feature_analysis(cfg: DictConfig) -> dict[str, Any]:
             for logger in loggers:
                 logger.log_metrics({f"test/{r.name}": r.accuracy for r in results})
             finish_loggers(loggers)
-        return {
+        summary.update({
             "checkpoint": str(cfg.ckpt_path),
             "dataset": datamodule.dataset,
             "train_per_class": datamodule.train_per_class,
@@ -94,14 +98,14 @@ def feature_analysis(cfg: DictConfig) -> dict[str, Any]:
             "feature_cache": {"file": str(cache_file), "hit": hit},
             "test": {f"test/{r.name}": r.accuracy for r in results},
             "files": {"csv": str(csv)},
-        }
+        })
 
-    return run_with_summary(cfg, body)
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="features")
 def main(cfg: DictConfig) -> None:
-    feature_analysis(cfg)
+    run_app(cfg, feature_analysis, "zf-features")
 
 
 if __name__ == "__main__":

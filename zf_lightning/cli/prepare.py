@@ -13,11 +13,13 @@ import argparse
 import os
 import sys
 
+from zf_lightning.cli.arguments import ArgumentParser
+
 EXIT_USAGE = 2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="zf-prepare",
         description="Write a copy of an image tree with every image's short side resized to --size (never upscaled), "
                     "same relative paths, so that training decodes smaller files. Resumable.",

@@ -14,11 +14,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from zf_lightning.cli.arguments import ArgumentParser
+
 EXIT_USAGE = 2
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="zf-tables",
         description="Rebuild the paper's tables (2-7) from the summary.json files of runs, or from W&B.",
     )

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.callbacks.fault_tolerance import CheckpointOnSignal
 from zf_lightning.callbacks.loggers import LOGGED_ROWS
@@ -26,7 +26,8 @@ from zf_lightning.cli.common import (
     log_config,
     metrics_as_floats,
     output_dir_of,
-    run_with_summary,
+    run_app,
+    run_summary,
 )
 from zf_lightning.config import config_dir
 from zf_lightning.config.checker import validate_config
@@ -143,7 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path is None:
         refuse_to_overwrite(output_dir)
 
-    def body() -> dict[str, Any]:
+    with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
@@ -185,16 +186,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise
         finally:
             finish_loggers(trainer.loggers, status, error)
-        return result
+        summary.update(result)
 
-    return run_with_summary(cfg, body)
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    summary = train(cfg)
-    # Returned for Hydra sweepers that optimise a metric.
-    return summary.get("best", {}).get("val/top5_err")
+    summary = run_app(cfg, train, "zf-train")
+    return monitored_value(summary, cfg)
+
+
+def monitored_value(summary: dict[str, Any], cfg: DictConfig) -> float | None:
+    """The best value of the metric the config's model checkpoint monitors: what a Hydra sweeper optimises."""
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor", default=None)
+    return summary.get("best", {}).get(monitor) if monitor else None
 
 
 if __name__ == "__main__":

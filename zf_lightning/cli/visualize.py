@@ -9,6 +9,7 @@ work as for zf-train.
 
 from __future__ import annotations
 
+import difflib
 import sys
 import time
 from collections.abc import Callable
@@ -29,17 +30,18 @@ from zf_lightning.cli.common import (
     log_images,
     output_dir_of,
     resolve_device,
-    run_with_summary,
+    run_app,
+    run_summary,
 )
 from zf_lightning.config import config_dir
-from zf_lightning.deconv import METHODS, Deconvnet
+from zf_lightning.config.checker import validate_config
+from zf_lightning.deconv import Deconvnet
 from zf_lightning.deconv.maps import choose_maps
 from zf_lightning.deconv.topk import (
     find_top_activations,
     project_all_top_activations,
     project_top_activations,
 )
-from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_npz
 from zf_lightning.visualize.figures import (
     blocks_grid,
@@ -53,11 +55,10 @@ from zf_lightning.visualize.figures import (
 
 def top9(cfg: DictConfig) -> dict[str, Any]:
     """Fig. 2: the top-k activations of the chosen maps over a split, their projections and patches."""
+    validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
     output_dir = output_dir_of(cfg)
-    if cfg.method not in METHODS:
-        raise InputError(f"method must be one of {list(METHODS)}, got {cfg.method!r}")
 
-    def body() -> dict[str, Any]:
+    with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
         model, datamodule = load_checkpoint_with_data(cfg.ckpt_path, cfg.data)
@@ -97,16 +98,16 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
         project_s = time.perf_counter() - started
         log_images(loggers, pngs)
         finish_loggers(loggers)
-        return {
+        summary.update({
             "checkpoint": str(cfg.ckpt_path),
             "split": cfg.split,
             "num_images": len(dataset),
             "method": cfg.method,
             "layers": layers,
             "timing_s": {"scan": round(scan_s, 3), "project": round(project_s, 3)},
-        }
+        })
 
-    return run_with_summary(cfg, body)
+    return summary
 
 
 def _indexed_batches(loader: DataLoader, device: torch.device):
@@ -130,14 +131,11 @@ def filter_statistics(weight: torch.Tensor) -> dict[str, float]:
 
 def filters(cfg: DictConfig) -> dict[str, Any]:
     """Fig. 6: layer-1 filters of one or more checkpoints side by side, and their layer-2 projections."""
+    validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
     output_dir = output_dir_of(cfg)
-    ckpt_paths = [str(path) for path in (cfg.ckpt_paths or [])]
-    if not ckpt_paths:
-        raise InputError("ckpt_paths is empty: give one or more checkpoints, e.g. ckpt_paths=[alexnet.ckpt,zfnet.ckpt]")
-    if cfg.method not in METHODS:
-        raise InputError(f"method must be one of {list(METHODS)}, got {cfg.method!r}")
+    ckpt_paths = [str(path) for path in cfg.ckpt_paths]
 
-    def body() -> dict[str, Any]:
+    with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
         # Load and check every checkpoint before drawing anything.
@@ -175,27 +173,30 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
         npz = atomic_write_npz(arrays, output_dir / "filters.npz")
         log_images(loggers, pngs)
         finish_loggers(loggers)
-        return {
+        summary.update({
             "checkpoints": ckpt_paths,
             "titles": titles,
             "layer1": stats,
             "png": {key: str(path) for key, path in pngs.items()},
             "npz": str(npz),
-        }
+        })
 
-    return run_with_summary(cfg, body)
+    return summary
 
 
 COMMANDS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"top9": top9, "filters": filters}
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        given = sys.argv[1] if len(sys.argv) > 1 else "nothing"
-        sys.exit(f"usage: zf-visualize {{{','.join(COMMANDS)}}} [hydra overrides]; got {given}")
-    command = sys.argv.pop(1)
+    command = sys.argv.pop(1) if len(sys.argv) > 1 else ""
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        sys.exit(f"zf-visualize: error: the command is one of {', '.join(COMMANDS)}, got {command or 'nothing'}{hint}; "
+                 f"usage: zf-visualize {{{','.join(COMMANDS)}}} [hydra overrides]")
     task = COMMANDS[command]
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name=f"visualize_{command}")(task)()
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name=f"visualize_{command}")(
+        lambda cfg: run_app(cfg, task, f"zf-visualize {command}"))()
 
 
 if __name__ == "__main__":

@@ -31,10 +31,11 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, Union
+from typing import Any, Literal, NoReturn, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -469,18 +470,24 @@ def validate_sweep(config: DictConfig) -> None:
 class ValidateConfig(_HydraCallback):
     """Hydra callback: checks the config before Hydra creates the run (or sweep) directory.
 
-    Hydra turns exceptions raised by callbacks into warnings, so a bad config ends the process here with
-    SystemExit (exit status 1, the problems on stderr).
+    Hydra turns exceptions raised by callbacks into warnings, so a bad config ends the process here: the problems
+    on stderr, after the command's name, and exit status 2, as the entry points report any other bad input.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             validate_config(config)
         except ConfigError as error:
-            raise SystemExit(f"Error: {error}") from None
+            _exit(config, error)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             validate_sweep(config)
         except ConfigError as error:
-            raise SystemExit(f"Error: {error}") from None
+            _exit(config, error)
+
+
+def _exit(config: DictConfig, error: ConfigError) -> NoReturn:
+    app = APPS.get(app_of(config) or "")
+    print(f"{app.command if app else 'error'}: error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
