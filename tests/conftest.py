@@ -1,28 +1,25 @@
-"""Compose the real Hydra configs with tmp output dirs, as `zf-train` would, without a subprocess."""
+"""Fixtures shared by the tests; the helpers they use are in tests/helpers/."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from zf_lightning.config import config_dir
+from tests.helpers.configs import TINY, compose_config
 
-# Small enough for a 2-core CPU: quarter of a quarter width, few images, no worker processes.
-TINY = [
-    "model.net.width_multiplier=0.125",
-    "data.train_per_class=20",
-    "data.val_per_class=4",
-    "data.test_per_class=4",
-    "data.batch_size=20",
-    "data.num_workers=0",
-    "~callbacks.progress_bar",
-]
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped on a machine without a CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -34,36 +31,12 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     GlobalHydra.instance().clear()
 
 
-def compose_config(name: str, output_dir: Path, overrides: list[str] = ()) -> DictConfig:
-    """The config `zf-<name>` would run with these overrides, writing into `output_dir`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(
-            config_name=name,
-            overrides=[f"paths.log_dir={output_dir.parent / 'logs'}", *overrides],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as hydra.main hands it to the task
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
-
-
 @pytest.fixture
 def compose_train(tmp_path):
     def make(overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
         return compose_config("train", output_dir or tmp_path / "run", [*TINY, *overrides])
 
     return make
-
-
-def cli_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for running the console scripts in a subprocess with outputs under tmp_path."""
-    return {**os.environ, "ZF_LOG_DIR": str(tmp_path / "logs"), "WANDB_SILENT": "true"}
 
 
 def _train_tiny(tmp_path_factory, name: str, overrides: list[str] = ()) -> Path:
@@ -87,17 +60,3 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def tiny_alexnet_checkpoint(tmp_path_factory) -> Path:
     """The same for AlexNet (11x11/4 first layer)."""
     return _train_tiny(tmp_path_factory, "tiny_alexnet", ["model=alexnet"])
-
-
-def wandb_run_bytes(run_dir: Path, needle: bytes, timeout: float = 30.0) -> bytes:
-    """The offline W&B run file under `run_dir`, once it holds `needle`: W&B's service process writes it
-    asynchronously and, on a loaded machine, can still be writing after `finish()` returned."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        found = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-        data = found[0].read_bytes() if found else b""
-        if needle in data or time.monotonic() > deadline:
-            return data
-        time.sleep(0.5)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import compose_config, wandb_run_bytes
+from tests.helpers.configs import compose_config, wandb_run_bytes
 from zf_lightning.cli.analyze import correspondence, invariance, occlusion
 from zf_lightning.cli.common import load_checkpoint_with_data
 

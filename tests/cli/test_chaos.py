@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import cli_env
+from tests.helpers.configs import cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 # The built-in default run (CSV + offline W&B, feature evolution, progress bar, loader workers), made tiny:
@@ -34,7 +35,7 @@ RUN = [
     "model.net.width_multiplier=0.125", "data.train_per_class=20", "data.val_per_class=4", "data.test_per_class=4",
     "data.batch_size=20", "trainer.max_epochs=2", "trainer.deterministic=true",
 ]
-PHASES = "+callbacks.phases._target_=tests.cli.fault_injection.AnnouncePhases"
+PHASES = "+callbacks.phases._target_=tests.helpers.fault_injection.AnnouncePhases"
 pytestmark = pytest.mark.slow
 
 
@@ -137,17 +138,20 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
+def uninterrupted(tmp_path_factory) -> Iterator[Path]:
     import wandb
 
     # As from a notebook or a driver script that uses W&B: the runs inherit its service (WANDB_SERVICE), which
-    # outlives a killed run and still holds its stream when the run resumes.
-    wandb.setup()
+    # outlives a killed run and still holds its stream when the run resumes. Torn down after this module, so that
+    # later tests of this process start W&B with their own settings.
+    wandb.setup(wandb.Settings(mode="offline", silent=True))
     assert "WANDB_SERVICE" in os.environ
     tmp_path = tmp_path_factory.mktemp("uninterrupted")
     process = start(tmp_path / "run", ["data.num_workers=2"], tmp_path / "run.phases", tmp_path)
     assert process.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
-    return tmp_path / "run"
+    yield tmp_path / "run"
+    wandb.teardown()
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 def test_a_run_stopped_at_random_moments_and_resumed_ends_as_the_uninterrupted_run(uninterrupted, tmp_path):

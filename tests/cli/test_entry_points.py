@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env
+from tests.helpers.configs import cli_env
 from zf_lightning.cli import analyze, evaluate, features, prepare, tables, train, visualize
 
 HYDRA_APPS = {"zf-train": train.main, "zf-eval": evaluate.main, "zf-visualize": visualize.main, "zf-analyze": analyze.main,

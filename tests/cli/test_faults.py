@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, cli_env
+from tests.helpers.configs import TINY, cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 # 10 classes x 20 images, batch 20: 10 steps per epoch, 20 in all. Deterministic, so that runs can be compared.
@@ -30,7 +30,7 @@ def zf_train(args: list[str], run_dir: Path, tmp_path: Path) -> subprocess.Compl
 
 
 def fault(callback: str, **kwargs) -> list[str]:
-    return [f"+callbacks.fault._target_=tests.cli.fault_injection.{callback}", *(f"+callbacks.fault.{k}={v}" for k, v in kwargs.items())]
+    return [f"+callbacks.fault._target_=tests.helpers.fault_injection.{callback}", *(f"+callbacks.fault.{k}={v}" for k, v in kwargs.items())]
 
 
 def load(path: Path) -> dict:

@@ -17,7 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from tests.conftest import TINY, cli_env, compose_config
+from tests.helpers.configs import TINY, cli_env, compose_config
 from zf_lightning.config import config_dir
 from zf_lightning.cli.evaluate import evaluate
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import cli_env
-from tests.transfer.fake_trees import make_voc2012
+from tests.helpers.configs import cli_env
+from tests.helpers.fake_trees import make_voc2012
 from zf_lightning.config import config_dir
 
 

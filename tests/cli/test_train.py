@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from tests.conftest import TINY, cli_env, compose_config
+from tests.helpers.configs import TINY, cli_env, compose_config
 from zf_lightning.cli.evaluate import evaluate
 from zf_lightning.config.checker import ConfigError
 from zf_lightning.cli.train import train

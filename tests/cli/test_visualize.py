@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import compose_config
+from tests.helpers.configs import compose_config
 from zf_lightning.cli.common import load_checkpoint_with_data
 from zf_lightning.cli.visualize import filter_statistics, filters, top9
 from zf_lightning.deconv import Deconvnet

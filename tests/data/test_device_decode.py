@@ -14,8 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.data.test_bad_images import TRAIN, make_bad_imagenet
-from tests.data.test_input_pipeline import _save, photo_like
+from tests.helpers.images import TRAIN, make_bad_imagenet, photo_like, save_image
 from zf_lightning.data.datamodules import ImageNetDataModule
 from zf_lightning.data.device_decode import DeviceDecoder, PrepareForDevice, collate_for_device
 from zf_lightning.data.image_files import read_for_device
@@ -58,10 +57,10 @@ def test_jpeg_frame_reads_the_header_and_refuses_what_the_device_does_not_decode
 
 def test_the_worker_sends_bytes_only_for_whole_baseline_rgb_jpegs(tmp_path):
     image = photo_like(300, 260)
-    baseline = _save(tmp_path / "baseline.JPEG", image, quality=90)
-    progressive = _save(tmp_path / "progressive.JPEG", image, quality=90, progressive=True)
-    gray = _save(tmp_path / "gray.JPEG", image.convert("L"), quality=90)
-    small = _save(tmp_path / "small.JPEG", photo_like(200, 150), quality=90)
+    baseline = save_image(tmp_path / "baseline.JPEG", image, quality=90)
+    progressive = save_image(tmp_path / "progressive.JPEG", image, quality=90, progressive=True)
+    gray = save_image(tmp_path / "gray.JPEG", image.convert("L"), quality=90)
+    small = save_image(tmp_path / "small.JPEG", photo_like(200, 150), quality=90)
     log = BadImageLog(tmp_path / "bad.jsonl")
     encoded = read_for_device(baseline, log=log, min_size=224)
     assert isinstance(encoded, EncodedJPEG) and encoded.data.dtype == torch.uint8
@@ -78,7 +77,7 @@ def _tree(root: Path) -> Path:
     for split in ("train", "val"):
         for i, wnid in enumerate(WNIDS):
             for j, size in enumerate(sizes):
-                _save(root / split / wnid / f"{wnid}_{j}.JPEG", photo_like(*size, seed=10 * i + j), quality=90, progressive=j == 3)
+                save_image(root / split / wnid / f"{wnid}_{j}.JPEG", photo_like(*size, seed=10 * i + j), quality=90, progressive=j == 3)
     return root
 
 
@@ -146,7 +145,7 @@ def test_bad_files_are_handled_in_the_worker_as_with_torchvision_decoding(tmp_pa
 
 
 def _batch_with_a_file_only_the_header_of_which_is_whole(tmp_path):
-    good = [_save(tmp_path / f"good{i}.JPEG", photo_like(300, 256, seed=i), quality=90) for i in range(3)]
+    good = [save_image(tmp_path / f"good{i}.JPEG", photo_like(300, 256, seed=i), quality=90) for i in range(3)]
     broken = tmp_path / "broken.JPEG"
     broken.write_bytes(_without_segment(good[0].read_bytes(), 0xDB))  # no quantisation tables
     paths = [good[0], broken, good[1], good[2]]

@@ -16,20 +16,11 @@ from zf_lightning.data.datamodules import ImageNetDataModule
 from zf_lightning.data.image_files import BadImageError, BadImageLog, load_rgb, load_rgb_tensor, read_bad_image_log
 from zf_lightning.data.imagenet_folder import ImageNetFolder
 from zf_lightning.data.prepare import PrepareError, list_images, prepare, resized_size
+from tests.helpers.images import photo_like, save_image
 from zf_lightning.data.transforms import paper_base
 
 WNIDS = ["n01440764", "n01443537"]
 
-
-def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
-    """Smooth blobs at a few scales plus a little grain: compresses and resamples like a photograph."""
-    rng = np.random.default_rng(seed)
-    image = np.full((height, width, 3), 128.0, np.float32)
-    for cells, amplitude in ((3, 70.0), (12, 35.0), (48, 15.0)):
-        small = np.clip(rng.normal(0, 1, (max(2, cells * height // width), cells, 3)) * 60 + 128, 0, 255).astype(np.uint8)
-        image += (np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC), np.float32) - 128) * amplitude / 60
-    image += rng.normal(0, 2, image.shape)
-    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
 
 
 def val_crop(image: Image.Image) -> torch.Tensor:
@@ -37,15 +28,10 @@ def val_crop(image: Image.Image) -> torch.Tensor:
     return v2.Compose([paper_base(256), v2.CenterCrop(224)])(image)
 
 
-def _save(path: Path, image: Image.Image, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, **kwargs)
-    return path
-
 
 @pytest.mark.parametrize("size", [(1200, 900), (900, 1200), (800, 600), (2100, 1600), (500, 375)])
 def test_reduced_decoding_gives_the_same_val_crop_up_to_resampling_error(tmp_path, size):
-    path = _save(tmp_path / "a.JPEG", photo_like(*size), quality=90)
+    path = save_image(tmp_path / "a.JPEG", photo_like(*size), quality=90)
     full, reduced = load_rgb(path), load_rgb(path, draft_size=256)
     assert full.size == size
     factor = max(s for s in (1, 2, 4, 8) if min(size) // 256 >= s)
@@ -59,7 +45,7 @@ def test_reduced_decoding_gives_the_same_val_crop_up_to_resampling_error(tmp_pat
 
 @pytest.mark.parametrize("size", [(511, 600), (512, 512), (513, 1000), (1023, 1024), (4000, 3000), (2048, 257), (300, 200)])
 def test_reduced_decoding_never_goes_below_the_resize_size(tmp_path, size):
-    path = _save(tmp_path / "a.jpg", Image.new("RGB", size, (90, 120, 30)), quality=80)
+    path = save_image(tmp_path / "a.jpg", Image.new("RGB", size, (90, 120, 30)), quality=80)
     image = load_rgb(path, draft_size=256)
     assert min(image.size) >= min(256, min(size))
     factor = max(s for s in (1, 2, 4, 8) if max(1, min(size) // 256) >= s)  # as far as min(w, h) // 256 allows
@@ -67,10 +53,10 @@ def test_reduced_decoding_never_goes_below_the_resize_size(tmp_path, size):
 
 
 def test_reduced_decoding_keeps_bad_image_handling(tmp_path):
-    good = _save(tmp_path / "good.JPEG", photo_like(1100, 800), quality=90)
+    good = save_image(tmp_path / "good.JPEG", photo_like(1100, 800), quality=90)
     truncated = tmp_path / "truncated.JPEG"
     truncated.write_bytes(good.read_bytes()[:3000])
-    cmyk = _save(tmp_path / "cmyk.JPEG", Image.new("CMYK", (1100, 800), (10, 20, 30, 40)), quality=90)
+    cmyk = save_image(tmp_path / "cmyk.JPEG", Image.new("CMYK", (1100, 800), (10, 20, 30, 40)), quality=90)
     log = BadImageLog(tmp_path / "bad.jsonl")
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         assert load_rgb(truncated, log=log, draft_size=256) is None
@@ -86,7 +72,7 @@ def _tree(root: Path) -> Path:
     for split in ("train", "val"):
         for i, wnid in enumerate(WNIDS):
             for j, size in enumerate(sizes):
-                _save(root / split / wnid / f"{wnid}_{j}.JPEG", photo_like(*size, seed=10 * i + j), quality=90)
+                save_image(root / split / wnid / f"{wnid}_{j}.JPEG", photo_like(*size, seed=10 * i + j), quality=90)
     return root
 
 
@@ -110,8 +96,8 @@ def test_zf_prepare_copy_gives_the_same_crops_up_to_jpeg_error(tmp_path):
     (src / "train" / WNIDS[0] / "notes.txt").write_text("not an image")
     bad = src / "train" / WNIDS[1] / "bad.JPEG"
     bad.write_bytes(b"not a jpeg")
-    small = _save(src / "val" / WNIDS[0] / "small.png", photo_like(300, 200).convert("L"))
-    large_png = _save(src / "val" / WNIDS[1] / "large.png", photo_like(640, 480))
+    small = save_image(src / "val" / WNIDS[0] / "small.png", photo_like(300, 200).convert("L"))
+    large_png = save_image(src / "val" / WNIDS[1] / "large.png", photo_like(640, 480))
 
     counts = prepare(src, dst, workers=1, progress=False)
     assert (counts.total, counts.resized, counts.copied, counts.bad) == (15, 13, 1, 1)
@@ -175,7 +161,7 @@ def test_zf_prepare_refuses_bad_paths_before_writing(tmp_path, capsys):
 
 @pytest.mark.parametrize("size", [(500, 375), (341, 256), (1200, 900)])
 def test_torchvision_decoding_gives_the_same_pixels_as_pil(tmp_path, size):
-    path = _save(tmp_path / "a.JPEG", photo_like(*size), quality=90)
+    path = save_image(tmp_path / "a.JPEG", photo_like(*size), quality=90)
     tensor = load_rgb_tensor(path)
     assert tensor.dtype == torch.uint8 and tensor.shape == (3, size[1], size[0])
     assert torch.equal(tensor, v2.functional.pil_to_tensor(load_rgb(path)))  # both libjpeg-turbo
@@ -183,11 +169,11 @@ def test_torchvision_decoding_gives_the_same_pixels_as_pil(tmp_path, size):
 
 
 def test_torchvision_decoding_hands_odd_and_bad_files_to_the_pil_path(tmp_path):
-    good = _save(tmp_path / "good.JPEG", photo_like(400, 300), quality=90)
+    good = save_image(tmp_path / "good.JPEG", photo_like(400, 300), quality=90)
     truncated = tmp_path / "truncated.JPEG"
     truncated.write_bytes(good.read_bytes()[:3000])  # libjpeg alone would fill the rest with grey
-    gray = _save(tmp_path / "gray.JPEG", photo_like(400, 300).convert("L"), quality=90)
-    small = _save(tmp_path / "small.JPEG", photo_like(200, 150), quality=90)
+    gray = save_image(tmp_path / "gray.JPEG", photo_like(400, 300).convert("L"), quality=90)
+    small = save_image(tmp_path / "small.JPEG", photo_like(200, 150), quality=90)
     log = BadImageLog(tmp_path / "bad.jsonl")
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         assert load_rgb_tensor(truncated, log=log) is None

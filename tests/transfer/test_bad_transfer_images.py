@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms.functional import pil_to_tensor
 
-from tests.transfer.fake_trees import make_caltech101, make_voc2012
+from tests.helpers.fake_trees import make_caltech101, make_voc2012
 from zf_lightning.data.image_files import BadImageError, ReadableSubset, summarize_bad_images
 from zf_lightning.transfer.datamodule import TransferDataModule
 from zf_lightning.transfer.datasets import VOC2012Classification, dataset_by_name

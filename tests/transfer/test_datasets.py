@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from tests.transfer.fake_trees import make_caltech101, make_caltech256, make_voc2012
+from tests.helpers.fake_trees import make_caltech101, make_caltech256, make_voc2012
 from zf_lightning.transfer.datasets import (
     CALTECH101_EXCLUDED, CALTECH256_EXCLUDED, VOC_CLASSES, Caltech101, Caltech256, VOC2012Classification,
     dataset_by_name,

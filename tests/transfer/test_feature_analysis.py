@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from zf_lightning.testing.tiny_models import lively_tiny_zfnet
-from tests.conftest import compose_config
-from tests.transfer.fake_trees import make_caltech101
+from tests.helpers.configs import compose_config
+from tests.helpers.fake_trees import make_caltech101
 from zf_lightning.analysis.features import LayerFeatures
 from zf_lightning.cli.features import feature_analysis
 from zf_lightning.transfer.feature_analysis import BlockFeatures, cache_key, cached_features, make_classifier, score_rows

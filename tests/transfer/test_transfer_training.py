@@ -11,8 +11,8 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 
-from tests.conftest import compose_config
-from tests.transfer.fake_trees import make_caltech101, make_caltech256, make_voc2012
+from tests.helpers.configs import compose_config
+from tests.helpers.fake_trees import make_caltech101, make_caltech256, make_voc2012
 from zf_lightning.config.checker import ConfigError
 from zf_lightning.cli.train import train
 

@@ -89,7 +89,7 @@ def _each_in(values, allowed) -> str | None:
 
 
 def _evolution_methods():
-    from zf_lightning.callbacks.evolution import METHODS
+    from zf_lightning.deconv.engine import METHODS
 
     return list(METHODS)
 

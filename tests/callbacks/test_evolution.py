@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from tests.conftest import compose_config
+from tests.helpers.configs import compose_config
 from zf_lightning.config.checker import ConfigError
 from zf_lightning.cli.train import train
 from zf_lightning.data import SyntheticDataModule

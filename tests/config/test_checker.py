@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY, cli_env, compose_config
+from tests.helpers.configs import TINY, cli_env, compose_config
 from zf_lightning.config import config_dir
 from zf_lightning.config.checker import ConfigError, ValidateConfig, _sweep_jobs, config_problems, validate_config, validate_sweep
 from zf_lightning.utils.secrets import REDACTED, redact_secrets

@@ -368,7 +368,7 @@ def test_inplace_relus_do_not_corrupt_recorded_masks():
     torch.testing.assert_close(out, Deconvnet(no_inplace).project(images, 3, [2], mode="map", method="gradient"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     net = _zfnet()
     images = torch.randn(2, 3, 64, 64)

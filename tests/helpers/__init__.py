@@ -1,0 +1,1 @@
+"""What the tests share: composing configs, fake dataset trees, image files, fault-injecting callbacks."""

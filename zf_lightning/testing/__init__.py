@@ -1,0 +1,1 @@
+"""What tests and benchmarks share: small networks with lively activations, and independent reference implementations."""
