@@ -40,7 +40,6 @@ import torch
 from torch import nn
 
 from zf_lightning.data.synthetic import SyntheticShapes
-from zf_lightning.models import zfnet
 from zf_lightning.deconv.engine import Deconvnet, cut_windows
 from zf_lightning.deconv.topk import (
     TopActivations,
@@ -48,6 +47,7 @@ from zf_lightning.deconv.topk import (
     project_all_top_activations,
     project_top_activations,
 )
+from zf_lightning.models import zfnet
 
 RTOL = 1e-4
 ATOL_FRACTION = 1e-5  # atol = this x the largest |value| of the baseline window it is compared with
@@ -108,9 +108,13 @@ class Timer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self._sync()
-        self._start, self._cpu_start, self._busy_start = time.perf_counter(), time.process_time(), machine_busy_seconds()
+        self._start, self._cpu_start, self._busy_start = (
+            time.perf_counter(),
+            time.process_time(),
+            machine_busy_seconds(),
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -135,7 +139,9 @@ def machine_busy_seconds() -> float:
 # ------------------------------------------------------------------ data
 def make_images(count: int, seed: int, device: torch.device) -> torch.Tensor:
     """`count` SyntheticShapes images at 224x224 (100 classes), scaled to 0-1, mean image subtracted."""
-    dataset = SyntheticShapes("train", num_classes=100, images_per_class=max(1, -(-count // 100)), image_size=224, seed=seed)
+    dataset = SyntheticShapes(
+        "train", num_classes=100, images_per_class=max(1, -(-count // 100)), image_size=224, seed=seed
+    )
     images = torch.stack([dataset[i][0] for i in range(count)]).float().div_(255)
     images -= images.mean(dim=0, keepdim=True)  # the paper's preprocessing: subtract the mean image
     return images.to(device)
@@ -166,7 +172,9 @@ class _IdentityBackward(torch.autograd.Function):
         return grad, None
 
 
-def dense_deconv(features: nn.Sequential, top_index: int, image: torch.Tensor, map_: int, row: int, col: int) -> torch.Tensor:
+def dense_deconv(
+    features: nn.Sequential, top_index: int, image: torch.Tensor, map_: int, row: int, col: int
+) -> torch.Tensor:
     """Baseline (a): one forward of one image to features[top_index] and one backward over the whole image.
 
     Returns (C, H, W): the deconvnet projection of the activation (map_, row, col), seeded with its value.
@@ -211,7 +219,9 @@ class Check:
     count: int = 0
     all_zero: int = 0  # comparisons where the baseline window is all zero (a dead map there)
     max_rel: float = 0.0
-    max_outside: float | None = None  # largest |gradient| outside the receptive-field window, relative to the window's max
+    max_outside: float | None = (
+        None  # largest |gradient| outside the receptive-field window, relative to the window's max
+    )
     failures: list[str] = field(default_factory=list)
     scales: list[float] = field(default_factory=list)  # least-squares s in expected ~ s * actual
     residual: float = 0.0  # max |expected - s * actual| / max |expected|
@@ -236,11 +246,17 @@ class Check:
         if self.informative:
             verdict = f"differ on {len(self.failures)} (expected, not a failure)" if self.failures else "equal"
             if self.scales:
-                verdict += (f"; least-squares fit: baseline = s x engine with s in [{min(self.scales):.3f}, {max(self.scales):.3f}], "
-                            f"max residual / max |ref| = {self.residual:.2e}")
+                verdict += (
+                    f"; least-squares fit: baseline = s x engine with s in [{min(self.scales):.3f}, {max(self.scales):.3f}], "
+                    f"max residual / max |ref| = {self.residual:.2e}"
+                )
         else:
             verdict = "OK" if not self.failures else f"FAILED on {len(self.failures)}"
-        outside = "" if self.max_outside is None else f"; max |gradient outside the window| / max inside = {self.max_outside:.1e}"
+        outside = (
+            ""
+            if self.max_outside is None
+            else f"; max |gradient outside the window| / max inside = {self.max_outside:.1e}"
+        )
         zero = f" ({self.all_zero} all zero)" if self.all_zero else ""
         return f"{self.name}: {self.count} windows compared{zero}, max |diff| / max |ref| = {self.max_rel:.2e} -> {verdict}{outside}"
 
@@ -260,21 +276,31 @@ def outside_fraction(full: torch.Tensor, top: int, left: int, size: tuple[int, i
 
 # ------------------------------------------------------------------ main
 def subset(top: TopActivations, count: int) -> TopActivations:
-    return TopActivations(top.layer, top.maps[:count], top.values[:count], top.image_index[:count], top.rows[:count], top.cols[:count])
+    return TopActivations(
+        top.layer, top.maps[:count], top.values[:count], top.image_index[:count], top.rows[:count], top.cols[:count]
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=512, help="synthetic 224x224 images scanned for the top-9s (default 512)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--images", type=int, default=512, help="synthetic 224x224 images scanned for the top-9s (default 512)"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--layers", default="1,2,3,4,5", help="conv layers of benchmark 2 (benchmark 1 needs 5)")
-    parser.add_argument("--baseline-sample", type=int, default=32, help="projections per layer the baselines run on (default 32)")
+    parser.add_argument(
+        "--baseline-sample", type=int, default=32, help="projections per layer the baselines run on (default 32)"
+    )
     parser.add_argument("--full", action="store_true", help="run the baselines on every projection (hours on a CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch of the scan (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-captum", action="store_true", help="skip baseline (b)")
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops of the engine on layer 5")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print torch.profiler's top ops of the engine on layer 5"
+    )
     return parser.parse_args(argv)
 
 
@@ -306,16 +332,23 @@ def main(argv=None) -> int:
     with Timer(device) as t_data:
         images = make_images(args.images, args.seed, device)
     print(f"\nmodel: full-size ZFNet (zfnet(1000, input_size=224, init_std=None), seed {args.seed}), eval mode")
-    print(f"data:  {args.images} SyntheticShapes images 224x224, mean image subtracted ({t_data.seconds:.1f} s to generate)")
+    print(
+        f"data:  {args.images} SyntheticShapes images 224x224, mean image subtracted ({t_data.seconds:.1f} s to generate)"
+    )
 
     # ---------------------------------------------------------------- scan
     maps_by_layer = {layer: list(range(deconv.num_maps(layer))) for layer in layers}
     deconv.feature_maps(images[:2], layers)  # warm-up
     with Timer(device) as t_scan:
-        batches = ((images[s : s + args.batch_size], torch.arange(s, min(s + args.batch_size, args.images))) for s in range(0, args.images, args.batch_size))
+        batches = (
+            (images[s : s + args.batch_size], torch.arange(s, min(s + args.batch_size, args.images)))
+            for s in range(0, args.images, args.batch_size)
+        )
         found = find_top_activations(deconv, batches, maps_by_layer, k=9)
     total_projections = sum(top.values.numel() for top in found.values())
-    print(f"scan:  find_top_activations over {args.images} images, layers {layers}: {t_scan.seconds:.1f} s (not part of any ratio)")
+    print(
+        f"scan:  find_top_activations over {args.images} images, layers {layers}: {t_scan.seconds:.1f} s (not part of any ratio)"
+    )
 
     def load_images(indices: list[int]) -> torch.Tensor:
         return images[torch.as_tensor(indices, dtype=torch.long, device=device)]
@@ -343,9 +376,11 @@ def main(argv=None) -> int:
         touched |= set(top.image_index.flatten().tolist())
         zero = int((top.values <= 0).sum())
         field_ = deconv.receptive_field(layer).size
-        print(f"  layer {layer}: {top.values.shape[0]:3d} maps x 9 = {top.values.numel():5d} projections on {field_[0]}x{field_[1]} "
-              f"windows, from {distinct} distinct images ({top.values.numel() / distinct:.1f} per image); "
-              f"{zero} with activation 0; engine {engine_s[layer].seconds:.2f} s")
+        print(
+            f"  layer {layer}: {top.values.shape[0]:3d} maps x 9 = {top.values.numel():5d} projections on {field_[0]}x{field_[1]} "
+            f"windows, from {distinct} distinct images ({top.values.numel() / distinct:.1f} per image); "
+            f"{zero} with activation 0; engine {engine_s[layer].seconds:.2f} s"
+        )
     print(f"  all:     {total_projections} projections touch {len(touched)} distinct images of {args.images}")
 
     # ---------------------------------------------------------------- baselines on a sample
@@ -358,8 +393,10 @@ def main(argv=None) -> int:
         count = len(pool) if args.full else min(args.baseline_sample, len(pool))
         samples[layer] = pool[torch.randperm(len(pool), generator=generator)[:count]].sort().values
     if not args.full:
-        print(f"\nbaselines: {args.baseline_sample} projections per layer drawn at random (seed {args.seed + 1}) among those with "
-              "activation > 0 (their cost does not depend on the value); per-projection time x full count = extrapolated")
+        print(
+            f"\nbaselines: {args.baseline_sample} projections per layer drawn at random (seed {args.seed + 1}) among those with "
+            "activation > 0 (their cost does not depend on the value); per-projection time x full count = extrapolated"
+        )
 
     dense_s: dict[int, Timer] = {}
     dense_check = Check("engine vs (a) dense autograd deconvnet")
@@ -371,15 +408,23 @@ def main(argv=None) -> int:
         flat_maps = top.maps.repeat_interleave(top.values.shape[1]).tolist()
         k = top.values.shape[1]
         n0 = samples[layer][0].item()
-        dense_deconv(features, top_index, images[flat_image[n0]], flat_maps[n0], flat_rows[n0], flat_cols[n0])  # warm-up
+        dense_deconv(
+            features, top_index, images[flat_image[n0]], flat_maps[n0], flat_rows[n0], flat_cols[n0]
+        )  # warm-up
         timer = Timer(device)
         for n in samples[layer].tolist():
             with timer:
-                full = dense_deconv(features, top_index, images[flat_image[n]], flat_maps[n], flat_rows[n], flat_cols[n])
+                full = dense_deconv(
+                    features, top_index, images[flat_image[n]], flat_maps[n], flat_rows[n], flat_cols[n]
+                )
                 top_left = out.window_top.reshape(-1)[n].item(), out.window_left.reshape(-1)[n].item()
                 window = window_of(full, *top_left, field_.size)
-            dense_check.compare(out.projections[n // k, n % k], window, f"layer {layer} map {flat_maps[n]} top-{n % k + 1}")
-            dense_check.max_outside = max(dense_check.max_outside or 0.0, outside_fraction(full, *top_left, field_.size))
+            dense_check.compare(
+                out.projections[n // k, n % k], window, f"layer {layer} map {flat_maps[n]} top-{n % k + 1}"
+            )
+            dense_check.max_outside = max(
+                dense_check.max_outside or 0.0, outside_fraction(full, *top_left, field_.size)
+            )
         dense_s[layer] = timer
 
     captum_timer = None
@@ -391,7 +436,9 @@ def main(argv=None) -> int:
             NeuronDeconvolution = None
             print("\ncaptum is not installed: baseline (b) skipped (pip install -e '.[bench]')")
         if NeuronDeconvolution is not None:
-            captum_timer, captum_checks = run_captum(NeuronDeconvolution, features, deconv, found[5], engine_out[5], samples[5], images, device)
+            captum_timer, captum_checks = run_captum(
+                NeuronDeconvolution, features, deconv, found[5], engine_out[5], samples[5], images, device
+            )
 
     # ---------------------------------------------------------------- table
     rows = []
@@ -422,7 +469,8 @@ def main(argv=None) -> int:
         rows += [b.against(engine) for b in baselines]
         ratios = [b.wall / engine.wall for b in baselines]
         verdicts.append(
-            "benchmark 1 (layer 5): engine " + " and ".join(f"{r:.1f}x faster than {b.what[:3]}" for r, b in zip(ratios, baselines))
+            "benchmark 1 (layer 5): engine "
+            + " and ".join(f"{r:.1f}x faster than {b.what[:3]}" for r, b in zip(ratios, baselines))
             + f"; goal >= {GOALS['layer5']:.0f}x vs both -> {'MET' if min(ratios) >= GOALS['layer5'] else 'MISSED'}"
         )
     rows.append(f"Benchmark 2: the Fig. 2 projection step, every map of layers {','.join(map(str, layers))}")
@@ -431,30 +479,54 @@ def main(argv=None) -> int:
         rows.append(engine.against(engine))
         rows.append(baseline_row(f"(a) dense, layer {layer}", [layer], dense_s).against(engine))
     per_layer = engine_row(f"engine, layers {','.join(map(str, layers))}, layer by layer", layers)
-    engine = Row(f"engine, layers {','.join(map(str, layers))}, one call", per_layer.count, t_all_layers.seconds,
-                 t_all_layers.cpu_seconds, "measured on all; one forward per image")
+    engine = Row(
+        f"engine, layers {','.join(map(str, layers))}, one call",
+        per_layer.count,
+        t_all_layers.seconds,
+        t_all_layers.cpu_seconds,
+        "measured on all; one forward per image",
+    )
     dense = baseline_row(f"(a) dense, layers {','.join(map(str, layers))}", layers, dense_s)
     rows += [per_layer.against(engine), engine.against(engine), dense.against(engine)]
-    rows.append(Row("scan find_top_activations (apart)", args.images, t_scan.seconds, t_scan.cpu_seconds, f"count = images; not in any ratio"))
+    rows.append(
+        Row(
+            "scan find_top_activations (apart)",
+            args.images,
+            t_scan.seconds,
+            t_scan.cpu_seconds,
+            "count = images; not in any ratio",
+        )
+    )
     ratio = dense.wall / engine.wall
     goal_note = "" if layers == [1, 2, 3, 4, 5] else " (the goal is stated for layers 1-5)"
-    verdicts.append(f"benchmark 2 (layers {','.join(map(str, layers))}): engine {ratio:.1f}x faster than (a); "
-                    f"goal >= {GOALS['all']:.0f}x{goal_note} -> {'MET' if ratio >= GOALS['all'] else 'MISSED'}")
+    verdicts.append(
+        f"benchmark 2 (layers {','.join(map(str, layers))}): engine {ratio:.1f}x faster than (a); "
+        f"goal >= {GOALS['all']:.0f}x{goal_note} -> {'MET' if ratio >= GOALS['all'] else 'MISSED'}"
+    )
 
     print()
     print_table(rows)
     print()
-    print("outputs (engine windows vs baseline windows, torch.testing.assert_close, "
-          f"rtol={RTOL:g}, atol={ATOL_FRACTION:g} x max |baseline window|):")
+    print(
+        "outputs (engine windows vs baseline windows, torch.testing.assert_close, "
+        f"rtol={RTOL:g}, atol={ATOL_FRACTION:g} x max |baseline window|):"
+    )
     checks = [dense_check] + captum_checks
     for check in checks:
         print("  " + check.line())
         for failure in [] if check.informative else check.failures[:5]:
             print("    " + failure)
-    timed = {"engine": list(engine_s.values()), "baselines": list(dense_s.values()) + ([captum_timer] if captum_timer else [])}
-    busy = {name: sum(t.other_cpu_seconds for t in ts) / max(1e-9, sum(t.seconds for t in ts)) for name, ts in timed.items()}
-    print(f"other processes kept {busy['engine']:.2f} CPUs busy on average while the engine was timed, {busy['baselines']:.2f} "
-          f"while the baselines were (of {os.cpu_count()}; above ~0.1 the timings are skewed: rerun on a quiet machine)")
+    timed = {
+        "engine": list(engine_s.values()),
+        "baselines": list(dense_s.values()) + ([captum_timer] if captum_timer else []),
+    }
+    busy = {
+        name: sum(t.other_cpu_seconds for t in ts) / max(1e-9, sum(t.seconds for t in ts)) for name, ts in timed.items()
+    }
+    print(
+        f"other processes kept {busy['engine']:.2f} CPUs busy on average while the engine was timed, {busy['baselines']:.2f} "
+        f"while the baselines were (of {os.cpu_count()}; above ~0.1 the timings are skewed: rerun on a quiet machine)"
+    )
     for verdict in verdicts:
         print(verdict)
     ok = all(not check.failures for check in checks if not check.informative)
@@ -478,7 +550,9 @@ def run_captum(NeuronDeconvolution, features, deconv, top, out, sample, images, 
     attribution = NeuronDeconvolution(model, model[top_index])
 
     def captum_window(attr, model_images, n, value, top_left):
-        full = attr.attribute(model_images[flat_image[n]].unsqueeze(0), neuron_selector=(flat_maps[n], flat_rows[n], flat_cols[n]))[0]
+        full = attr.attribute(
+            model_images[flat_image[n]].unsqueeze(0), neuron_selector=(flat_maps[n], flat_rows[n], flat_cols[n])
+        )[0]
         return window_of(full * value, *top_left, field_.size)
 
     def top_left(n):
@@ -487,7 +561,10 @@ def run_captum(NeuronDeconvolution, features, deconv, top, out, sample, images, 
     n0 = sample[0].item()
     captum_window(attribution, images, n0, flat_values[n0], top_left(n0))  # warm-up
     timer = Timer(device)
-    as_is = Check("info: engine vs (b) captum on the real model (LRN: true gradient in captum, identity in the engine)", informative=True)
+    as_is = Check(
+        "info: engine vs (b) captum on the real model (LRN: true gradient in captum, identity in the engine)",
+        informative=True,
+    )
     for n in sample.tolist():
         with timer:
             window = captum_window(attribution, images, n, flat_values[n], top_left(n))
@@ -501,18 +578,30 @@ def run_captum(NeuronDeconvolution, features, deconv, top, out, sample, images, 
     image_index = torch.tensor([flat_image[n] for n in sample.tolist()], device=device)
     maps = torch.tensor([flat_maps[n] for n in sample.tolist()], device=device)
     used, local = torch.unique(image_index, return_inverse=True)
-    activation = plain_deconv.feature_maps(images[used], [5])[5]  # the LRN-free net's own strongest location of each map
+    activation = plain_deconv.feature_maps(images[used], [5])[
+        5
+    ]  # the LRN-free net's own strongest location of each map
     width = activation.shape[3]
     where = activation[local, maps].flatten(1).argmax(dim=1)
     projected = plain_deconv.project_activations(images[used], 5, local, maps, where // width, where % width)
-    check = Check("engine vs (b) captum, LRN -> nn.Identity in both models (the equality check; same sampled images and maps, "
-                  "at the LRN-free net's own strongest location)")
+    check = Check(
+        "engine vs (b) captum, LRN -> nn.Identity in both models (the equality check; same sampled images and maps, "
+        "at the LRN-free net's own strongest location)"
+    )
     for position, n in enumerate(sample.tolist()):
         location = (flat_maps[n], int(where[position] // width), int(where[position] % width))
         full = plain_attr.attribute(images[flat_image[n]].unsqueeze(0), neuron_selector=location)[0]
-        window = window_of(full * projected.values[position].item(), projected.top[position].item(), projected.left[position].item(), field_.size)
+        window = window_of(
+            full * projected.values[position].item(),
+            projected.top[position].item(),
+            projected.left[position].item(),
+            field_.size,
+        )
         check.compare(projected.windows[position], window, f"layer 5 map {flat_maps[n]} at {location[1:]}")
-        check.max_outside = max(check.max_outside or 0.0, outside_fraction(full, projected.top[position].item(), projected.left[position].item(), field_.size))
+        check.max_outside = max(
+            check.max_outside or 0.0,
+            outside_fraction(full, projected.top[position].item(), projected.left[position].item(), field_.size),
+        )
     return timer, [check, as_is]
 
 
@@ -526,8 +615,10 @@ class Row:
     ratio: float | None = None  # wall-clock seconds / the engine's
     cpu_ratio: float | None = None
 
-    def against(self, engine: "Row") -> "Row":
-        return Row(self.what, self.count, self.wall, self.cpu, self.note, self.wall / engine.wall, self.cpu / engine.cpu)
+    def against(self, engine: Row) -> Row:
+        return Row(
+            self.what, self.count, self.wall, self.cpu, self.note, self.wall / engine.wall, self.cpu / engine.cpu
+        )
 
     def cells(self) -> list[str]:
         per = f"{1000 * self.wall / self.count:.2f}" if self.ratio is not None else "-"

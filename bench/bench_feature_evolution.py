@@ -29,9 +29,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zf_lightning.config import config_dir  # noqa: E402
-from zf_lightning.callbacks.evolution import FeatureEvolution  # noqa: E402
 from _common import load_average
+
+from zf_lightning.callbacks.evolution import FeatureEvolution  # noqa: E402
+from zf_lightning.config import config_dir  # noqa: E402
 
 
 class EpochStart(L.Callback):
@@ -98,9 +99,17 @@ def one_epoch(cfg, datamodule, with_callback: bool, out: Path, own: dict[str, li
         callbacks.append(evolution)
     callbacks.append(end)
     trainer = L.Trainer(
-        max_epochs=1, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=cfg.trainer.precision,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=str(out), callbacks=callbacks,
+        max_epochs=1,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(out),
+        callbacks=callbacks,
     )
     trainer.fit(model, datamodule=datamodule)
     if with_callback:
@@ -114,7 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="epochs per arm (interleaved)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml, e.g. data.train_per_class=100")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides of conf/train.yaml, e.g. data.train_per_class=100"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -126,18 +137,24 @@ def main() -> None:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()  # the mean image, computed once (cached) before any timing
 
-    print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-          f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}")
+    print(
+        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
+        f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}"
+    )
     print(f"load average before: {load_average()}")
     n_train = cfg.data.num_classes * cfg.data.train_per_class
-    print(f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
-          f"{n_train} train images, batch {cfg.data.batch_size}, workers {cfg.data.num_workers}, "
-          f"{cfg.callbacks.feature_evolution.maps_per_layer} maps x 5 layers, snapshot at epoch 1")
+    print(
+        f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
+        f"{n_train} train images, batch {cfg.data.batch_size}, workers {cfg.data.num_workers}, "
+        f"{cfg.callbacks.feature_evolution.maps_per_layer} maps x 5 layers, snapshot at epoch 1"
+    )
 
     times: dict[str, list[float]] = {"off": [], "on": []}
     own: dict[str, list[float]] = {"tracking": [], "snapshot": []}
     with tempfile.TemporaryDirectory() as tmp:
-        one_epoch(cfg, datamodule, True, Path(tmp) / "warmup", {"tracking": [], "snapshot": []})  # warm-up: imports, allocator, caches
+        one_epoch(
+            cfg, datamodule, True, Path(tmp) / "warmup", {"tracking": [], "snapshot": []}
+        )  # warm-up: imports, allocator, caches
         for repeat in range(args.repeats):
             for arm in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
                 seconds = one_epoch(cfg, datamodule, arm == "on", Path(tmp) / f"{arm}{repeat}", own)
@@ -149,13 +166,19 @@ def main() -> None:
     tracking, snapshot = statistics.median(own["tracking"]), statistics.median(own["snapshot"])
     print(f"epoch without callback: median {off:.2f} s  (all: {', '.join(f'{t:.2f}' for t in times['off'])})")
     print(f"epoch with callback:    median {on:.2f} s  (all: {', '.join(f'{t:.2f}' for t in times['on'])})")
-    print(f"A/B overhead: {100 * (on / off - 1):+.2f}% (median on / median off - 1); "
-          f"best-of: {100 * (min(times['on']) / min(times['off']) - 1):+.2f}%")
-    print(f"callback's own time per epoch (stopwatches, medians): tracking hooks {tracking:.3f} s "
-          f"(all: {', '.join(f'{t:.3f}' for t in own['tracking'])}), snapshot {snapshot:.3f} s "
-          f"(all: {', '.join(f'{t:.3f}' for t in own['snapshot'])})")
-    print(f"callback's own time / epoch without it: {100 * (tracking + snapshot) / off:.2f}% "
-          f"(tracking {100 * tracking / off:.2f}% + snapshot {100 * snapshot / off:.2f}%); goal <= 3%")
+    print(
+        f"A/B overhead: {100 * (on / off - 1):+.2f}% (median on / median off - 1); "
+        f"best-of: {100 * (min(times['on']) / min(times['off']) - 1):+.2f}%"
+    )
+    print(
+        f"callback's own time per epoch (stopwatches, medians): tracking hooks {tracking:.3f} s "
+        f"(all: {', '.join(f'{t:.3f}' for t in own['tracking'])}), snapshot {snapshot:.3f} s "
+        f"(all: {', '.join(f'{t:.3f}' for t in own['snapshot'])})"
+    )
+    print(
+        f"callback's own time / epoch without it: {100 * (tracking + snapshot) / off:.2f}% "
+        f"(tracking {100 * tracking / off:.2f}% + snapshot {100 * snapshot / off:.2f}%); goal <= 3%"
+    )
 
 
 if __name__ == "__main__":

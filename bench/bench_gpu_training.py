@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import load_average  # noqa: E402
+
 from zf_lightning.data.datamodules import ImageNetDataModule  # noqa: E402
 from zf_lightning.data.device_decode import DeviceBatch, DeviceDecoder  # noqa: E402
 from zf_lightning.data.prepare import prepare  # noqa: E402
 from zf_lightning.models import ImageClassifier  # noqa: E402
 from zf_lightning.models.classifier import renormalize_filters_  # noqa: E402
-
-from _common import load_average  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 GOAL_IMAGES_PER_S = 15_000
@@ -87,7 +87,9 @@ def images_per_second(args, config, device, next_batch=None) -> float:
         images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
         labels = torch.randint(0, 1000, (args.batch_size,), device=device)
         next_batch = lambda: (images, labels)  # noqa: E731
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):  # compilation, cudnn autotuning, allocator warm-up, loader workers
         step(module, optimizer, *next_batch(), autocast)
@@ -104,9 +106,19 @@ def images_per_second(args, config, device, next_batch=None) -> float:
 def pipeline_batches(root: Path, decode: str, args, device: torch.device, mean_image: torch.Tensor, cache: Path):
     """`next_batch()` over the `imagenet` datamodule's training loader, going round epochs, batches on `device`."""
     resize = mean_image.shape[-1]
-    dm = ImageNetDataModule(root, num_classes=4, decode=decode, batch_size=args.batch_size, num_workers=args.workers,
-                            pin_memory=device.type == "cuda", persistent_workers=True, resize_size=resize,
-                            crop_size=args.input_size, cache_dir=cache, bad_image_log=None)
+    dm = ImageNetDataModule(
+        root,
+        num_classes=4,
+        decode=decode,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=True,
+        resize_size=resize,
+        crop_size=args.input_size,
+        cache_dir=cache,
+        bad_image_log=None,
+    )
     dm.mean_image = mean_image  # given: the one-time mean image is not what is timed
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -140,13 +152,17 @@ def end_to_end(args, device, best_config, in_memory_best: float) -> None:
         started = time.perf_counter()
         make_dataset(root, args.images)
         prepare(root, prepared, size=resize, workers=os.cpu_count() or 1, progress=False)
-        print(f"\nend to end: {args.images} generated JPEGs (about 500x375) and their zf-prepare copy in {base} "
-              f"({time.perf_counter() - started:.0f} s); loader workers {args.workers}, pin_memory {device.type == 'cuda'}; "
-              f"configuration {best_config}; load average {load_average()}")
+        print(
+            f"\nend to end: {args.images} generated JPEGs (about 500x375) and their zf-prepare copy in {base} "
+            f"({time.perf_counter() - started:.0f} s); loader workers {args.workers}, pin_memory {device.type == 'cuda'}; "
+            f"configuration {best_config}; load average {load_average()}"
+        )
         mean_image = torch.rand(3, resize, resize) * 255
         arms = {"in GPU memory" if device.type == "cuda" else "in memory": None}
         for decode in ("torchvision", "gpu"):
-            arms[f"decode={decode}, zf-prepare copy"] = pipeline_batches(prepared, decode, args, device, mean_image, cache)
+            arms[f"decode={decode}, zf-prepare copy"] = pipeline_batches(
+                prepared, decode, args, device, mean_image, cache
+            )
         rates: dict[str, list[float]] = {name: [] for name in arms}
         for _ in range(args.repeats):
             for name, next_batch in arms.items():
@@ -158,9 +174,11 @@ def end_to_end(args, device, best_config, in_memory_best: float) -> None:
             print(f"{name:34} {rate:10.1f} {rate / reference:12.2f}x")
         ratio = statistics.median(rates["decode=gpu, zf-prepare copy"]) / reference
         verdict = "met" if ratio >= GOAL_END_TO_END else "not met"
-        print(f"decode=gpu end to end: {ratio:.2f} of the in-memory rate; goal >= {GOAL_END_TO_END} on one H100: {verdict}"
-              + ("" if device.type == "cuda" else " (decoded on the CPU here: the goal is for a GPU)")
-              + f"; best in-memory rate of the table above {in_memory_best:.1f} images/s")
+        print(
+            f"decode=gpu end to end: {ratio:.2f} of the in-memory rate; goal >= {GOAL_END_TO_END} on one H100: {verdict}"
+            + ("" if device.type == "cuda" else " (decoded on the CPU here: the goal is for a GPU)")
+            + f"; best in-memory rate of the table above {in_memory_best:.1f} images/s"
+        )
 
 
 def main() -> None:
@@ -173,18 +191,30 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak dense bf16 TFLOP/s of the device")
-    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (no C compiler, or to save time)")
-    parser.add_argument("--end-to-end", action="store_true", help="also time the real input pipeline on generated JPEGs")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="leave torch.compile out (no C compiler, or to save time)"
+    )
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also time the real input pipeline on generated JPEGs"
+    )
     parser.add_argument("--images", type=int, default=2048, help="JPEGs generated for --end-to-end")
     parser.add_argument("--data", type=Path, default=None, help="keep the generated JPEGs here (default: a temp dir)")
-    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="loader workers for --end-to-end")
+    parser.add_argument(
+        "--workers", type=int, default=min(16, os.cpu_count() or 1), help="loader workers for --end-to-end"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-    print(f"device: {name}; torch {torch.__version__}; ZFNet width {args.width} at {args.input_size}px, batch {args.batch_size}")
+    print(
+        f"device: {name}; torch {torch.__version__}; ZFNet width {args.width} at {args.input_size}px, batch {args.batch_size}"
+    )
     flops = training_flops_per_image(args, device)
     print(f"training FLOPs per image (forward + backward): {flops / 1e9:.2f} GFLOP")
 
@@ -204,8 +234,10 @@ def main() -> None:
     best_config = max(results, key=lambda config: statistics.median(results[config]))
     best = statistics.median(results[best_config])
     verdict = "met" if best >= GOAL_IMAGES_PER_S else "not met"
-    print(f"\nbest: {best:.1f} images/s; goal >= {GOAL_IMAGES_PER_S} images/s at 224px on one H100: {verdict}"
-          + ("" if "H100" in name else " (not an H100: the goal does not apply to this device)"))
+    print(
+        f"\nbest: {best:.1f} images/s; goal >= {GOAL_IMAGES_PER_S} images/s at 224px on one H100: {verdict}"
+        + ("" if "H100" in name else " (not an H100: the goal does not apply to this device)")
+    )
     if args.end_to_end:
         end_to_end(args, device, best_config, best)
 

@@ -41,9 +41,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import load_average
+
 from zf_lightning.data.datamodules import ImageNetDataModule  # noqa: E402
 from zf_lightning.data.prepare import prepare  # noqa: E402
-from _common import load_average
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
 RESIZE, CROP = 256, 224
@@ -89,6 +90,7 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> None:
 
 def baseline_transform(mean_image: torch.Tensor):
     """(a): plain PIL decode and resize, then the same crops and normalisation as the paper preset."""
+
     def load(path: str) -> torch.Tensor:
         with Image.open(path) as image:
             image = image.convert("RGB")
@@ -99,14 +101,23 @@ def baseline_transform(mean_image: torch.Tensor):
         image = image.crop((left, top, left + RESIZE, top + RESIZE))
         x = F.pil_to_tensor(image).float() - mean_image
         i, j = (int(v) for v in torch.randint(0, RESIZE - CROP + 1, (2,)))
-        x = x[:, i:i + CROP, j:j + CROP]
+        x = x[:, i : i + CROP, j : j + CROP]
         return x.flip(-1) if torch.rand(1) < 0.5 else x
+
     return load
 
 
 def datamodule(root: Path, decode: str, mean_image: torch.Tensor, cache: Path, **kwargs) -> ImageNetDataModule:
-    dm = ImageNetDataModule(root, num_classes=len(WNIDS), decode=decode, cache_dir=cache, resize_size=RESIZE,
-                            crop_size=CROP, bad_image_log=None, **kwargs)
+    dm = ImageNetDataModule(
+        root,
+        num_classes=len(WNIDS),
+        decode=decode,
+        cache_dir=cache,
+        resize_size=RESIZE,
+        crop_size=CROP,
+        bad_image_log=None,
+        **kwargs,
+    )
     dm.mean_image = mean_image  # given: the bench times the per-image work, not the one-time mean image
     return dm
 
@@ -134,7 +145,9 @@ def arms(root: Path, prepared: Path, mean_image: torch.Tensor, cache: Path) -> d
         "(c) datamodule, decode=reduced": over_dataset(datamodule(root, "reduced", mean_image, cache)),
         "(d) datamodule, decode=pil, zf-prepare copy": over_dataset(datamodule(prepared, "pil", mean_image, cache)),
         "(e) datamodule, decode=torchvision": over_dataset(datamodule(root, "torchvision", mean_image, cache)),
-        "(f) datamodule, decode=torchvision, zf-prepare copy": over_dataset(datamodule(prepared, "torchvision", mean_image, cache)),
+        "(f) datamodule, decode=torchvision, zf-prepare copy": over_dataset(
+            datamodule(prepared, "torchvision", mean_image, cache)
+        ),
     }
 
 
@@ -165,8 +178,10 @@ def profile(root: Path, prepared: Path, mean_image: torch.Tensor) -> None:
             x = timed("ToDtype float32", F.to_dtype, x, torch.float32)
             x = timed("subtract mean", torch.sub, x, mean_image)
             timed("RandomCrop + flip", crop, x)
-        print(f"  per-stage medians on the {label} (ms/image): " +
-              ", ".join(f"{name} {statistics.median(v):.2f}" for name, v in stages.items()))
+        print(
+            f"  per-stage medians on the {label} (ms/image): "
+            + ", ".join(f"{name} {statistics.median(v):.2f}" for name, v in stages.items())
+        )
 
 
 def loader_rate(dm: ImageNetDataModule, workers: int, passes: int = 2) -> float:
@@ -189,7 +204,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="passes per arm, interleaved (default 3)")
     parser.add_argument("--dir", type=Path, default=None, help="keep the generated images here (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in a DataLoader worker)")
-    parser.add_argument("--loader", action="store_true", help="also time the best option through the DataLoader, 1 and 2 workers")
+    parser.add_argument(
+        "--loader", action="store_true", help="also time the best option through the DataLoader, 1 and 2 workers"
+    )
     parser.add_argument("--profile", action="store_true", help="also print per-stage times")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -205,19 +222,25 @@ def main() -> None:
         counts = prepare(root, prepared, size=RESIZE, workers=os.cpu_count() or 1, progress=False)
         prepared_s = time.perf_counter() - started
 
-        print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-              f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | Pillow {PIL.__version__}")
+        print(
+            f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
+            f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | Pillow {PIL.__version__}"
+        )
         files = sorted((root / "train").rglob("*.JPEG"))
         sizes = [Image.open(p).size for p in files]
         short = np.array([min(s) for s in sizes])
         mb = sum(p.stat().st_size for p in files) / 2**20
         mb_prepared = sum(p.stat().st_size for p in (prepared / "train").rglob("*.JPEG")) / 2**20
-        print(f"data: {len(files)} train JPEGs in {root} (generated in {generated:.1f} s), median {int(np.median([s[0] for s in sizes]))}x"
-              f"{int(np.median([s[1] for s in sizes]))}, short side >= {2 * RESIZE} (reducible by decode=reduced): "
-              f"{int((short >= 2 * RESIZE).sum())}, {mb:.1f} MiB; zf-prepare copy {mb_prepared:.1f} MiB "
-              f"({counts.resized} resized, {counts.copied} copied, {counts.done_before} already done; {prepared_s:.1f} s)")
-        print(f"timing: one process, torch threads {torch.get_num_threads()}, a pass = the whole training set through the "
-              f"train transform (decode, resize, crops, mean image); {args.repeats} passes per arm, interleaved, after a warm-up pass")
+        print(
+            f"data: {len(files)} train JPEGs in {root} (generated in {generated:.1f} s), median {int(np.median([s[0] for s in sizes]))}x"
+            f"{int(np.median([s[1] for s in sizes]))}, short side >= {2 * RESIZE} (reducible by decode=reduced): "
+            f"{int((short >= 2 * RESIZE).sum())}, {mb:.1f} MiB; zf-prepare copy {mb_prepared:.1f} MiB "
+            f"({counts.resized} resized, {counts.copied} copied, {counts.done_before} already done; {prepared_s:.1f} s)"
+        )
+        print(
+            f"timing: one process, torch threads {torch.get_num_threads()}, a pass = the whole training set through the "
+            f"train transform (decode, resize, crops, mean image); {args.repeats} passes per arm, interleaved, after a warm-up pass"
+        )
         print(f"load average before: {load_average()}")
 
         mean_image = torch.rand(3, RESIZE, RESIZE, generator=torch.Generator().manual_seed(0)) * 255
@@ -228,21 +251,29 @@ def main() -> None:
             one_pass(arm)  # warm-up: page cache, imports, allocator
         names = list(timed)
         for repeat in range(args.repeats):
-            order = names[repeat % len(names):] + names[:repeat % len(names)]
+            order = names[repeat % len(names) :] + names[: repeat % len(names)]
             for name in order:
                 rates[name].append(one_pass(timed[name]))
-            print(f"  repeat {repeat}: " + ", ".join(f"{name.split()[0]} {rates[name][-1]:.0f}" for name in names) + " images/s")
+            print(
+                f"  repeat {repeat}: "
+                + ", ".join(f"{name.split()[0]} {rates[name][-1]:.0f}" for name in names)
+                + " images/s"
+            )
         print(f"load average after: {load_average()} (other processes on the machine skew all arms)")
 
         base_rate = statistics.median(rates[names[0]])
         for name in names:
             median = statistics.median(rates[name])
-            print(f"{name:<46} median {median:7.1f} images/s per worker  {median / base_rate:5.2f}x (a)  "
-                  f"(all: {', '.join(f'{r:.0f}' for r in rates[name])})")
+            print(
+                f"{name:<46} median {median:7.1f} images/s per worker  {median / base_rate:5.2f}x (a)  "
+                f"(all: {', '.join(f'{r:.0f}' for r in rates[name])})"
+            )
         best = max(names[1:], key=lambda name: statistics.median(rates[name]))
         ratio = statistics.median(rates[best]) / base_rate
-        print(f"best CPU option: {best} = {ratio:.2f}x the baseline's images/s per worker; goal >= 3x: "
-              f"{'met' if ratio >= 3 else 'NOT met'}")
+        print(
+            f"best CPU option: {best} = {ratio:.2f}x the baseline's images/s per worker; goal >= 3x: "
+            f"{'met' if ratio >= 3 else 'NOT met'}"
+        )
 
         if args.profile:
             profile(root, prepared, mean_image)
@@ -252,8 +283,10 @@ def main() -> None:
             dm = datamodule(best_root, decode, mean_image, cache, batch_size=32)
             for workers in (1, 2):
                 rate = loader_rate(dm, workers)
-                print(f"DataLoader, {best.split()[0]} option, {workers} worker(s), batch 32: {rate:.0f} images/s "
-                      f"({rate / workers:.0f} per worker)")
+                print(
+                    f"DataLoader, {best.split()[0]} option, {workers} worker(s), batch 32: {rate:.0f} images/s "
+                    f"({rate / workers:.0f} per worker)"
+                )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,13 @@ def check(model, images, targets, w, s, sample, device):
             p = torch.softmax(model(x[None]), dim=1)[0, targets[b]]
             worst = max(worst, abs(float(p - result.true_class_prob[b, i, j])))
         attribution = Occlusion(lambda x: torch.softmax(model(x), dim=1)).attribute(
-            images, sliding_window_shapes=(3, w, w), strides=(3, s, s), baselines=0, target=targets, perturbations_per_eval=16)
+            images,
+            sliding_window_shapes=(3, w, w),
+            strides=(3, s, s),
+            baselines=0,
+            target=targets,
+            perturbations_per_eval=16,
+        )
     drop = result.probabilities[torch.arange(count), targets][:, None, None] - result.true_class_prob
     size = images.shape[-1]
     ys = torch.arange(size, device=device)
@@ -111,13 +117,17 @@ def main() -> None:
     w, s = args.window, args.stride
     per_image = OcclusionSensitivity(model, window=w, stride=s, project=False)._check(images, targets)[1]
     positions = len(per_image[0]) * len(per_image[1])
-    print(f"setting:  {args.images} images 224x224, square {w} px, stride {s}: {len(per_image[0])}x{len(per_image[1])} = "
-          f"{positions} positions per image, {positions * args.images} occluded forward passes; best of {args.repeats}")
+    print(
+        f"setting:  {args.images} images 224x224, square {w} px, stride {s}: {len(per_image[0])}x{len(per_image[1])} = "
+        f"{positions} positions per image, {positions * args.images} occluded forward passes; best of {args.repeats}"
+    )
 
     rows = []  # (name, seconds, busy)
     for batch_size in [int(v) for v in args.batch_sizes.split(",")]:
         for channels_last in (False, True):
-            engine = OcclusionSensitivity(model, window=w, stride=s, batch_size=batch_size, project=False, channels_last=channels_last)
+            engine = OcclusionSensitivity(
+                model, window=w, stride=s, batch_size=batch_size, project=False, channels_last=channels_last
+            )
             seconds, busy, _ = best_of(args.repeats, device, lambda: engine(images, targets))
             name = f"engine batch_size={batch_size}{' channels_last' if channels_last else ''}"
             rows.append((name, seconds, busy))
@@ -130,10 +140,18 @@ def main() -> None:
     occlusion = Occlusion(forward)
     captum_rows = []
     for ppe in [int(v) for v in args.ppe.split(",")]:
+
         def run():
             with torch.no_grad():
-                return occlusion.attribute(images, sliding_window_shapes=(3, w, w), strides=(3, s, s), baselines=0,
-                                           target=targets, perturbations_per_eval=ppe)
+                return occlusion.attribute(
+                    images,
+                    sliding_window_shapes=(3, w, w),
+                    strides=(3, s, s),
+                    baselines=0,
+                    target=targets,
+                    perturbations_per_eval=ppe,
+                )
+
         seconds, busy, _ = best_of(args.repeats, device, run)
         captum_rows.append((f"captum Occlusion perturbations_per_eval={ppe}", seconds, busy))
         print(f"  {captum_rows[-1][0]:<44} {seconds:8.2f} s", flush=True)
@@ -152,12 +170,16 @@ def main() -> None:
         print(f"| {name} | {seconds:.2f} | {1000 * seconds / (positions * args.images):.1f} | {busy:.2f} |")
     print()
     print(f"best engine: {best_engine[0]} {best_engine[1]:.2f} s; best Captum: {best_captum[0]} {best_captum[1]:.2f} s")
-    print(f"speed-up (best Captum time / best engine time): {best_captum[1] / best_engine[1]:.2f}x; "
-          f"engine at its defaults (batch_size=64, channels_last): {best_captum[1] / default_engine[1]:.2f}x (goal: >= 1)")
+    print(
+        f"speed-up (best Captum time / best engine time): {best_captum[1] / best_engine[1]:.2f}x; "
+        f"engine at its defaults (batch_size=64, channels_last): {best_captum[1] / default_engine[1]:.2f}x (goal: >= 1)"
+    )
     print("checks on a Kaiming-initialised copy, 1 image, square 64 stride 32 (16 positions):")
     print(f"check: engine target probability vs {args.check_sample} single forward passes, max |diff| = {worst:.2e}")
-    print(f"check: Captum attribution vs mean probability drop of the covering windows (from the engine's map), "
-          f"max |diff| = {captum_gap:.2e} (largest drop {scale:.2e})")
+    print(
+        f"check: Captum attribution vs mean probability drop of the covering windows (from the engine's map), "
+        f"max |diff| = {captum_gap:.2e} (largest drop {scale:.2e})"
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zf_lightning.config import config_dir  # noqa: E402
 from _common import Batches, fmt, full_batches, load_average
+
+from zf_lightning.config import config_dir  # noqa: E402
 
 GOAL = 0.9
 ARMS = ("bare", "test_step", "predict_proba", "naive")
@@ -80,14 +81,21 @@ def run_arm(arm: str, model, cfg, batches: list) -> list[float]:
     if arm == "predict_proba":
         return timed_loop(batches, lambda images, labels: model.predict_proba(images))
     if arm == "naive":
+
         def naive(images, labels):
             return torch.stack([net(images[:, crop]).softmax(dim=-1) for crop in range(images.shape[1])]).mean(dim=0)
 
         return timed_loop(batches, naive)
     clock = BatchClock()
     trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, precision=cfg.trainer.precision,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
     )
     trainer.test(model, dataloaders=Batches(batches), verbose=False)
     assert len(clock.stamps) == len(batches) + 1, (len(clock.stamps), len(batches))
@@ -110,8 +118,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3, help="timed batches per arm and repeat")
     parser.add_argument("--warmup", type=int, default=1, help="batches at the start of each arm run left out")
     parser.add_argument("--repeats", type=int, default=5, help="runs per arm (rotating order)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per batch, 10 crops each (default: the default run's 128)")
-    parser.add_argument("--width", type=float, default=0.25, help="ZFNet width multiplier (default: the default run's 0.25)")
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="images per batch, 10 crops each (default: the default run's 128)"
+    )
+    parser.add_argument(
+        "--width", type=float, default=0.25, help="ZFNet width multiplier (default: the default run's 0.25)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides of conf/train.yaml")
     args = parser.parse_args()
@@ -121,8 +133,12 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    overrides = [f"data.batch_size={args.batch_size}", f"model.net.width_multiplier={args.width}", "paths.output_dir=unused",
-                 *args.overrides]
+    overrides = [
+        f"data.batch_size={args.batch_size}",
+        f"model.net.width_multiplier={args.width}",
+        "paths.output_dir=unused",
+        *args.overrides,
+    ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     if not cfg.data.get("ten_crop_test", False):
@@ -133,21 +149,27 @@ def main() -> None:
     crops = batches[0][0].shape[1]
     per_batch = args.batch_size * crops
 
-    print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-          f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}")
+    print(
+        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
+        f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}"
+    )
     print(f"load average before: {load_average()}")
-    print(f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
-          f"batch {args.batch_size} images x {crops} crops = {per_batch} crops, {args.batches} timed batches after "
-          f"{args.warmup} warm-up per arm run, {args.repeats} runs per arm; eval mode, inference_mode")
+    print(
+        f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
+        f"batch {args.batch_size} images x {crops} crops = {per_batch} crops, {args.batches} timed batches after "
+        f"{args.warmup} warm-up per arm run, {args.repeats} runs per arm; eval mode, inference_mode"
+    )
     differences = check_outputs(model, batches)
-    print(f"outputs: predict_proba vs softmax-average of the bare call: max |diff| {differences['predict_proba']:.1e}; "
-          f"naive vs the same: {differences['naive']:.1e}")
+    print(
+        f"outputs: predict_proba vs softmax-average of the bare call: max |diff| {differences['predict_proba']:.1e}; "
+        f"naive vs the same: {differences['naive']:.1e}"
+    )
 
     throughput: dict[str, list[float]] = {arm: [] for arm in ARMS}
     for arm in ARMS:  # warm-up of the process for every arm: allocator, kernels, Lightning imports
         run_arm(arm, model, cfg, batches[: args.warmup + 1])
     for repeat in range(args.repeats):
-        order = ARMS[repeat % len(ARMS):] + ARMS[: repeat % len(ARMS)]
+        order = ARMS[repeat % len(ARMS) :] + ARMS[: repeat % len(ARMS)]
         line = []
         for arm in order:
             stamps = run_arm(arm, model, cfg, batches)
@@ -159,11 +181,16 @@ def main() -> None:
     print(f"load average after: {load_average()} (other processes on the machine skew every arm)")
     medians = {arm: statistics.median(values) for arm, values in throughput.items()}
     for arm in ARMS:
-        print(f"{arm:>13}: median {medians[arm]:7.1f} crops/s = {medians[arm] / crops:6.1f} images/s "
-              f"(all: {fmt(throughput[arm])} crops/s)")
+        print(
+            f"{arm:>13}: median {medians[arm]:7.1f} crops/s = {medians[arm] / crops:6.1f} images/s "
+            f"(all: {fmt(throughput[arm])} crops/s)"
+        )
     bare = throughput["bare"]
-    for arm, what in (("test_step", "the module's 10-crop test path (trainer.test)"), ("predict_proba", "predict_proba alone"),
-                      ("naive", "naive, ten calls of B crops")):
+    for arm, what in (
+        ("test_step", "the module's 10-crop test path (trainer.test)"),
+        ("predict_proba", "predict_proba alone"),
+        ("naive", "naive, ten calls of B crops"),
+    ):
         paired = [value / reference for value, reference in zip(throughput[arm], bare)]
         ratio = medians[arm] / medians["bare"]
         goal = f"; goal >= {GOAL} ({'met' if ratio >= GOAL else 'NOT met'})" if arm == "test_step" else " (context)"

@@ -65,16 +65,23 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import zf_lightning.models.classifier as classifier_module  # noqa: E402
-from zf_lightning.config import config_dir  # noqa: E402
-from zf_lightning.cli.common import finish_loggers, instantiate_group, instantiate_loggers, log_config  # noqa: E402
-from zf_lightning.data.sampling import mix_seed  # noqa: E402
-from zf_lightning.models import build_network  # noqa: E402
 from _common import Batches, fmt, full_batches, load_average
 
+import zf_lightning.models.classifier as classifier_module  # noqa: E402
+from zf_lightning.cli.common import finish_loggers, instantiate_group, instantiate_loggers, log_config  # noqa: E402
+from zf_lightning.config import config_dir  # noqa: E402
+from zf_lightning.data.sampling import mix_seed  # noqa: E402
+from zf_lightning.models import build_network  # noqa: E402
+
 GOAL = 0.95
-BATCH_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
-               "on_before_zero_grad", "on_train_batch_end")
+BATCH_HOOKS = (
+    "on_train_batch_start",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_train_batch_end",
+)
 RENORMALIZE = classifier_module.renormalize_filters_
 
 
@@ -103,7 +110,9 @@ def materialise(cfg, n_train: int, n_val: int) -> InMemoryData:
     datamodule.prepare_data()  # the mean image, computed once (cached)
     datamodule.setup("fit")
     torch.manual_seed(cfg.seed)
-    train = full_batches(datamodule.train_dataloader, datamodule.batch_size, n_train, "training")  # round again: new crops
+    train = full_batches(
+        datamodule.train_dataloader, datamodule.batch_size, n_train, "training"
+    )  # round again: new crops
     val = []
     for images, labels in datamodule.val_dataloader():
         val.append((images, labels))
@@ -156,9 +165,11 @@ class Stopwatches:
         if phase == "start":
             self._gc_started = time.perf_counter()
         else:
-            self.add(f"Python garbage collection (gen {info.get('generation')})", time.perf_counter() - self._gc_started)
+            self.add(
+                f"Python garbage collection (gen {info.get('generation')})", time.perf_counter() - self._gc_started
+            )
 
-    def __enter__(self) -> "Stopwatches":
+    def __enter__(self) -> Stopwatches:
         gc.callbacks.append(self.gc_callback)
         return self
 
@@ -221,7 +232,10 @@ class HookTimer(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         for module in pl_module.modules():
-            for hooks, kind in ((module._forward_pre_hooks, "forward pre-hook"), (module._forward_hooks, "forward hook")):
+            for hooks, kind in (
+                (module._forward_pre_hooks, "forward pre-hook"),
+                (module._forward_hooks, "forward hook"),
+            ):
                 for key, hook in list(hooks.items()):
                     if not hasattr(hook, "__wrapped__"):
                         owner = getattr(hook, "__qualname__", type(hook).__name__).split(".")[0]
@@ -235,14 +249,22 @@ def instrument(trainer: L.Trainer, model, watches: Stopwatches) -> None:
             continue
         for hook in BATCH_HOOKS:
             if getattr(type(callback), hook) is not getattr(L.Callback, hook):
-                setattr(callback, hook, watches.wrap(f"callback {type(callback).__name__}.{hook}", getattr(callback, hook)))
+                setattr(
+                    callback, hook, watches.wrap(f"callback {type(callback).__name__}.{hook}", getattr(callback, hook))
+                )
     connector = trainer._logger_connector
     connector.update_train_step_metrics = watches.wrap(
-        "logger connector: update_train_step_metrics (all loggers, every log_every_n_steps)", connector.update_train_step_metrics)
+        "logger connector: update_train_step_metrics (all loggers, every log_every_n_steps)",
+        connector.update_train_step_metrics,
+    )
     for logger in trainer.loggers:
         logger.log_metrics = watches.wrap(f"  of which {type(logger).__name__}.log_metrics", logger.log_metrics)
-    model.train_metrics.update = watches.wrap("torchmetrics: train_metrics.update (3 MulticlassAccuracy)", model.train_metrics.update)
-    model.train_loss.update = watches.wrap("torchmetrics: train_loss.update (the epoch's mean loss)", model.train_loss.update)
+    model.train_metrics.update = watches.wrap(
+        "torchmetrics: train_metrics.update (3 MulticlassAccuracy)", model.train_metrics.update
+    )
+    model.train_loss.update = watches.wrap(
+        "torchmetrics: train_loss.update (the epoch's mean loss)", model.train_loss.update
+    )
     model.log = watches.wrap("LightningModule.log('train/loss', on_step)", model.log)
 
 
@@ -292,7 +314,9 @@ def helper_cpu_seconds() -> float:
 
 
 # ------------------------------------------------------------------------------------------------ the arms
-def hand_run(cfg, data: InMemoryData, watches: Stopwatches | None = None) -> tuple[list[tuple[float, float, int]], dict]:
+def hand_run(
+    cfg, data: InMemoryData, watches: Stopwatches | None = None
+) -> tuple[list[tuple[float, float, int]], dict]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # as train(): then the network is built
     # The default run reseeds dropout before every step (callbacks.step_seeding, torch.manual_seed(mix_seed(seed,
     # step, rank))): the same draws here, so that both arms end with the same weights. Dropout on CPU draws from
@@ -303,14 +327,18 @@ def hand_run(cfg, data: InMemoryData, watches: Stopwatches | None = None) -> tup
     options = OmegaConf.to_container(cfg.model.optimizer, resolve=True)
     weight_decay = options.pop("weight_decay", 0.0)
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if not n.endswith("bias")], "weight_decay": weight_decay},
-              {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for n, p in named if not n.endswith("bias")], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0},
+    ]
     optimizer = instantiate(options, _partial_=True)(groups)
     radius = cfg.model.filter_rms_radius
     watches = watches or Stopwatches(range(0))
     renormalize = watches.wrap("filter renormalisation", RENORMALIZE)
-    reseed = watches.wrap("dropout reseeding (hand loop: torch.default_generator.manual_seed(mix_seed(...)))",
-                          lambda step: torch.default_generator.manual_seed(mix_seed(step_seed, step, 0)))
+    reseed = watches.wrap(
+        "dropout reseeding (hand loop: torch.default_generator.manual_seed(mix_seed(...)))",
+        lambda step: torch.default_generator.manual_seed(mix_seed(step_seed, step, 0)),
+    )
     net.train()
     stamps = []
     with watches:
@@ -328,8 +356,14 @@ def hand_run(cfg, data: InMemoryData, watches: Stopwatches | None = None) -> tup
     return stamps, net.state_dict()
 
 
-def lightning_run(cfg, data: InMemoryData, out: Path, watches: Stopwatches | None = None, bar: str = "terminal",
-                  module_only: bool = False):
+def lightning_run(
+    cfg,
+    data: InMemoryData,
+    out: Path,
+    watches: Stopwatches | None = None,
+    bar: str = "terminal",
+    module_only: bool = False,
+):
     """As zf_lightning.cli.train.train builds and fits it (no test), with a clock callback first.
 
     Its console output (model summary, progress bar, W&B) goes to a sink: a terminal-like /dev/null for
@@ -338,7 +372,12 @@ def lightning_run(cfg, data: InMemoryData, out: Path, watches: Stopwatches | Non
     bar, no checkpointing: what Lightning's loop and the module cost without the default run's extras.
     """
     sink = TerminalSink() if bar == "terminal" else open(os.devnull, "w")
-    with sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), watches or Stopwatches(range(0)) as watches:
+    with (
+        sink,
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+        watches or Stopwatches(range(0)) as watches,
+    ):
         return _lightning_run(cfg, data, out, watches, module_only)
 
 
@@ -349,10 +388,20 @@ def _lightning_run(cfg, data: InMemoryData, out: Path, watches: Stopwatches, mod
     model = instantiate(cfg.model)
     clock = StepClock(watches)
     if module_only:
-        callbacks, loggers, extra = [], [], {"enable_progress_bar": False, "enable_checkpointing": False, "enable_model_summary": False}
+        callbacks, loggers, extra = (
+            [],
+            [],
+            {"enable_progress_bar": False, "enable_checkpointing": False, "enable_model_summary": False},
+        )
     else:
-        callbacks, loggers, extra = instantiate_group(cfg.get("callbacks")), instantiate_loggers(cfg, out, resume=False), {}
-    trainer = instantiate(cfg.trainer, callbacks=[clock, *callbacks, HookTimer(watches)], logger=loggers or False, **extra)
+        callbacks, loggers, extra = (
+            instantiate_group(cfg.get("callbacks")),
+            instantiate_loggers(cfg, out, resume=False),
+            {},
+        )
+    trainer = instantiate(
+        cfg.trainer, callbacks=[clock, *callbacks, HookTimer(watches)], logger=loggers or False, **extra
+    )
     log_config(trainer.loggers, cfg, out)
     instrument(trainer, model, watches)
     classifier_module.renormalize_filters_ = watches.wrap("filter renormalisation", RENORMALIZE)
@@ -379,8 +428,10 @@ def print_costs(arm_watches: dict[str, list[Stopwatches]], step_ms: dict[str, fl
         per_run = [watches.per_step_ms() for watches in runs]
         for name in {n for run in per_run for n in run}:
             costs[name][arm] = statistics.median(run.get(name, 0.0) for run in per_run)
-    print(f"per-step costs, stopwatched on the main thread (mean ms per timed step, median over runs; "
-          f"% = lightning - hand, of the hand step {hand_ms:.1f} ms):")
+    print(
+        f"per-step costs, stopwatched on the main thread (mean ms per timed step, median over runs; "
+        f"% = lightning - hand, of the hand step {hand_ms:.1f} ms):"
+    )
     header = "".join(f"{arm:>18}" for arm in arms)
     print(f"  {'':<84}{header}  lightning - hand")
     extras = {arm: 0.0 for arm in arms[1:]}
@@ -398,15 +449,19 @@ def print_costs(arm_watches: dict[str, list[Stopwatches]], step_ms: dict[str, fl
         per_run = [watches.thread_ms_per_step() for watches in runs]
         for name in {n for run in per_run for n in run}:
             threads[name][arm] = statistics.median(run.get(name, 0.0) for run in per_run)
-    print("  background Python threads, CPU ms per step (not wall time: they compete with the 2 compute threads for cores "
-          "and with the main thread for the GIL):")
+    print(
+        "  background Python threads, CPU ms per step (not wall time: they compete with the 2 compute threads for cores "
+        "and with the main thread for the GIL):"
+    )
     for name in sorted(threads, key=lambda n: -threads[n].get("lightning", 0.0)):
         cells = "".join(f"{threads[name].get(arm, 0.0):15.2f} ms" for arm in arms)
         print(f"    {name[:82]:<82}{cells}")
     for arm, extra in extras.items():
         gap = step_ms[arm] - hand_ms
-        print(f"  {arm} step - hand step: {gap:+.2f} ms ({100 * gap / hand_ms:+.2f} %) = stopwatched differences {extra:+.2f} ms "
-              f"+ the rest {gap - extra:+.2f} ms (Lightning's loop and hook dispatch, background threads, noise)")
+        print(
+            f"  {arm} step - hand step: {gap:+.2f} ms ({100 * gap / hand_ms:+.2f} %) = stopwatched differences {extra:+.2f} ms "
+            f"+ the rest {gap - extra:+.2f} ms (Lightning's loop and hook dispatch, background threads, noise)"
+        )
 
 
 def main() -> None:
@@ -415,12 +470,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="steps at the start of each run left out of the timing")
     parser.add_argument("--repeats", type=int, default=5, help="runs per arm (interleaved)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step (default: the default run's 128)")
-    parser.add_argument("--width", type=float, default=0.25, help="ZFNet width multiplier (default: the default run's 0.25)")
+    parser.add_argument(
+        "--width", type=float, default=0.25, help="ZFNet width multiplier (default: the default run's 0.25)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--bar", choices=("terminal", "pipe"), default="terminal",
-                        help="Rich progress bar as in a terminal (default: rendered, to /dev/null) or as when piped (not drawn)")
-    parser.add_argument("--module-only-arm", action="store_true",
-                        help="a third arm: Lightning with the module alone (no callbacks, loggers, progress bar, checkpoints)")
+    parser.add_argument(
+        "--bar",
+        choices=("terminal", "pipe"),
+        default="terminal",
+        help="Rich progress bar as in a terminal (default: rendered, to /dev/null) or as when piped (not drawn)",
+    )
+    parser.add_argument(
+        "--module-only-arm",
+        action="store_true",
+        help="a third arm: Lightning with the module alone (no callbacks, loggers, progress bar, checkpoints)",
+    )
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides of conf/train.yaml")
     args = parser.parse_args()
     if args.threads:
@@ -431,8 +495,13 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    overrides = ["trainer.max_epochs=1", f"data.batch_size={args.batch_size}", f"model.net.width_multiplier={args.width}",
-                 "paths.output_dir=unused", *args.overrides]
+    overrides = [
+        "trainer.max_epochs=1",
+        f"data.batch_size={args.batch_size}",
+        f"model.net.width_multiplier={args.width}",
+        "paths.output_dir=unused",
+        *args.overrides,
+    ]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     total = args.warmup + args.steps + 1  # the last batch only closes the last timed step
@@ -440,19 +509,27 @@ def main() -> None:
     data = materialise(cfg, total, n_val=2)
     arms = ["hand", "lightning", *(["lightning-module"] if args.module_only_arm else [])]
 
-    print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-          f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}")
+    print(
+        f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
+        f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}"
+    )
     print(f"load average before: {load_average()}")
     callbacks = ", ".join(type(c).__name__ for c in instantiate_group(cfg.callbacks))
-    print(f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
-          f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up steps, {args.repeats} runs per arm "
-          f"({', '.join(arms)}), interleaved")
-    print(f"lightning arm: callbacks {callbacks}; loggers {', '.join(cfg.logger)} (W&B offline); "
-          f"log_every_n_steps {cfg.trainer.log_every_n_steps}; console output "
-          f"{'rendered as for a terminal (Rich redraws the bar every step), into /dev/null' if args.bar == 'terminal' else 'as when piped (Rich draws no bar), into /dev/null'}; "
-          f"epoch 1 = a feature-evolution snapshot epoch (tracking hooks on)")
-    print("timed: start of one training batch to the start of the next, the same in-memory batches in every arm "
-          "(no input pipeline; startup, validation, checkpoints and epoch end not timed)")
+    print(
+        f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
+        f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up steps, {args.repeats} runs per arm "
+        f"({', '.join(arms)}), interleaved"
+    )
+    print(
+        f"lightning arm: callbacks {callbacks}; loggers {', '.join(cfg.logger)} (W&B offline); "
+        f"log_every_n_steps {cfg.trainer.log_every_n_steps}; console output "
+        f"{'rendered as for a terminal (Rich redraws the bar every step), into /dev/null' if args.bar == 'terminal' else 'as when piped (Rich draws no bar), into /dev/null'}; "
+        f"epoch 1 = a feature-evolution snapshot epoch (tracking hooks on)"
+    )
+    print(
+        "timed: start of one training batch to the start of the next, the same in-memory batches in every arm "
+        "(no input pipeline; startup, validation, checkpoints and epoch end not timed)"
+    )
 
     step_times: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     arm_watches: dict[str, list[Stopwatches]] = {arm: [] for arm in arms}
@@ -461,7 +538,9 @@ def main() -> None:
     cpu: dict[str, list[float]] = {arm: [] for arm in arms}
     faults: dict[str, list[float]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory() as tmp:
-        hand_run(cfg, InMemoryData(None, data.train[: args.warmup + 1], []))  # warm-up of the process: allocator, kernels
+        hand_run(
+            cfg, InMemoryData(None, data.train[: args.warmup + 1], [])
+        )  # warm-up of the process: allocator, kernels
         for repeat in range(args.repeats):
             order = arms if repeat % 2 == 0 else arms[::-1]
             weights = {}
@@ -471,7 +550,9 @@ def main() -> None:
                     stamps, weights[arm] = hand_run(cfg, data, watches)
                 else:
                     out = Path(tmp) / f"{arm}{repeat}"
-                    stamps, weights[arm], helper = lightning_run(cfg, data, out, watches, args.bar, module_only=arm != "lightning")
+                    stamps, weights[arm], helper = lightning_run(
+                        cfg, data, out, watches, args.bar, module_only=arm != "lightning"
+                    )
                     if arm == "lightning":
                         helpers.append(helper)
                 arm_watches[arm].append(watches)
@@ -479,29 +560,44 @@ def main() -> None:
                 step_times[arm].append(steps)
                 cpu[arm].append((stamps[window.stop][1] - stamps[window.start][1]) / sum(steps))
                 faults[arm].append((stamps[window.stop][2] - stamps[window.start][2]) / len(window))
-                print(f"  repeat {repeat} {arm:>16}: {args.batch_size * len(steps) / sum(steps):7.1f} images/s "
-                      f"(mean step {1e3 * statistics.mean(steps):6.1f} ms, median {1e3 * statistics.median(steps):6.1f} ms)", flush=True)
-            differences.append(max(float((weights["hand"][k] - weights["lightning"][k]).abs().max()) for k in weights["hand"]))
+                print(
+                    f"  repeat {repeat} {arm:>16}: {args.batch_size * len(steps) / sum(steps):7.1f} images/s "
+                    f"(mean step {1e3 * statistics.mean(steps):6.1f} ms, median {1e3 * statistics.median(steps):6.1f} ms)",
+                    flush=True,
+                )
+            differences.append(
+                max(float((weights["hand"][k] - weights["lightning"][k]).abs().max()) for k in weights["hand"])
+            )
 
     print(f"load average after: {load_average()} (other processes on the machine skew every arm)")
-    print(f"same work: largest |weight difference| hand vs lightning after {total} steps, per repeat: {fmt(differences, '.1e')}")
+    print(
+        f"same work: largest |weight difference| hand vs lightning after {total} steps, per repeat: {fmt(differences, '.1e')}"
+    )
     throughput = {arm: [args.batch_size * len(s) / sum(s) for s in runs] for arm, runs in step_times.items()}
     medians = {arm: statistics.median(v) for arm, v in throughput.items()}
     step_ms = {arm: 1e3 * args.batch_size / medians[arm] for arm in arms}  # mean step of the median run
     for arm in arms:
-        print(f"{arm:>16}: median {medians[arm]:7.1f} images/s (all: {fmt(throughput[arm])}); {step_ms[arm]:.1f} ms per step")
+        print(
+            f"{arm:>16}: median {medians[arm]:7.1f} images/s (all: {fmt(throughput[arm])}); {step_ms[arm]:.1f} ms per step"
+        )
     step_median = {arm: statistics.median(t for run in runs for t in run) for arm, runs in step_times.items()}
     for arm in arms[1:]:
         paired = [other / hand for hand, other in zip(throughput["hand"], throughput[arm])]
         ratio = medians[arm] / medians["hand"]
         goal = f"; goal >= {GOAL} ({'met' if ratio >= GOAL else 'NOT met'})" if arm == "lightning" else " (diagnostic)"
         print(f"{arm} / hand images/s: {ratio:.3f} (medians of runs){goal}")
-        print(f"    paired per repeat: {fmt(paired, '.3f')}; best run / best run: {max(throughput[arm]) / max(throughput['hand']):.3f}; "
-              f"from the median step time over all timed steps: {step_median['hand'] / step_median[arm]:.3f}")
+        print(
+            f"    paired per repeat: {fmt(paired, '.3f')}; best run / best run: {max(throughput[arm]) / max(throughput['hand']):.3f}; "
+            f"from the median step time over all timed steps: {step_median['hand'] / step_median[arm]:.3f}"
+        )
     for arm in arms:
-        print(f"{arm:>16}: CPUs busy in this process during the timed steps {fmt(cpu[arm], '.2f')}; "
-              f"minor page faults per step {fmt(faults[arm], '.0f')}")
-    print(f"W&B service (child processes) CPU over each whole lightning fit: {fmt(helpers, '.2f')} s (beside the training threads)")
+        print(
+            f"{arm:>16}: CPUs busy in this process during the timed steps {fmt(cpu[arm], '.2f')}; "
+            f"minor page faults per step {fmt(faults[arm], '.0f')}"
+        )
+    print(
+        f"W&B service (child processes) CPU over each whole lightning fit: {fmt(helpers, '.2f')} s (beside the training threads)"
+    )
     print_costs(arm_watches, step_ms)
 
 

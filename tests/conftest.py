@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from tests.helpers.configs import TINY, compose_config
 
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` are skipped on a machine without a CUDA GPU."""
     import torch
@@ -44,7 +45,9 @@ def _train_tiny(tmp_path_factory, name: str, overrides: list[str] = ()) -> Path:
 
     out = tmp_path_factory.mktemp(name)
     cache = tmp_path_factory.getbasetemp() / "cache"
-    cfg = compose_config("train", out, [*TINY, "trainer.max_epochs=1", "logger=csv", "test=false", f"data.cache_dir={cache}", *overrides])
+    cfg = compose_config(
+        "train", out, [*TINY, "trainer.max_epochs=1", "logger=csv", "test=false", f"data.cache_dir={cache}", *overrides]
+    )
     summary = train(cfg)
     GlobalHydra.instance().clear()
     return Path(summary["best"]["checkpoint"])

@@ -8,8 +8,19 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "zf_lightning"
 # Bottom to top; a folder may import from its own layer's folders only where listed in the same tuple.
-LAYERS = [("utils",), ("models",), ("data",), ("transfer",), ("deconv",), ("analysis", "tables"), ("visualize",),
-          ("callbacks",), ("config",), ("cli",), ("testing",)]
+LAYERS = [
+    ("utils",),
+    ("models",),
+    ("data",),
+    ("transfer",),
+    ("deconv",),
+    ("analysis", "tables"),
+    ("visualize",),
+    ("callbacks",),
+    ("config",),
+    ("cli",),
+    ("testing",),
+]
 RANK = {folder: rank for rank, folders in enumerate(LAYERS) for folder in folders}
 
 
@@ -67,7 +78,7 @@ def test_no_modules_import_each_other_in_a_circle():
             if target == module:
                 continue
             if state.get(target) == "open":
-                circles.append(" -> ".join([*stack[stack.index(target):], target]))
+                circles.append(" -> ".join([*stack[stack.index(target) :], target]))
             elif target not in state:
                 visit(target, [*stack, target])
         state[module] = "done"

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from zf_lightning.analysis.correspondence import (
     Box,
     Correspondence,
@@ -18,6 +17,7 @@ from zf_lightning.analysis.correspondence import (
     load_part_boxes,
     sign_hamming_delta,
 )
+from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 
 SIZE = 64
 N = 4
@@ -89,6 +89,7 @@ def reference_signs(model, images, boxes_per_image, fill=0.0):
     relus = {5: model.features[convs[4] + 1], 7: model.classifier[linears[1] + 1]}
     assert all(isinstance(relu, nn.ReLU) for relu in relus.values())
     captured = {}
+
     def keep(layer):
         return lambda module, inputs, output: captured.__setitem__(layer, output.flatten().clone())
 
@@ -135,6 +136,7 @@ def test_matches_plain_loop(model, images):
                 per_part[layer].append(brute_force_delta(signs[layer]))
         for layer in (5, 7):
             assert result.deltas["random"][layer][repeat] == pytest.approx(np.mean(per_part[layer]), abs=1e-9)
+
 
 def test_fill_value(model, images):
     result = Correspondence(model, repeats=1, fill=1.5)(images, BOXES)
@@ -272,8 +274,14 @@ def test_load_part_boxes_json_and_yaml(tmp_path):
         ('{"a.jpg": {"nose": [5, 2, 3, 4]}}', r"box 'nose' of image 'a.jpg' is empty"),
         ('{"a.jpg": {"nose": [1, 4, 3, 4]}}', "is empty"),
         ('{"a.jpg": {"nose": [-1, 2, 3, 4]}}', "negative coordinate"),
-        ('{"a.jpg": {"nose": [1, 2, 3, 4], "eye": [1, 2, 3, 4]}, "b.jpg": {"nose": [1, 2, 3, 4]}}', r"'b.jpg' lacks \['eye'\]"),
-        ('{"a.jpg": {"nose": [1, 2, 3, 4]}, "b.jpg": {"nose": [1, 2, 3, 4], "ear": [0, 0, 1, 1]}}', r"'b.jpg' has extra \['ear'\]"),
+        (
+            '{"a.jpg": {"nose": [1, 2, 3, 4], "eye": [1, 2, 3, 4]}, "b.jpg": {"nose": [1, 2, 3, 4]}}',
+            r"'b.jpg' lacks \['eye'\]",
+        ),
+        (
+            '{"a.jpg": {"nose": [1, 2, 3, 4]}, "b.jpg": {"nose": [1, 2, 3, 4], "ear": [0, 0, 1, 1]}}',
+            r"'b.jpg' has extra \['ear'\]",
+        ),
         ("{not json", "could not be parsed"),
     ],
 )

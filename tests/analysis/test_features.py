@@ -14,7 +14,10 @@ def hooked_features(model: nn.Module, images: torch.Tensor) -> tuple[dict[int, t
     """Independent formulation: record the output of every ReLU with forward hooks, number them in order."""
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     recorded: list[torch.Tensor] = []
-    handles = [relu.register_forward_hook(lambda _m, _i, out: recorded.append(out.detach().flatten(1).clone())) for relu in relus]
+    handles = [
+        relu.register_forward_hook(lambda _m, _i, out: recorded.append(out.detach().flatten(1).clone()))
+        for relu in relus
+    ]
     try:
         with torch.no_grad():
             logits = model.eval()(images)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from zf_lightning.analysis.invariance import TRANSFORMATIONS, Invariance, default_amounts, transform_images
+from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from zf_lightning.visualize.invariance_figure import build_invariance_figure, invariance_figure
 
 SIZE = 64
@@ -62,7 +62,9 @@ def reference_transform(image: torch.Tensor, kind: str, amount: float) -> torch.
 
 def relu_outputs(model: nn.Module, x: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Paper layer -> flattened ReLU output (conv ReLUs are 1..5, classifier ReLUs 6, 7), and logits."""
-    relus = [m for m in model.features if isinstance(m, nn.ReLU)] + [m for m in model.classifier if isinstance(m, nn.ReLU)]
+    relus = [m for m in model.features if isinstance(m, nn.ReLU)] + [
+        m for m in model.classifier if isinstance(m, nn.ReLU)
+    ]
     captured = {}
     hooks = [
         relu.register_forward_hook(lambda _m, _i, out, layer=layer: captured.__setitem__(layer, out.flatten(1).clone()))
@@ -126,7 +128,9 @@ def test_reference_norm(model, images):
 
 
 def test_identity_amounts(model, images):
-    results = Invariance(model, batch_size=3)(images, TARGETS, {"translation": [0, 2], "scale": [3.0, 1.0], "rotation": [0.0, 360.0]})
+    results = Invariance(model, batch_size=3)(
+        images, TARGETS, {"translation": [0, 2], "scale": [3.0, 1.0], "rotation": [0.0, 360.0]}
+    )
     with torch.no_grad():
         probs = torch.softmax(model(images), dim=1)
     identity = {"translation": 0, "scale": 1, "rotation": 0}
@@ -233,7 +237,9 @@ def test_target_errors(model, images, targets, match):
 
 
 def test_image_and_option_errors(model, images):
-    with pytest.raises(ValueError, match=r"images must be a 4-D \(B, C, H, W\) floating-point tensor, got \(3, 64, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"images must be a 4-D \(B, C, H, W\) floating-point tensor, got \(3, 64, 64\)"
+    ):
         Invariance(model)(images[0], TARGETS[:1], {"scale": [1.2]})
     with pytest.raises(ValueError, match="floating-point tensor, got .*int64"):
         Invariance(model)(images.long(), TARGETS, {"scale": [1.2]})
@@ -308,13 +314,23 @@ def test_as_arrays_and_frame(model, images, tmp_path):
 def test_figure(model, images, tmp_path):
     import matplotlib.pyplot as plt
 
-    results = Invariance(model, layers=(1, 7))(images, TARGETS, {"rotation": [0, 90], "translation": [-4, 0, 4], "scale": [1, 1.5]})
+    results = Invariance(model, layers=(1, 7))(
+        images, TARGETS, {"rotation": [0, 90], "translation": [-4, 0, 4], "scale": [1, 1.5]}
+    )
     figure = build_invariance_figure(results, image_labels=["cat", "dog"], title="ZFNet")
     try:
         axes = figure.axes
         assert len(axes) == 3 * 3
-        assert [axis.get_xlabel() for axis in axes[::3]] == ["Vertical translation (pixels)", "Scale (ratio)", "Rotation (degrees)"]
-        assert [axis.get_ylabel() for axis in axes[:3]] == ["Canonical distance, layer 1", "Canonical distance, layer 7", "P(true class)"]
+        assert [axis.get_xlabel() for axis in axes[::3]] == [
+            "Vertical translation (pixels)",
+            "Scale (ratio)",
+            "Rotation (degrees)",
+        ]
+        assert [axis.get_ylabel() for axis in axes[:3]] == [
+            "Canonical distance, layer 1",
+            "Canonical distance, layer 7",
+            "P(true class)",
+        ]
         assert all(len(axis.get_lines()) == 2 for axis in axes)
         assert [text.get_text() for text in axes[2].get_legend().get_texts()] == ["cat", "dog"]
         np.testing.assert_allclose(axes[5].get_lines()[1].get_ydata(), results["scale"].true_class_prob[1].numpy())

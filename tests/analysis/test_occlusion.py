@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from zf_lightning.analysis.occlusion import OcclusionSensitivity, occluder_positions
 from zf_lightning.deconv.engine import Deconvnet
+from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 
 SIZE = 64
 NUM_CLASSES = 10
@@ -111,7 +111,9 @@ def test_occluding_zeros_with_grey_changes_nothing(model, images):
     result = OcclusionSensitivity(model, window=16, stride=12)(zero, [4])
     expected = result.probabilities[0, 4].expand_as(result.true_class_prob[0])
     torch.testing.assert_close(result.true_class_prob[0], expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(result.layer_activation[0], result.unoccluded_activation[0].expand(result.layer_activation.shape[1:]))
+    torch.testing.assert_close(
+        result.layer_activation[0], result.unoccluded_activation[0].expand(result.layer_activation.shape[1:])
+    )
 
     partly = images[:1].clone()
     partly[:, :, :32, :32] = 0
@@ -200,7 +202,11 @@ def test_captum_attribution_is_mean_probability_drop(model, images, window, stri
     captum_attr = pytest.importorskip("captum.attr")
     result = OcclusionSensitivity(model, window=window, stride=stride)(images, TARGETS)
     attribution = captum_attr.Occlusion(lambda x: torch.softmax(model(x), dim=1)).attribute(
-        images, sliding_window_shapes=(3, window, window), strides=(3, stride, stride), baselines=0, target=TARGETS,
+        images,
+        sliding_window_shapes=(3, window, window),
+        strides=(3, stride, stride),
+        baselines=0,
+        target=TARGETS,
     )
     drop = result.probabilities[[0, 1], TARGETS][:, None, None] - result.true_class_prob  # (B, nH, nW)
     ys = torch.arange(SIZE)

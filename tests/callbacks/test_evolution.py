@@ -14,19 +14,18 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from torch.overrides import TorchFunctionMode
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from tests.helpers.configs import compose_config
-from zf_lightning.config.checker import ConfigError
-from zf_lightning.cli.train import train
-from zf_lightning.data import SyntheticDataModule
-from zf_lightning.models import ImageClassifier
-from zf_lightning.deconv import Deconvnet
 from zf_lightning.callbacks.evolution import FIGURE_NAME, FeatureEvolution, best_across_ranks
+from zf_lightning.cli.train import train
+from zf_lightning.config.checker import ConfigError
+from zf_lightning.data import SyntheticDataModule
+from zf_lightning.deconv import Deconvnet
+from zf_lightning.models import ImageClassifier
 from zf_lightning.visualize.figures import contrast_stretch
 
 TINY_NET = {"arch": "zfnet", "num_classes": 10, "input_size": 64, "width_multiplier": 0.125, "init_std": None}
@@ -34,13 +33,21 @@ TINY_NET = {"arch": "zfnet", "num_classes": 10, "input_size": 64, "width_multipl
 
 def tiny_datamodule(cache_dir: Path) -> SyntheticDataModule:
     # 200 training images in batches of 20: 10 steps an epoch.
-    return SyntheticDataModule(train_per_class=20, val_per_class=2, test_per_class=2, batch_size=20, num_workers=0, cache_dir=str(cache_dir))
+    return SyntheticDataModule(
+        train_per_class=20, val_per_class=2, test_per_class=2, batch_size=20, num_workers=0, cache_dir=str(cache_dir)
+    )
 
 
 def tiny_trainer(callbacks, max_epochs: int, **kwargs) -> L.Trainer:
     options = dict(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
     )
     return L.Trainer(callbacks=callbacks, **{**options, **kwargs})
 
@@ -75,16 +82,27 @@ def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("evolution")
     L.seed_everything(0)
     model = ImageClassifier(net=TINY_NET)
-    evolution = FeatureEvolution(output_dir=root / "feature_evolution", snapshot_epochs=[1, 3, 7], maps_per_layer=3, seed=1)
+    evolution = FeatureEvolution(
+        output_dir=root / "feature_evolution", snapshot_epochs=[1, 3, 7], maps_per_layer=3, seed=1
+    )
     recorder = Recorder()
     records = _Records()
     logger = logging.getLogger("zf_lightning.callbacks.evolution")
     logger.addHandler(records)
     try:
-        tiny_trainer([evolution, recorder], max_epochs=3, num_sanity_val_steps=1).fit(model, tiny_datamodule(root / "cache"))
+        tiny_trainer([evolution, recorder], max_epochs=3, num_sanity_val_steps=1).fit(
+            model, tiny_datamodule(root / "cache")
+        )
     finally:
         logger.removeHandler(records)
-    return SimpleNamespace(root=root, out=root / "feature_evolution", model=model, evolution=evolution, recorder=recorder, warnings=records.messages)
+    return SimpleNamespace(
+        root=root,
+        out=root / "feature_evolution",
+        model=model,
+        evolution=evolution,
+        recorder=recorder,
+        warnings=records.messages,
+    )
 
 
 # ---------------------------------------------------------------- snapshots
@@ -110,7 +128,9 @@ def test_snapshots_are_written_at_the_configured_epochs_only(fitted):
     canvas, rows, columns = fitted.evolution.grid()
     size = fitted.evolution.cell_size
     assert [epoch for epoch, _ in columns] == [1, 3]
-    assert [(layer, m) for layer, m, _ in rows] == [(layer, m) for layer in range(1, 6) for m in fitted.evolution.maps[layer]]
+    assert [(layer, m) for layer, m, _ in rows] == [
+        (layer, m) for layer in range(1, 6) for m in fitted.evolution.maps[layer]
+    ]
     assert canvas.shape[2] == 2 * (size + 2) + 2 and canvas.shape[1] > 15 * size
     assert 0 <= canvas.min() and canvas.max() <= 1
     png = Image.open(fitted.out / FIGURE_NAME)
@@ -173,7 +193,12 @@ def test_tracked_maxima_are_the_maxima_over_the_epochs_training_batches(fitted, 
                 assert data[f"projected_values_layer{layer}"][k] == activation[row, col].item()
                 top, left = field.window(row, col)
                 assert (data[f"top_layer{layer}"][k], data[f"left_layer{layer}"][k]) == (top, left)
-                torch.testing.assert_close(torch.from_numpy(data[f"patches_layer{layer}"][k]), _crop(image, top, left, field.size), rtol=0, atol=0)
+                torch.testing.assert_close(
+                    torch.from_numpy(data[f"patches_layer{layer}"][k]),
+                    _crop(image, top, left, field.size),
+                    rtol=0,
+                    atol=0,
+                )
 
 
 # ------------------------------------------------------- training unchanged
@@ -188,7 +213,11 @@ def test_tracking_on_and_off_train_to_bit_identical_weights(compose_train, tmp_p
         checkpoint = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
         assert checkpoint["global_step"] == 20
         weights[name] = checkpoint["state_dict"]
-    assert sorted(p.name for p in (tmp_path / "on" / "feature_evolution").iterdir()) == ["epoch_001.npz", "epoch_002.npz", FIGURE_NAME]
+    assert sorted(p.name for p in (tmp_path / "on" / "feature_evolution").iterdir()) == [
+        "epoch_001.npz",
+        "epoch_002.npz",
+        FIGURE_NAME,
+    ]
     assert not (tmp_path / "off" / "feature_evolution").exists()
     assert weights["on"].keys() == weights["off"].keys()
     for key in weights["on"]:
@@ -221,14 +250,19 @@ def test_the_per_batch_work_never_waits_for_the_device(tmp_path):
         def run(*args, **kwargs):
             with calls:
                 return function(*args, **kwargs)
+
         return run
 
     make_tracker = evolution._tracker
     evolution._tracker = lambda layer: watched(make_tracker(layer))  # what on_train_epoch_start registers
     evolution._remember_input = watched(evolution._remember_input)
     L.seed_everything(0)
-    tiny_trainer([evolution], max_epochs=1, limit_train_batches=3, limit_val_batches=0).fit(ImageClassifier(net=TINY_NET, lr_scheduler=None), tiny_datamodule(tmp_path / "cache"))
-    assert calls.names.count("index_select") == 3 * (5 + 1)  # the hooks ran: 5 layers' maps and the winning images, 3 batches
+    tiny_trainer([evolution], max_epochs=1, limit_train_batches=3, limit_val_batches=0).fit(
+        ImageClassifier(net=TINY_NET, lr_scheduler=None), tiny_datamodule(tmp_path / "cache")
+    )
+    assert calls.names.count("index_select") == 3 * (
+        5 + 1
+    )  # the hooks ran: 5 layers' maps and the winning images, 3 batches
     assert calls.names.count("where") == 3 * 2
     assert not HOST_SYNCS & set(calls.names), sorted(HOST_SYNCS & set(calls.names))
     assert (tmp_path / "evolution" / "epoch_001.npz").is_file()
@@ -244,7 +278,9 @@ def test_best_across_ranks_picks_the_best_rank_per_map():
         ]
     )  # (world=3, K=4); map 1 ties between ranks 0 and 1; rank 0 and 2 never saw map 2 beat -inf
     world, k = values.shape
-    images = torch.arange(world * k, dtype=torch.float32).reshape(world, k, 1, 1, 1).expand(world, k, 3, 2, 2)  # value = 4 * rank + map
+    images = (
+        torch.arange(world * k, dtype=torch.float32).reshape(world, k, 1, 1, 1).expand(world, k, 3, 2, 2)
+    )  # value = 4 * rank + map
     best, chosen, rank = best_across_ranks(values, images)
     assert rank.tolist() == [1, 0, 1, 2]
     assert best.tolist() == [3.0, 5.0, 0.5, 7.0]
@@ -303,11 +339,26 @@ def test_under_ddp_the_maxima_are_the_best_over_all_ranks_batches(tmp_path):
     L.seed_everything(0)
     evolution = FeatureEvolution(output_dir=tmp_path / "evo", snapshot_epochs=[1], maps_per_layer=2)
     trainer = tiny_trainer(
-        [evolution, _SavingRecorder(records)], max_epochs=1, strategy="ddp_spawn", devices=2,
-        num_sanity_val_steps=0, limit_val_batches=1, deterministic=False,
+        [evolution, _SavingRecorder(records)],
+        max_epochs=1,
+        strategy="ddp_spawn",
+        devices=2,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        deterministic=False,
     )
     model = ImageClassifier(net=TINY_NET)
-    trainer.fit(model, SyntheticDataModule(train_per_class=8, val_per_class=2, test_per_class=2, batch_size=20, num_workers=0, cache_dir=str(tmp_path / "cache")))
+    trainer.fit(
+        model,
+        SyntheticDataModule(
+            train_per_class=8,
+            val_per_class=2,
+            test_per_class=2,
+            batch_size=20,
+            num_workers=0,
+            cache_dir=str(tmp_path / "cache"),
+        ),
+    )
     assert sorted(p.name for p in (tmp_path / "evo").iterdir()) == ["epoch_001.npz", FIGURE_NAME]
     files = sorted(records.iterdir())
     assert {p.name[:5] for p in files} == {"rank0", "rank1"}
@@ -374,7 +425,9 @@ def test_a_resumed_run_keeps_the_earlier_columns(compose_train, tmp_path):
 
     # what on_train_start reads back: snapshots of completed epochs that follow the same maps
     reader = FeatureEvolution(output_dir=evolution_dir, snapshot_epochs=[1, 2])
-    reader.maps = {int(layer): np.load(evolution_dir / "epoch_001.npz")[f"maps_layer{layer}"].tolist() for layer in range(1, 6)}
+    reader.maps = {
+        int(layer): np.load(evolution_dir / "epoch_001.npz")[f"maps_layer{layer}"].tolist() for layer in range(1, 6)
+    }
     reader.on_train_start(SimpleNamespace(is_global_zero=True, current_epoch=1), None)
     assert sorted(reader.columns) == [1]
     reader.maps[1] = [0]
@@ -391,7 +444,11 @@ def test_the_figure_goes_to_wandb_when_a_wandb_logger_is_used(tmp_path):
     evolution._log_image(SimpleNamespace(loggers=[other, wandb], global_step=7))
     wandb.log_image.assert_called_once()
     kwargs = wandb.log_image.call_args.kwargs
-    assert kwargs["key"] == "feature_evolution" and kwargs["images"] == [str(tmp_path / FIGURE_NAME)] and kwargs["step"] == 7
+    assert (
+        kwargs["key"] == "feature_evolution"
+        and kwargs["images"] == [str(tmp_path / FIGURE_NAME)]
+        and kwargs["step"] == 7
+    )
     assert not other.log_image.called
 
 
@@ -435,7 +492,9 @@ def test_options_the_model_cannot_satisfy_fail_before_training(tmp_path, options
     recorder = Recorder()
     evolution = FeatureEvolution(output_dir=tmp_path / "evo", **options)
     with pytest.raises(ValueError, match=message):
-        tiny_trainer([evolution, recorder], max_epochs=1).fit(ImageClassifier(net=TINY_NET, lr_scheduler=None), tiny_datamodule(tmp_path / "cache"))
+        tiny_trainer([evolution, recorder], max_epochs=1).fit(
+            ImageClassifier(net=TINY_NET, lr_scheduler=None), tiny_datamodule(tmp_path / "cache")
+        )
     assert recorder.batches == {} and not (tmp_path / "evo").exists()
 
 
@@ -454,7 +513,9 @@ def test_the_default_run_snapshots_epochs_1_2_5_10_and_says_which_it_drops(tmp_p
     assert evolution.snapshot_epochs == [1, 2, 5, 10, 20, 30, 40, 64]
     assert evolution.output_dir == tmp_path / "run" / "feature_evolution"
     with caplog.at_level(logging.WARNING, logger="zf_lightning.callbacks.evolution"):
-        trainer = SimpleNamespace(max_epochs=cfg.trainer.max_epochs, is_global_zero=True, default_root_dir=str(tmp_path))
+        trainer = SimpleNamespace(
+            max_epochs=cfg.trainer.max_epochs, is_global_zero=True, default_root_dir=str(tmp_path)
+        )
         evolution.setup(trainer, instantiate(cfg.model), "fit")
     assert evolution._epochs == [1, 2, 5, 10]
     assert "[20, 30, 40, 64]" in caplog.text and "max_epochs=10" in caplog.text

@@ -22,7 +22,9 @@ def test_the_step_loss_is_shown_and_read_once_per_redraw_interval(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
     bar = RichProgressBar(refresh_rate=2)  # a read every 0.5 s at most
-    trainer = SimpleNamespace(training=True, loggers=[], progress_bar_metrics={"val/top1_err": 40.0}, callback_metrics={})
+    trainer = SimpleNamespace(
+        training=True, loggers=[], progress_bar_metrics={"val/top1_err": 40.0}, callback_metrics={}
+    )
     shown = []
     for step in range(10):  # a step every 0.1 s
         clock[0] = 0.1 * step

@@ -16,7 +16,9 @@ from zf_lightning.cli.common import load_checkpoint_with_data
 
 
 def compose_analyze(command: str, tmp_path: Path, ckpt: Path, overrides: list[str] = ()):
-    return compose_config(f"analyze_{command}", tmp_path / command, [f"ckpt_path={ckpt}", "data.val_per_class=3", *overrides])
+    return compose_config(
+        f"analyze_{command}", tmp_path / command, [f"ckpt_path={ckpt}", "data.val_per_class=3", *overrides]
+    )
 
 
 def write_split_as_folder(cfg, folder: Path, count: int, corrupt: bool = False) -> list[str]:
@@ -37,7 +39,9 @@ def write_split_as_folder(cfg, folder: Path, count: int, corrupt: bool = False) 
 
 
 def test_occlusion_writes_figure_arrays_csv_wandb_and_summary(tiny_checkpoint, tmp_path):
-    cfg = compose_analyze("occlusion", tmp_path, tiny_checkpoint, ["images.max_images=3", "occlusion.window=24", "occlusion.stride=18"])
+    cfg = compose_analyze(
+        "occlusion", tmp_path, tiny_checkpoint, ["images.max_images=3", "occlusion.window=24", "occlusion.stride=18"]
+    )
     summary = occlusion(cfg)
     out = Path(cfg.paths.output_dir)
     assert summary["status"] == "completed" and summary["num_images"] == 3 and summary["label_source"] == "dataset"
@@ -62,7 +66,9 @@ def test_occlusion_writes_figure_arrays_csv_wandb_and_summary(tiny_checkpoint, t
                 occluded[:, top : top + 24, left : left + 24] = 0.0
                 with torch.no_grad():
                     probs = net(occluded[None]).softmax(dim=1)[0]
-                np.testing.assert_allclose(arrays["true_class_prob"][b, i, j], probs[label].item(), rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(
+                    arrays["true_class_prob"][b, i, j], probs[label].item(), rtol=1e-4, atol=1e-6
+                )
                 assert arrays["top_class"][b, i, j] == probs.argmax().item()
     assert arrays["layer_activation"].shape == (3, 4, 4) and arrays["projection"].shape == (3, 3, 64, 64)
     logged = next(out.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
@@ -76,8 +82,12 @@ def test_occlusion_on_a_folder_equals_the_same_images_from_the_split(tiny_checkp
     from_split = occlusion(split_cfg)
     labels = {name: int(t) for name, t in zip(names, np.load(from_split["files"]["npz"])["targets"])}
     (tmp_path / "labels.json").write_text(json.dumps(labels))
-    folder_cfg = compose_analyze("occlusion", tmp_path / "folder", tiny_checkpoint,
-                                 [f"images.image_dir={folder}", f"images.labels={tmp_path / 'labels.json'}", "~logger"])
+    folder_cfg = compose_analyze(
+        "occlusion",
+        tmp_path / "folder",
+        tiny_checkpoint,
+        [f"images.image_dir={folder}", f"images.labels={tmp_path / 'labels.json'}", "~logger"],
+    )
     from_folder = occlusion(folder_cfg)
     assert from_folder["label_source"] == "labels"
     a, b = np.load(from_split["files"]["npz"]), np.load(from_folder["files"]["npz"])
@@ -90,7 +100,9 @@ def test_occlusion_without_labels_uses_the_models_prediction(tiny_checkpoint, tm
     cfg = compose_analyze("occlusion", tmp_path / "split", tiny_checkpoint, ["~logger"])
     folder = tmp_path / "mine"
     write_split_as_folder(cfg, folder, 2)
-    summary = occlusion(compose_analyze("occlusion", tmp_path / "folder", tiny_checkpoint, [f"images.image_dir={folder}", "~logger"]))
+    summary = occlusion(
+        compose_analyze("occlusion", tmp_path / "folder", tiny_checkpoint, [f"images.image_dir={folder}", "~logger"])
+    )
     assert summary["label_source"] == "predicted"
     for row in summary["images"]:
         assert row["target"] == row["top_class_unoccluded"]
@@ -101,7 +113,11 @@ def test_occlusion_without_labels_uses_the_models_prediction(tiny_checkpoint, tm
     [
         (["images.image_dir=/no/such/folder"], FileNotFoundError, "no such folder"),
         (["images.image_dir=CORRUPT"], ValueError, r"unreadable image\(s\): broken.jpg"),
-        (["images.image_dir=FOLDER", "images.labels={img_0.png:3}"], ValueError, r"images without a label: \['img_1.png'\]"),
+        (
+            ["images.image_dir=FOLDER", "images.labels={img_0.png:3}"],
+            ValueError,
+            r"images without a label: \['img_1.png'\]",
+        ),
         (["images.image_dir=FOLDER", "images.labels={img_0.png:3,img_1.png:99}"], ValueError, "unknown classes"),
         (["arch=alexnet"], ValueError, "is a 'zfnet' network but the config says arch='alexnet'"),
         (["data.num_classes=7"], ValueError, "has 10 classes but data.num_classes=7"),
@@ -131,10 +147,18 @@ def test_invariance_writes_curves_figure_and_equals_the_engine(tiny_checkpoint, 
     from zf_lightning.analysis.features import LayerFeatures
     from zf_lightning.analysis.invariance import Invariance
 
-    cfg = compose_analyze("invariance", tmp_path, tiny_checkpoint, [
-        "images.max_images=2", "invariance.amounts.translation=[-8,0,8]", "invariance.amounts.scale=[1.0,1.5]",
-        "invariance.amounts.rotation=[0,90,180]", "invariance.layers=[1,7]",
-    ])
+    cfg = compose_analyze(
+        "invariance",
+        tmp_path,
+        tiny_checkpoint,
+        [
+            "images.max_images=2",
+            "invariance.amounts.translation=[-8,0,8]",
+            "invariance.amounts.scale=[1.0,1.5]",
+            "invariance.amounts.rotation=[0,90,180]",
+            "invariance.layers=[1,7]",
+        ],
+    )
     summary = invariance(cfg)
     out = Path(cfg.paths.output_dir)
     assert summary["status"] == "completed" and summary["layers"] == [1, 7]
@@ -161,11 +185,21 @@ def test_invariance_writes_curves_figure_and_equals_the_engine(tiny_checkpoint, 
 def test_invariance_defaults_follow_the_crop_size_and_unknown_transforms_are_refused(tiny_checkpoint, tmp_path):
     from zf_lightning.analysis.invariance import default_amounts
 
-    summary = invariance(compose_analyze("invariance", tmp_path / "a", tiny_checkpoint, ["images.max_images=1", "~logger", "invariance.transformations=[translation]"]))
+    summary = invariance(
+        compose_analyze(
+            "invariance",
+            tmp_path / "a",
+            tiny_checkpoint,
+            ["images.max_images=1", "~logger", "invariance.transformations=[translation]"],
+        )
+    )
     assert summary["curves"]["translation"]["amounts"] == default_amounts(64)["translation"]
     assert set(summary["curves"]) == {"translation"}
     cfg = compose_analyze("invariance", tmp_path / "b", tiny_checkpoint, ["~logger", "+invariance.amounts.shear=[1]"])
-    with pytest.raises(ValueError, match=r"invariance.amounts.shear: unknown key for invariance.amounts; allowed keys: rotation, scale, translation"):
+    with pytest.raises(
+        ValueError,
+        match=r"invariance.amounts.shear: unknown key for invariance.amounts; allowed keys: rotation, scale, translation",
+    ):
         invariance(cfg)
     assert not (Path(cfg.paths.output_dir) / "invariance.png").exists()
 
@@ -185,20 +219,26 @@ def test_correspondence_writes_the_papers_table_and_equals_the_engine(tiny_check
 
     boxes_file = tmp_path / "boxes.yaml"
     boxes_file.write_text(yaml.safe_dump(BOXES_72))
-    cfg = compose_analyze("correspondence", tmp_path, tiny_checkpoint, [f"correspondence.boxes={boxes_file}", "correspondence.repeats=3"])
+    cfg = compose_analyze(
+        "correspondence", tmp_path, tiny_checkpoint, [f"correspondence.boxes={boxes_file}", "correspondence.repeats=3"]
+    )
     summary = correspondence(cfg)
     out = Path(cfg.paths.output_dir)
     assert summary["status"] == "completed" and summary["images"] == list(BOXES_72) and summary["pairs"] == 6
     table = (out / "correspondence.md").read_text()
     for text in ("Layer 5", "Layer 7", "centre", "top_left", "Random", "±"):
         assert text in table
-    assert (out / "correspondence.csv").read_text().splitlines()[0] == "occlusion,layer5_mean,layer5_std,layer7_mean,layer7_std"
+    assert (out / "correspondence.csv").read_text().splitlines()[
+        0
+    ] == "occlusion,layer5_mean,layer5_std,layer7_mean,layer7_std"
     assert (out / "correspondence.png").stat().st_size > 5000
 
     model, datamodule = load_checkpoint_with_data(tiny_checkpoint, cfg.data)
     dataset = datamodule.split_dataset("val")
     images = torch.stack([dataset[i][0] for i in range(3)])
-    converted = [{part: Box(*box_in_input(box, (72, 72), 72, 64)) for part, box in parts.items()} for parts in BOXES_72.values()]
+    converted = [
+        {part: Box(*box_in_input(box, (72, 72), 72, 64)) for part, box in parts.items()} for parts in BOXES_72.values()
+    ]
     assert converted[0]["centre"] == Box(24, 24, 40, 40)  # the 72 px image's centre 64 px start at 4
     expected = Correspondence(model.net, repeats=3, seed=cfg.seed).compute(images, converted)
     arrays = np.load(out / "correspondence.npz")
@@ -210,9 +250,18 @@ def test_correspondence_writes_the_papers_table_and_equals_the_engine(tiny_check
 @pytest.mark.parametrize(
     "boxes, match",
     [
-        ({**BOXES_72, "val_00002": {"centre": [60, 60, 80, 80], "top_left": [4, 4, 20, 20]}}, r"box centre of val_00002 \[60, 60, 80, 80\] lies outside the image"),
-        ({**BOXES_72, "val_00002": {"centre": [0, 0, 3, 3], "top_left": [4, 4, 20, 20]}}, r"part 'centre' of val_00002: .*falls outside the centre 64x64 crop"),
-        ({**BOXES_72, "val_00099": BOXES_72["val_00000"]}, r"names images that are not among the loaded images: \['val_00099'\]"),
+        (
+            {**BOXES_72, "val_00002": {"centre": [60, 60, 80, 80], "top_left": [4, 4, 20, 20]}},
+            r"box centre of val_00002 \[60, 60, 80, 80\] lies outside the image",
+        ),
+        (
+            {**BOXES_72, "val_00002": {"centre": [0, 0, 3, 3], "top_left": [4, 4, 20, 20]}},
+            r"part 'centre' of val_00002: .*falls outside the centre 64x64 crop",
+        ),
+        (
+            {**BOXES_72, "val_00099": BOXES_72["val_00000"]},
+            r"names images that are not among the loaded images: \['val_00099'\]",
+        ),
         (None, "correspondence.boxes is required"),
     ],
 )
@@ -248,7 +297,11 @@ def test_a_job_that_fails_after_its_loggers_started_finishes_them_as_failed(tiny
     monkeypatch.setattr("zf_lightning.analysis.occlusion.OcclusionSensitivity.compute", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
         occlusion(cfg)
-    assert finished == [(1, "failed", "out of memory in the middle of the analysis")]  # closed: the next job gets its own run
+    assert finished == [
+        (1, "failed", "out of memory in the middle of the analysis")
+    ]  # closed: the next job gets its own run
     logged = wandb_run_bytes(Path(cfg.paths.output_dir), b"out of memory in the middle of the analysis")
     assert b"out of memory in the middle of the analysis" in logged  # the W&B run says why it failed
-    assert json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())["error"].startswith("RuntimeError: out of memory")
+    assert json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())["error"].startswith(
+        "RuntimeError: out of memory"
+    )

@@ -32,8 +32,13 @@ REPO = Path(__file__).resolve().parents[2]
 # The built-in default run (CSV + offline W&B, feature evolution, progress bar, loader workers), made tiny:
 # 10 classes x 20 images, batch 20: 10 steps per epoch, 20 in all; both epochs are feature-evolution snapshots.
 RUN = [
-    "model.net.width_multiplier=0.125", "data.train_per_class=20", "data.val_per_class=4", "data.test_per_class=4",
-    "data.batch_size=20", "trainer.max_epochs=2", "trainer.deterministic=true",
+    "model.net.width_multiplier=0.125",
+    "data.train_per_class=20",
+    "data.val_per_class=4",
+    "data.test_per_class=4",
+    "data.batch_size=20",
+    "trainer.max_epochs=2",
+    "trainer.deterministic=true",
 ]
 PHASES = "+callbacks.phases._target_=tests.helpers.fault_injection.AnnouncePhases"
 pytestmark = pytest.mark.slow
@@ -41,7 +46,14 @@ pytestmark = pytest.mark.slow
 
 def start(run_dir: Path, args: list[str], phases: Path, tmp_path: Path) -> subprocess.Popen:
     env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    command = [str(Path(sys.executable).parent / "zf-train"), *RUN, *args, PHASES, f"+callbacks.phases.path={phases}", f"hydra.run.dir={run_dir}"]
+    command = [
+        str(Path(sys.executable).parent / "zf-train"),
+        *RUN,
+        *args,
+        PHASES,
+        f"+callbacks.phases.path={phases}",
+        f"hydra.run.dir={run_dir}",
+    ]
     log = open(phases.with_suffix(".log"), "w")
     return subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
 
@@ -58,7 +70,9 @@ def wait_for(phases: Path, wanted: list[str], process: subprocess.Popen, timeout
         if position == len(wanted):
             return
         if process.poll() is not None:
-            raise AssertionError(f"the run ended ({process.returncode}) before {wanted}: {seen}\n{phases.with_suffix('.log').read_text()[-3000:]}")
+            raise AssertionError(
+                f"the run ended ({process.returncode}) before {wanted}: {seen}\n{phases.with_suffix('.log').read_text()[-3000:]}"
+            )
         time.sleep(0.02)
     raise AssertionError(f"no {wanted} within {timeout} s")
 
@@ -66,7 +80,9 @@ def wait_for(phases: Path, wanted: list[str], process: subprocess.Popen, timeout
 def plan(signum: int, rng: random.Random) -> list[list[str]]:
     """The moments to stop at, in an order in which each attempt gets there again after resuming."""
     startup: list[str] = []
-    if signum == signal.SIGKILL:  # only epoch ends leave checkpoints: every later kill resumes from the first epoch's end
+    if (
+        signum == signal.SIGKILL
+    ):  # only epoch ends leave checkpoints: every later kill resumes from the first epoch's end
         later = [[f"step {rng.randint(11, 18)}"], ["validation 1"]]
         rng.shuffle(later)
         return [startup, ["validation 0", "checkpoint"], *later]
@@ -119,7 +135,10 @@ def snapshots(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def assert_same_run(resumed: Path, reference: Path) -> None:
-    ours, theirs = (torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True) for run in (resumed, reference))
+    ours, theirs = (
+        torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        for run in (resumed, reference)
+    )
     assert ours["global_step"] == theirs["global_step"] == 20
     for name, value in theirs["state_dict"].items():
         assert torch.equal(ours["state_dict"][name], value), name
@@ -133,7 +152,9 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
         assert sorted(ours[name]) == sorted(arrays)
         for key, value in arrays.items():
             assert np.array_equal(ours[name][key], value), (name, key)
-    segments = sorted((resumed / "wandb").glob("offline-run-*/run-*.wandb"))  # one offline segment per attempt that got there
+    segments = sorted(
+        (resumed / "wandb").glob("offline-run-*/run-*.wandb")
+    )  # one offline segment per attempt that got there
     assert segments and any(b"test/top1_err" in path.read_bytes() for path in segments)
 
 
@@ -159,8 +180,12 @@ def test_a_run_stopped_at_random_moments_and_resumed_ends_as_the_uninterrupted_r
     # Workers alternate by attempt; the chains end with different settings (kill -9: 2 workers, SIGTERM: 0).
     chains = {signal.SIGKILL: (2, 0), signal.SIGTERM: (0, 2)}
     with ThreadPoolExecutor(len(chains)) as pool:
-        running = {signum: pool.submit(run_until_complete, tmp_path / signal.Signals(signum).name, workers, signum, seed + signum, tmp_path)
-                   for signum, workers in chains.items()}
+        running = {
+            signum: pool.submit(
+                run_until_complete, tmp_path / signal.Signals(signum).name, workers, signum, seed + signum, tmp_path
+            )
+            for signum, workers in chains.items()
+        }
         stops = {signum: future.result() for signum, future in running.items()}
     for signum in chains:
         assert len(stops[signum]) == len(plan(signum, random.Random(0))), stops[signum]

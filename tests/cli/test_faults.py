@@ -25,12 +25,21 @@ def zf_train(args: list[str], run_dir: Path, tmp_path: Path) -> subprocess.Compl
     """The console script in a subprocess (so that it can be killed), writing into `run_dir`."""
     env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}  # the fault-injection callbacks live in tests/
     script = Path(sys.executable).parent / "zf-train"
-    return subprocess.run([str(script), *RUN, *args, f"hydra.run.dir={run_dir}"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(script), *RUN, *args, f"hydra.run.dir={run_dir}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def fault(callback: str, **kwargs) -> list[str]:
-    return [f"+callbacks.fault._target_=tests.helpers.fault_injection.{callback}", *(f"+callbacks.fault.{k}={v}" for k, v in kwargs.items())]
+    return [
+        f"+callbacks.fault._target_=tests.helpers.fault_injection.{callback}",
+        *(f"+callbacks.fault.{k}={v}" for k, v in kwargs.items()),
+    ]
 
 
 def load(path: Path) -> dict:
@@ -53,10 +62,12 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_
         assert load_checkpoint(run_dir / "checkpoints" / name)["epoch"] == 0  # whole, and still the first epoch's
 
 
-def test_sigusr2_checkpoints_then_hands_over_to_the_previous_handler_and_a_requeued_job_resumes(compose_train, tmp_path, monkeypatch):
+def test_sigusr2_checkpoints_then_hands_over_to_the_previous_handler_and_a_requeued_job_resumes(
+    compose_train, tmp_path, monkeypatch
+):
     """As under submitit (hydra/launcher=slurm), which requeues the job on USR2 and exits."""
-    from zf_lightning.cli.train import train
     from zf_lightning.callbacks.fault_tolerance import Preempted
+    from zf_lightning.cli.train import train
 
     requeue_calls = []
 
@@ -65,7 +76,7 @@ def test_sigusr2_checkpoints_then_hands_over_to_the_previous_handler_and_a_reque
 
     previous = signal.signal(signal.SIGUSR2, submitit_like_handler)
     try:
-        overrides = [*RUN[len(TINY):], *fault("SignalAt", step=5, name="SIGUSR2")]
+        overrides = [*RUN[len(TINY) :], *fault("SignalAt", step=5, name="SIGUSR2")]
         with pytest.raises(Preempted) as stopped:
             train(compose_train(overrides))
         assert stopped.value.code == 128 + signal.SIGUSR2 and requeue_calls == [signal.SIGUSR2]
@@ -77,12 +88,12 @@ def test_sigusr2_checkpoints_then_hands_over_to_the_previous_handler_and_a_reque
 
     # Continuing that mid-epoch position with another batch size would train other samples: refused, naming it.
     with pytest.raises(ValueError, match=r"inside epoch 1 \(1-based\) after batch 6.*batch_size 20 then, 10 now"):
-        train(compose_train([*RUN[len(TINY):], "data.batch_size=10", "ckpt_path=last"], output_dir=run_dir))
+        train(compose_train([*RUN[len(TINY) :], "data.batch_size=10", "ckpt_path=last"], output_dir=run_dir))
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6  # nothing written over
 
     # The requeued job starts with the same config (ckpt_path=null) in the same directory: it continues.
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    train(compose_train(RUN[len(TINY):], output_dir=run_dir))
+    train(compose_train(RUN[len(TINY) :], output_dir=run_dir))
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 20
     assert summary_of(run_dir)["status"] == "completed"
 
@@ -93,11 +104,20 @@ def test_a_nan_loss_on_one_ddp_rank_stops_every_rank_without_a_hang(tmp_path):
     env = {**cli_env(tmp_path), "PYTHONPATH": str(REPO)}
     script = Path(sys.executable).parent / "zf-train"
     # No hydra.run.dir: Lightning's relaunch of rank 1 must find rank 0's timestamped directory by itself.
-    done = subprocess.run([str(script), *RUN, "trainer=ddp_cpu", "test=false", *fault("PoisonWeightsOnRank", rank=1, step=13)],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=150)
+    done = subprocess.run(
+        [str(script), *RUN, "trainer=ddp_cpu", "test=false", *fault("PoisonWeightsOnRank", rank=1, step=13)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert done.returncode != 0
     run_dir = next((tmp_path / "logs" / "train" / "runs").iterdir())
     summary = summary_of(run_dir)
     assert summary["status"] == "failed"
-    assert "non-finite training loss (on a rank; this rank's: " in summary["error"] and "at global step 13 (epoch 1, batch 3)" in summary["error"]
+    assert (
+        "non-finite training loss (on a rank; this rank's: " in summary["error"]
+        and "at global step 13 (epoch 1, batch 3)" in summary["error"]
+    )
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10  # the first epoch's, finite

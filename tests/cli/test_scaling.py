@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from tests.helpers.configs import TINY, cli_env, compose_config
-from zf_lightning.config import config_dir
 from zf_lightning.cli.evaluate import evaluate
+from zf_lightning.config import config_dir
 
 TRAIN = [sys.executable, "-m", "zf_lightning.cli.train"]
 
@@ -31,11 +31,20 @@ EPOCHS = 3
 LEARNS = [f"trainer.max_epochs={EPOCHS}", "model.optimizer.lr=0.05"]
 
 
-def run(args: list[str], tmp_path: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], tmp_path: Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """zf-train in a subprocess. Its own process group: on a timeout (a hung collective) the ranks it started, which
     subprocess.run would leave behind, are killed with it."""
-    process = subprocess.Popen([*TRAIN, *args], env=env or cli_env(tmp_path), cwd=tmp_path, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = subprocess.Popen(
+        [*TRAIN, *args],
+        env=env or cli_env(tmp_path),
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -86,7 +95,9 @@ def test_ddp_cpu_through_the_entry_point_writes_one_run_with_metrics_of_a_single
 
     # one set of checkpoints (rank 0 saves; a second writer would leave "-v1" copies)
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert "last.ckpt" in checkpoints and len(checkpoints) == 2 and not any("-v" in name for name in checkpoints), checkpoints
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2 and not any("-v" in name for name in checkpoints), (
+        checkpoints
+    )
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == EPOCHS * TRAIN_IMAGES // GLOBAL_BATCH  # 30: per-device batch 10 on 100 images each
 
@@ -106,11 +117,24 @@ def test_ddp_cpu_through_the_entry_point_writes_one_run_with_metrics_of_a_single
     # nothing (it would repeat images when the test set does not divide by the number of processes, and they would
     # be counted twice), and the loss, a mean per rank then a mean over ranks, equals the mean over all 40.
     tested = summary["best"]["checkpoint"]
-    single = evaluate(compose_config("eval", tmp_path / "eval", [
-        f"ckpt_path={tested}", "data.test_per_class=4", "data.batch_size=20", "data.num_workers=0",
-    ]))
+    single = evaluate(
+        compose_config(
+            "eval",
+            tmp_path / "eval",
+            [
+                f"ckpt_path={tested}",
+                "data.test_per_class=4",
+                "data.batch_size=20",
+                "data.num_workers=0",
+            ],
+        )
+    )
     assert single["status"] == "completed"
-    assert set(single["test"]) == set(summary["test"]) == {"test/loss", "test/top1_err", "test/top5_err", "test/mean_class_acc"}
+    assert (
+        set(single["test"])
+        == set(summary["test"])
+        == {"test/loss", "test/top1_err", "test/top5_err", "test/mean_class_acc"}
+    )
     for name, value in summary["test"].items():
         assert single["test"][name] == pytest.approx(value, abs=1e-4), name
     assert summary["test"]["test/top1_err"] < 90  # better than chance (10 classes): a non-trivial comparison
@@ -142,7 +166,9 @@ def _fake_slurm(bin_dir: Path) -> Path:
     """
     bin_dir.mkdir(parents=True, exist_ok=True)
     python = f"#!{sys.executable}\n"
-    (bin_dir / "sbatch").write_text(python + '''
+    (bin_dir / "sbatch").write_text(
+        python
+        + """
 import os, re, shutil, subprocess, sys
 script = sys.argv[-1]
 state_dir = os.environ["FAKE_SLURM_STATE"]
@@ -162,8 +188,11 @@ runner = "import subprocess, sys; rc = subprocess.call(['bash', sys.argv[1]]); o
 # in the background, but in zf-train's process group: a test that times out kills the job with it
 subprocess.Popen([sys.executable, "-c", runner, script, state], env=env, stdout=subprocess.DEVNULL, stderr=open(state + ".err", "w"))
 print(f"Submitted batch job {job_id}")
-''')
-    (bin_dir / "srun").write_text(python + '''
+"""
+    )
+    (bin_dir / "srun").write_text(
+        python
+        + """
 import os, subprocess, sys
 args, files = sys.argv[1:], {}
 while args and args[0].startswith("--"):
@@ -176,14 +205,18 @@ for task in range(int(os.environ["SLURM_NTASKS"])):
     env = dict(os.environ, SLURM_PROCID=str(task), SLURM_LOCALID=str(task), SLURM_STEP_ID="0")
     procs.append(subprocess.Popen(args, env=env, stdout=open(name("--output"), "a"), stderr=open(name("--error"), "a")))
 sys.exit(max(p.wait() for p in procs))
-''')
-    (bin_dir / "sacct").write_text(python + '''
+"""
+    )
+    (bin_dir / "sacct").write_text(
+        python
+        + """
 import os, sys
 job_id = sys.argv[sys.argv.index("-j") + 1]
 state = os.path.join(os.environ["FAKE_SLURM_STATE"], job_id)
 print("JobID|State|NodeList")
 print(f"{job_id}|{open(state).read().strip() if os.path.exists(state) else 'PENDING'}|localhost")
-''')
+"""
+    )
     for tool in ("sbatch", "srun", "sacct"):
         (bin_dir / tool).chmod(0o755)
     return bin_dir
@@ -202,10 +235,18 @@ def _never_called(cfg) -> None:  # a picklable task function for the launcher
 
 def test_the_slurm_launcher_composes_to_one_task_per_gpu_and_renders_its_sbatch_script(tmp_path, monkeypatch):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4", "hydra.launcher.partition=gpu",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        ], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[
+                "hydra/launcher=slurm",
+                "trainer=ddp",
+                "trainer.num_nodes=2",
+                "trainer.devices=4",
+                "hydra.launcher.partition=gpu",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            ],
+            return_hydra_config=True,
+        )
     launcher_cfg = cfg.hydra.launcher
     assert launcher_cfg._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher_cfg.nodes, launcher_cfg.tasks_per_node, launcher_cfg.gpus_per_node) == (2, 4, 4)
@@ -222,8 +263,16 @@ def test_the_slurm_launcher_composes_to_one_task_per_gpu_and_renders_its_sbatch_
     with pytest.raises(Exception, match="fake SLURM"):
         launcher.launch([["seed=1"]], initial_job_idx=0)
     lines = script.read_text().splitlines()
-    for flag in ["--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--job-name=zf-train",
-                 "--time=1440", "--cpus-per-task=10", "--signal=USR2@120"]:
+    for flag in [
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--partition=gpu",
+        "--job-name=zf-train",
+        "--time=1440",
+        "--cpus-per-task=10",
+        "--signal=USR2@120",
+    ]:
         assert f"#SBATCH {flag}" in lines, (flag, lines)
     assert "export HYDRA_FULL_ERROR=1" in lines
     srun = only(line for line in lines if line.startswith("srun "))
@@ -242,7 +291,12 @@ def test_a_smoke_job_runs_through_submitits_local_executor(tmp_path):
     # submitit's own files: the pickled job, its result, and the job's stdout / stderr
     job = submitit_job(sweep)
     names = {p.name for p in job.iterdir()}
-    assert {f"{job.name}_submitted.pkl", f"{job.name}_0_result.pkl", f"{job.name}_0_log.out", f"{job.name}_0_log.err"} <= names, names
+    assert {
+        f"{job.name}_submitted.pkl",
+        f"{job.name}_0_result.pkl",
+        f"{job.name}_0_log.out",
+        f"{job.name}_0_log.err",
+    } <= names, names
     assert "Seed set to" in (job / f"{job.name}_0_log.err").read_text() + (job / f"{job.name}_0_log.out").read_text()
 
 
@@ -252,10 +306,21 @@ def test_ddp_on_a_fake_slurm_node_one_task_per_device_and_no_relaunch(tmp_path):
     SLURMEnvironment joins them without re-running anything. Every task runs the Hydra job, in one directory."""
     sweep = tmp_path / "sweep"
     env = {**cli_env(tmp_path), **_fake_slurm_env(tmp_path, FAKE_SLURM_JOB_ID=str(random.randint(10000, 99999)))}
-    done = run([
-        "-m", "hydra/launcher=slurm", "trainer=ddp_cpu", "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1",
-        *TINY, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
-    ], tmp_path, env=env, timeout=180)  # ~30 s; a rank that dies leaves the other waiting in a collective
+    done = run(
+        [
+            "-m",
+            "hydra/launcher=slurm",
+            "trainer=ddp_cpu",
+            "hydra.launcher.gpus_per_node=null",
+            "hydra.launcher.cpus_per_task=1",
+            *TINY,
+            "trainer.max_epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+        env=env,
+        timeout=180,
+    )  # ~30 s; a rank that dies leaves the other waiting in a collective
     job = submitit_job(sweep)
     logs = {p.name: p.read_text() for p in job.glob("*_log.*")}
     assert done.returncode == 0, (done.stderr[-3000:], {name: text[-2000:] for name, text in logs.items()})
@@ -272,6 +337,8 @@ def test_ddp_on_a_fake_slurm_node_one_task_per_device_and_no_relaunch(tmp_path):
     summary = json.loads(only(tmp_path.rglob("summary.json")).read_text())
     assert summary["status"] == "completed" and summary["output_dir"] == str(out)
     assert summary["world_size"] == 2 and summary["per_device_batch_size"] == GLOBAL_BATCH // 2
-    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == TRAIN_IMAGES // GLOBAL_BATCH
+    assert (
+        torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == TRAIN_IMAGES // GLOBAL_BATCH
+    )
     wandb_run = only(tmp_path.rglob("offline-run-*"))
     assert (out / "wandb_run_id.txt").read_text() in wandb_run.name

@@ -18,17 +18,39 @@ from zf_lightning.config import config_dir
 @pytest.mark.parametrize(
     "primary, sweep, target, params",
     [
-        ("train", "table4", "caltech101", {"model.transfer.mode": "pretrained,scratch", "data.train_per_class": "15,30", "data.split_seed": "range(5)"}),
-        ("train", "table5", "caltech256", {"model.transfer.mode": "pretrained,scratch", "data.train_per_class": "15,30,45,60", "data.split_seed": "range(5)"}),
+        (
+            "train",
+            "table4",
+            "caltech101",
+            {
+                "model.transfer.mode": "pretrained,scratch",
+                "data.train_per_class": "15,30",
+                "data.split_seed": "range(5)",
+            },
+        ),
+        (
+            "train",
+            "table5",
+            "caltech256",
+            {
+                "model.transfer.mode": "pretrained,scratch",
+                "data.train_per_class": "15,30,45,60",
+                "data.split_seed": "range(5)",
+            },
+        ),
         ("train", "table6", "voc2012", {"model.transfer.mode": "pretrained,scratch"}),
-        ("features", "feature_analysis", "caltech101", {"experiment": "features_caltech101,features_caltech256", "data.split_seed": "range(5)"}),
+        (
+            "features",
+            "feature_analysis",
+            "caltech101",
+            {"experiment": "features_caltech101,features_caltech256", "data.split_seed": "range(5)"},
+        ),
     ],
 )
 def test_each_transfer_sweep_composes_with_its_axes(primary, sweep, target, params):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         required = "ckpt_path=x.ckpt" if primary == "features" else "model.transfer.checkpoint=x.ckpt"
-        cfg = compose(primary, overrides=[f"+sweep={sweep}", required],
-                      return_hydra_config=True)
+        cfg = compose(primary, overrides=[f"+sweep={sweep}", required], return_hydra_config=True)
     assert dict(cfg.hydra.sweeper.params) == params
     assert cfg.data.dataset == target
 
@@ -38,10 +60,24 @@ def test_table6_sweep_runs_every_mode_as_its_own_job(tiny_checkpoint, tmp_path):
     root = tmp_path / "data"
     make_voc2012(root, num_images=12)
     command = [
-        sys.executable, "-m", "zf_lightning.cli.train", "-m", "+sweep=table6", f"data.root={root}",
-        f"model.transfer.checkpoint={tiny_checkpoint}", "model.net.width_multiplier=0.125", "data.resize_size=72", "data.crop_size=64",
-        "data.batch_size=8", "data.num_workers=0", "data.ten_crop_test=false", "trainer=cpu", "trainer.max_epochs=1", "logger=csv",
-        "~callbacks.progress_bar", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        sys.executable,
+        "-m",
+        "zf_lightning.cli.train",
+        "-m",
+        "+sweep=table6",
+        f"data.root={root}",
+        f"model.transfer.checkpoint={tiny_checkpoint}",
+        "model.net.width_multiplier=0.125",
+        "data.resize_size=72",
+        "data.crop_size=64",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.ten_crop_test=false",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "~callbacks.progress_bar",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
     done = subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -55,20 +91,37 @@ def test_table6_sweep_runs_every_mode_as_its_own_job(tiny_checkpoint, tmp_path):
     assert tables.returncode == 0, tables.stderr
     cells = pd.read_csv(tmp_path / "tables" / "table6.csv").set_index(["row", "column"])
     assert cells.loc[("pretrained", "mean"), "ours_mean"] == pytest.approx(summaries[0]["test"]["test/mAP"], abs=0.05)
-    assert cells.loc[("pretrained", "mean"), "paper_mean"] == 79.0 and cells.loc[("pretrained", "aeroplane"), "paper_mean"] == 96.0
+    assert (
+        cells.loc[("pretrained", "mean"), "paper_mean"] == 79.0
+        and cells.loc[("pretrained", "aeroplane"), "paper_mean"] == 96.0
+    )
     assert "val" in (tmp_path / "tables" / "table6.md").read_text()  # says ours are on val, the paper's on test
 
 
 TABLE3_ROWS = [
-    "alexnet", "alexnet_no_conv34", "alexnet_no_fc7", "alexnet_no_fc67", "alexnet_no_conv34_fc67", "alexnet_fc2048", "alexnet_fc8192",
-    "zfnet", "zfnet_fc2048", "zfnet_fc8192", "zfnet_conv512_1024_512", "zfnet_fc8192_conv512_1024_512",
+    "alexnet",
+    "alexnet_no_conv34",
+    "alexnet_no_fc7",
+    "alexnet_no_fc67",
+    "alexnet_no_conv34_fc67",
+    "alexnet_fc2048",
+    "alexnet_fc8192",
+    "zfnet",
+    "zfnet_fc2048",
+    "zfnet_fc8192",
+    "zfnet_conv512_1024_512",
+    "zfnet_fc8192_conv512_1024_512",
 ]
 
 
-@pytest.mark.parametrize("sweep, rows", [("table2", ["alexnet", "zfnet", "zfnet_conv512_1024_512"]), ("table3", TABLE3_ROWS)])
+@pytest.mark.parametrize(
+    "sweep, rows", [("table2", ["alexnet", "zfnet", "zfnet_conv512_1024_512"]), ("table3", TABLE3_ROWS)]
+)
 def test_imagenet_sweeps_have_one_job_per_row_and_shrink_with_one_override(sweep, rows):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[f"+sweep={sweep}", "debug=smoke", f"model={rows[-1]}"], return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=[f"+sweep={sweep}", "debug=smoke", f"model={rows[-1]}"], return_hydra_config=True
+        )
     assert cfg.hydra.sweeper.params.model.split(",") == rows
     assert cfg.group == sweep and cfg.data._target_.endswith("SyntheticDataModule") and cfg.trainer.max_epochs == 1
     assert cfg.model.net.width_multiplier == 0.125 and cfg.trainer.accelerator == "cpu"
@@ -77,7 +130,15 @@ def test_imagenet_sweeps_have_one_job_per_row_and_shrink_with_one_override(sweep
 
 def run_sweep(tmp_path: Path, name: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
     sweep_dir = tmp_path / name
-    command = [sys.executable, "-m", "zf_lightning.cli.train", "-m", *overrides, "logger=csv", f"hydra.sweep.dir={sweep_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "zf_lightning.cli.train",
+        "-m",
+        *overrides,
+        "logger=csv",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     return subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True, timeout=900), sweep_dir
 
 
@@ -116,10 +177,16 @@ def test_a_failed_job_does_not_stop_the_sweep_and_its_row_is_marked_failed(tmp_p
     import pandas as pd
 
     # At 56 px AlexNet fits but ZFNet's pool5 would get a 2x2 map: the ZFNet jobs fail while building the model.
-    done, sweep_dir = run_sweep(tmp_path, "table2", ["+sweep=table2", "debug=smoke", "data.image_size=64", "data.crop_size=56"])
+    done, sweep_dir = run_sweep(
+        tmp_path, "table2", ["+sweep=table2", "debug=smoke", "data.image_size=64", "data.crop_size=56"]
+    )
     assert done.returncode != 0  # the multirun reports the failure at the end ...
-    status = {json.loads(p.read_text())["run_name"]: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
-    assert status["alexnet"]["status"] == "completed" and "test/top1_err" in status["alexnet"]["test"]  # ... after every job ran
+    status = {
+        json.loads(p.read_text())["run_name"]: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")
+    }
+    assert (
+        status["alexnet"]["status"] == "completed" and "test/top1_err" in status["alexnet"]["test"]
+    )  # ... after every job ran
     assert status["zfnet"]["status"] == "failed" and "pool5 (after conv5) gets a 2x2 map" in status["zfnet"]["error"]
 
     tables = run_tables([sweep_dir], tmp_path / "tables")

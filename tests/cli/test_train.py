@@ -14,8 +14,8 @@ from hydra.errors import InstantiationException
 
 from tests.helpers.configs import TINY, cli_env, compose_config
 from zf_lightning.cli.evaluate import evaluate
-from zf_lightning.config.checker import ConfigError
 from zf_lightning.cli.train import train
+from zf_lightning.config.checker import ConfigError
 
 
 def test_fast_dev_run_of_the_default_config(compose_train, tmp_path):
@@ -101,20 +101,29 @@ def test_last_checkpoint_is_refreshed_every_epoch_even_without_a_new_best(compos
     # Monitoring "epoch" (mode min) makes epoch 0 the best forever: Lightning's own save_last would
     # then leave last.ckpt at epoch 0.
     out = tmp_path / "run"
-    summary = train(compose_train(["trainer.max_epochs=2", "logger=csv", "test=false", "callbacks.model_checkpoint.monitor=epoch"], out))
+    summary = train(
+        compose_train(
+            ["trainer.max_epochs=2", "logger=csv", "test=false", "callbacks.model_checkpoint.monitor=epoch"], out
+        )
+    )
     assert Path(summary["best"]["checkpoint"]).name == "epoch000.ckpt"
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 10
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch000.ckpt", "last.ckpt"]
 
 
 def test_resume_without_a_checkpoint_says_where_it_looked(compose_train, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"ckpt_path='last': no checkpoint at .*checkpoints \(ckpt_path=last resumes the run in hydra.run.dir"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"ckpt_path='last': no checkpoint at .*checkpoints \(ckpt_path=last resumes the run in hydra.run.dir",
+    ):
         train(compose_train(["ckpt_path=last", "logger=csv"]))
 
 
 def test_missing_imagenet_root_fails_before_training(compose_train, tmp_path):
     missing = tmp_path / "no-imagenet"
-    cfg = compose_config("train", tmp_path / "run", ["experiment=imagenet", f"data.root={missing}", "trainer=cpu", "logger=csv"])
+    cfg = compose_config(
+        "train", tmp_path / "run", ["experiment=imagenet", f"data.root={missing}", "trainer=cpu", "logger=csv"]
+    )
     with pytest.raises(InstantiationException, match=rf"MissingInputError.*{missing}/train/<wnid>/\*\.JPEG"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -130,16 +139,28 @@ def test_impossible_variant_names_the_layer(compose_train, tmp_path):
 
 def run_cli(args: list[str], tmp_path: Path, script: str = "zf-train") -> subprocess.CompletedProcess:
     executable = Path(sys.executable).parent / script
-    return subprocess.run([str(executable), *args], env=cli_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(executable), *args], env=cli_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.slow
 def test_console_script_runs_a_fast_dev_run_into_a_timestamped_dir(tmp_path):
-    args = ["debug=fdr", "logger=csv", "data.train_per_class=20", "data.num_workers=0", "model.net.width_multiplier=0.125"]
+    args = [
+        "debug=fdr",
+        "logger=csv",
+        "data.train_per_class=20",
+        "data.num_workers=0",
+        "model.net.width_multiplier=0.125",
+    ]
     executable = Path(sys.executable).parent / "zf-train"
     # Launched at once, as a scheduler would: the two still get a directory each.
-    launched = [subprocess.Popen([str(executable), *args], env=cli_env(tmp_path), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-                for _ in range(2)]
+    launched = [
+        subprocess.Popen(
+            [str(executable), *args], env=cli_env(tmp_path), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     for process in launched:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr[-2000:]
@@ -151,10 +172,14 @@ def test_console_script_runs_a_fast_dev_run_into_a_timestamped_dir(tmp_path):
 
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["cpu-check", "deferred-as-on-gpu"])
-def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(compose_train, tmp_path, monkeypatch, deferred):
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
+    compose_train, tmp_path, monkeypatch, deferred
+):
     from zf_lightning.models import ImageClassifier
 
-    monkeypatch.setattr(ImageClassifier, "defer_finite_check", deferred)  # deferred: read a step later, gradients zeroed
+    monkeypatch.setattr(
+        ImageClassifier, "defer_finite_check", deferred
+    )  # deferred: read a step later, gradients zeroed
     real_loss = ImageClassifier.loss
 
     def poisoned(self, logits, labels):
@@ -163,15 +188,33 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good
 
     monkeypatch.setattr(ImageClassifier, "loss", poisoned)
     cfg = compose_train(["trainer.max_epochs=3", "logger=csv", "test=false"])  # 10 batches per epoch
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan\) at global step 13 \(epoch 1, batch 3\)"):
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite training loss \(nan\) at global step 13 \(epoch 1, batch 3\)"
+    ):
         train(cfg)
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["error"].startswith("FloatingPointError: non-finite training loss")
+    assert last["epoch"] == 0 and all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["error"].startswith(
+        "FloatingPointError: non-finite training loss"
+    )
 
 
 # Tensor calls that read a value back to the host: on a GPU each waits for the device to finish the queued work.
-HOST_READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero", "unique", "_unique2"}
+HOST_READS = {
+    "item",
+    "tolist",
+    "cpu",
+    "numpy",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "nonzero",
+    "unique",
+    "_unique2",
+}
 
 
 def test_a_training_step_never_makes_the_host_wait_for_the_device(tmp_path, monkeypatch):
@@ -184,8 +227,8 @@ def test_a_training_step_never_makes_the_host_wait_for_the_device(tmp_path, monk
     from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
     from torch.overrides import TorchFunctionMode
 
-    from zf_lightning.models import ImageClassifier
     from zf_lightning.callbacks import progress
+    from zf_lightning.models import ImageClassifier
 
     allowed = ("torch/utils/data/", "in raise_finished")
     reads: list[list[str]] = []
@@ -196,7 +239,12 @@ def test_a_training_step_never_makes_the_host_wait_for_the_device(tmp_path, monk
             if name in HOST_READS:
                 stack = "".join(traceback.format_stack(limit=40))
                 if not any(a in stack for a in allowed):
-                    reads[-1].append(f"{name} at " + " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_stack(limit=14)[:-1]))
+                    reads[-1].append(
+                        f"{name} at "
+                        + " < ".join(
+                            f"{Path(f.filename).name}:{f.lineno}" for f in traceback.extract_stack(limit=14)[:-1]
+                        )
+                    )
             return func(*args, **(kwargs or {}))
 
     advance = _TrainingEpochLoop.advance
@@ -208,9 +256,13 @@ def test_a_training_step_never_makes_the_host_wait_for_the_device(tmp_path, monk
 
     monkeypatch.setattr(_TrainingEpochLoop, "advance", recorded)
     monkeypatch.setattr(ImageClassifier, "defer_finite_check", True)  # as on a GPU
-    monkeypatch.setattr(progress.time, "monotonic", lambda: 0.0)  # the bar reads once, then never redraws in this short run
+    monkeypatch.setattr(
+        progress.time, "monotonic", lambda: 0.0
+    )  # the bar reads once, then never redraws in this short run
     tiny = [o for o in TINY if o != "~callbacks.progress_bar"]
-    cfg = compose_config("train", tmp_path / "run", [*tiny, "trainer.max_epochs=1", "test=false", "trainer.log_every_n_steps=1000"])
+    cfg = compose_config(
+        "train", tmp_path / "run", [*tiny, "trainer.max_epochs=1", "test=false", "trainer.log_every_n_steps=1000"]
+    )
     train(cfg)
     assert len(reads) == 10  # one per training batch
     assert reads[1:] == [[]] * 9, reads[1:]  # the first batch's progress-bar read is its only one

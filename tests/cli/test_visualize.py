@@ -16,11 +16,15 @@ from zf_lightning.deconv import Deconvnet
 
 
 def compose_top9(tmp_path: Path, ckpt: Path, overrides: list[str] = ()):
-    return compose_config("visualize_top9", tmp_path / "top9", [f"ckpt_path={ckpt}", "data.val_per_class=3", *overrides])
+    return compose_config(
+        "visualize_top9", tmp_path / "top9", [f"ckpt_path={ckpt}", "data.val_per_class=3", *overrides]
+    )
 
 
 def test_top9_writes_figures_arrays_wandb_and_summary(tiny_checkpoint, tmp_path):
-    cfg = compose_top9(tmp_path, tiny_checkpoint, ["layers=[1,2,5]", "maps_per_layer=2", "+maps={5:[0,3,6]}", "batch_size=7"])
+    cfg = compose_top9(
+        tmp_path, tiny_checkpoint, ["layers=[1,2,5]", "maps_per_layer=2", "+maps={5:[0,3,6]}", "batch_size=7"]
+    )
     summary = top9(cfg)
     out = Path(cfg.paths.output_dir)
     assert summary["status"] == "completed" and summary["num_images"] == 30
@@ -52,11 +56,25 @@ def test_top9_writes_figures_arrays_wandb_and_summary(tiny_checkpoint, tmp_path)
 
 
 def test_top9_guided_method_and_random_maps_are_seeded(tiny_checkpoint, tmp_path):
-    a = top9(compose_top9(tmp_path / "a", tiny_checkpoint, ["layers=[3]", "maps_per_layer=3", "method=guided", "~logger", "max_images=12"]))
-    b = top9(compose_top9(tmp_path / "b", tiny_checkpoint, ["layers=[3]", "maps_per_layer=3", "method=guided", "~logger", "max_images=12"]))
+    a = top9(
+        compose_top9(
+            tmp_path / "a",
+            tiny_checkpoint,
+            ["layers=[3]", "maps_per_layer=3", "method=guided", "~logger", "max_images=12"],
+        )
+    )
+    b = top9(
+        compose_top9(
+            tmp_path / "b",
+            tiny_checkpoint,
+            ["layers=[3]", "maps_per_layer=3", "method=guided", "~logger", "max_images=12"],
+        )
+    )
     assert a["layers"]["3"]["maps"] == b["layers"]["3"]["maps"] and len(a["layers"]["3"]["maps"]) == 3
     assert a["num_images"] == 12
-    np.testing.assert_array_equal(np.load(a["layers"]["3"]["npz"])["projections"], np.load(b["layers"]["3"]["npz"])["projections"])
+    np.testing.assert_array_equal(
+        np.load(a["layers"]["3"]["npz"])["projections"], np.load(b["layers"]["3"]["npz"])["projections"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,7 +82,11 @@ def test_top9_guided_method_and_random_maps_are_seeded(tiny_checkpoint, tmp_path
     [
         (["layers=[6]"], ValueError, r"zf-visualize top9: unknown layer\(s\) \[6\]: the model has 5 conv layers"),
         (["+maps={1:[99]}"], ValueError, r"map\(s\) \[99\] of layer 1 out of range: it has 12 maps"),
-        (["layers=[1]", "+maps={2:[0]}"], ValueError, r"maps are listed for layer\(s\) \[2\], which are not among the layers \[1\]"),
+        (
+            ["layers=[1]", "+maps={2:[0]}"],
+            ValueError,
+            r"maps are listed for layer\(s\) \[2\], which are not among the layers \[1\]",
+        ),
         (["data.num_classes=5"], ValueError, "has 10 classes but data.num_classes=5"),
         (["split=holdout"], ValueError, r"split='holdout': must be one of \['train', 'val', 'test'\]"),
         (["method=lrp"], ValueError, "method='lrp': must be one of"),
@@ -91,7 +113,9 @@ def test_filters_side_by_side_for_alexnet_and_zfnet(tiny_alexnet_checkpoint, tin
     summary = filters(cfg)
     out = Path(cfg.paths.output_dir)
     assert summary["status"] == "completed"
-    assert summary["titles"][0].startswith("alexnet conv1 11x11/4") and summary["titles"][1].startswith("zfnet conv1 7x7/2")
+    assert summary["titles"][0].startswith("alexnet conv1 11x11/4") and summary["titles"][1].startswith(
+        "zfnet conv1 7x7/2"
+    )
     for name in ("filters_layer1.png", "layer2_projections.png"):
         assert (out / name).stat().st_size > 5000
     arrays = np.load(out / "filters.npz")
@@ -109,7 +133,12 @@ def test_filter_statistics_counts_dead_filters():
     weight[1] *= 0.01  # RMS 1% of the largest: dead
     weight[2] *= 0.5
     stats = filter_statistics(weight)
-    assert stats == {"filters": 4, "rms_mean": pytest.approx((1 + 0.01 + 0.5 + 1) / 4), "rms_max": pytest.approx(1.0), "dead_filters": 1}
+    assert stats == {
+        "filters": 4,
+        "rms_mean": pytest.approx((1 + 0.01 + 0.5 + 1) / 4),
+        "rms_max": pytest.approx(1.0),
+        "dead_filters": 1,
+    }
 
 
 def test_filters_errors(tiny_checkpoint, tmp_path):

@@ -15,7 +15,14 @@ from omegaconf import OmegaConf
 
 from tests.helpers.configs import TINY, cli_env, compose_config
 from zf_lightning.config import config_dir
-from zf_lightning.config.checker import ConfigError, ValidateConfig, _sweep_jobs, config_problems, validate_config, validate_sweep
+from zf_lightning.config.checker import (
+    ConfigError,
+    ValidateConfig,
+    _sweep_jobs,
+    config_problems,
+    validate_config,
+    validate_sweep,
+)
 from zf_lightning.utils.secrets import REDACTED, redact_secrets
 
 
@@ -42,7 +49,16 @@ REQUIRED = {"eval": ["ckpt_path=x.ckpt"], "features": ["ckpt_path=x.ckpt"]}
         ("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4"]),
         *[("eval", [f"data={d}"]) for d in ("synthetic", "imagenet", "caltech101", "caltech256", "voc2012")],
         *[("features", [f"experiment={e}"]) for e in ("features_caltech101", "features_caltech256")],
-        *[(app, []) for app in ("analyze_occlusion", "analyze_invariance", "analyze_correspondence", "visualize_top9", "visualize_filters")],
+        *[
+            (app, [])
+            for app in (
+                "analyze_occlusion",
+                "analyze_invariance",
+                "analyze_correspondence",
+                "visualize_top9",
+                "visualize_filters",
+            )
+        ],
     ],
 )
 def test_every_shipped_config_passes(name, overrides):
@@ -93,8 +109,11 @@ def test_validate_sweep_composes_each_job_and_names_the_bad_ones():
     from hydra.types import RunMode
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+
         def multirun_config(overrides):  # as `zf-train -m ...` composes it
-            return GlobalHydra.instance().hydra.compose_config("train", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+            return GlobalHydra.instance().hydra.compose_config(
+                "train", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False
+            )
 
         validate_sweep(multirun_config(["+sweep=table6", "model.transfer.checkpoint=x.ckpt"]))
         bad = multirun_config(["+sweep=table6", "model.transfer.checkpoint=x.ckpt", "model.optimizer.lr=0.01,-1"])
@@ -112,15 +131,40 @@ def test_validate_sweep_composes_each_job_and_names_the_bad_ones():
     "overrides, expected",
     [
         # misspelled keys, in each group: the key, the closest allowed one, the allowed keys
-        (["+data.batch_sise=3"], ["data.batch_sise: unknown key for zf_lightning.data.SyntheticDataModule", "did you mean 'batch_size'", "allowed keys: _target_, batch_size, cache_dir"]),
-        (["+trainer.max_epoch=3"], ["trainer.max_epoch: unknown key for lightning.pytorch.Trainer", "'max_epochs'", "accelerator"]),
-        (["+model.net.dropuot=0.1"], ["model.net.dropuot: unknown key", "'dropout'", "allowed keys: arch, conv_widths"]),
-        (["+model.optimizer.momentun=0.5"], ["model.optimizer.momentun: unknown key for torch.optim.SGD", "'momentum'", "weight_decay"]),
+        (
+            ["+data.batch_sise=3"],
+            [
+                "data.batch_sise: unknown key for zf_lightning.data.SyntheticDataModule",
+                "did you mean 'batch_size'",
+                "allowed keys: _target_, batch_size, cache_dir",
+            ],
+        ),
+        (
+            ["+trainer.max_epoch=3"],
+            ["trainer.max_epoch: unknown key for lightning.pytorch.Trainer", "'max_epochs'", "accelerator"],
+        ),
+        (
+            ["+model.net.dropuot=0.1"],
+            ["model.net.dropuot: unknown key", "'dropout'", "allowed keys: arch, conv_widths"],
+        ),
+        (
+            ["+model.optimizer.momentun=0.5"],
+            ["model.optimizer.momentun: unknown key for torch.optim.SGD", "'momentum'", "weight_decay"],
+        ),
         (["+model.lr_scheduler.patiense=2"], ["model.lr_scheduler.patiense", "'patience'", "monitor"]),
-        (["+callbacks.feature_evolution.snapshot_epoch=[1]"], ["callbacks.feature_evolution.snapshot_epoch: unknown key", "'snapshot_epochs'", "maps_per_layer"]),
+        (
+            ["+callbacks.feature_evolution.snapshot_epoch=[1]"],
+            ["callbacks.feature_evolution.snapshot_epoch: unknown key", "'snapshot_epochs'", "maps_per_layer"],
+        ),
         (["+callbacks.model_checkpoint.monitr=x"], ["callbacks.model_checkpoint.monitr", "'monitor'"]),
-        (["+logger.csv.nam=x"], ["logger.csv.nam: unknown key for zf_lightning.callbacks.loggers.ResumableCSVLogger", "'name'", "save_dir"]),
-        (["+logger.wandb.ofline=true"], ["logger.wandb.ofline", "'offline'", "project"]),  # W&B: wandb.init's options too
+        (
+            ["+logger.csv.nam=x"],
+            ["logger.csv.nam: unknown key for zf_lightning.callbacks.loggers.ResumableCSVLogger", "'name'", "save_dir"],
+        ),
+        (
+            ["+logger.wandb.ofline=true"],
+            ["logger.wandb.ofline", "'offline'", "project"],
+        ),  # W&B: wandb.init's options too
         (["+trainr.max_epochs=3"], ["trainr: unknown top-level key (did you mean 'trainer'?)"]),
         # wrong types
         (["trainer.max_epochs=ten"], ["trainer.max_epochs='ten': expected int | null, got str"]),
@@ -129,7 +173,10 @@ def test_validate_sweep_composes_each_job_and_names_the_bad_ones():
         (["seed=abc"], ["seed='abc': expected int | null"]),
         # values
         (["model.net.arch=resnet"], ["model.net.arch='resnet': must be one of ['alexnet', 'zfnet']"]),
-        (["model.net.norm_position=middle"], ["model.net.norm_position='middle': must be one of ['after_pool', 'before_pool']"]),
+        (
+            ["model.net.norm_position=middle"],
+            ["model.net.norm_position='middle': must be one of ['after_pool', 'before_pool']"],
+        ),
         (["model.net.removed_layers=[5]"], ["model.net.removed_layers=[5]", "allowed values: [3, 4, 6, 7]"]),
         (["model.net.width_multiplier=0"], ["model.net.width_multiplier=0: must be > 0"]),
         (["model.net.dropout=1.0"], ["model.net.dropout=1.0: must be in [0, 1)"]),
@@ -137,19 +184,43 @@ def test_validate_sweep_composes_each_job_and_names_the_bad_ones():
         (["model.optimizer.weight_decay=-1e-4"], ["model.optimizer.weight_decay=-0.0001: must be >= 0"]),
         (["model.lr_scheduler.factor=2"], ["model.lr_scheduler.factor=2: must be in (0, 1)"]),
         (["+model.task=regression"], ["model.task='regression': must be one of ['multiclass', 'multilabel']"]),
-        (["callbacks.feature_evolution.snapshot_epochs=[5,2,10]"], ["callbacks.feature_evolution.snapshot_epochs=[5, 2, 10]: must be a non-empty, strictly increasing"]),
+        (
+            ["callbacks.feature_evolution.snapshot_epochs=[5,2,10]"],
+            ["callbacks.feature_evolution.snapshot_epochs=[5, 2, 10]: must be a non-empty, strictly increasing"],
+        ),
         (["callbacks.feature_evolution.snapshot_epochs=[1,2,2]"], ["snapshot_epochs=[1, 2, 2]", "no duplicates"]),
         (["callbacks.feature_evolution.snapshot_epochs=[0,1]"], ["snapshot_epochs=[0, 1]", "ints >= 1"]),
-        (["callbacks.feature_evolution.layers=[1,7]"], ["callbacks.feature_evolution.layers=[1, 7]: unknown layer(s) [7]; allowed values: the conv layers 1..5"]),
-        (["+callbacks.feature_evolution.method=lrp"], ["callbacks.feature_evolution.method='lrp': must be one of ['deconvnet', 'guided', 'gradient']"]),
-        (["callbacks.model_checkpoint.mode=best"], ["callbacks.model_checkpoint.mode='best': must be one of ['min', 'max']"]),
+        (
+            ["callbacks.feature_evolution.layers=[1,7]"],
+            ["callbacks.feature_evolution.layers=[1, 7]: unknown layer(s) [7]; allowed values: the conv layers 1..5"],
+        ),
+        (
+            ["+callbacks.feature_evolution.method=lrp"],
+            ["callbacks.feature_evolution.method='lrp': must be one of ['deconvnet', 'guided', 'gradient']"],
+        ),
+        (
+            ["callbacks.model_checkpoint.mode=best"],
+            ["callbacks.model_checkpoint.mode='best': must be one of ['min', 'max']"],
+        ),
         (["data.preset=caffe"], ["data.preset='caffe': must be one of ['paper', 'torchvision']"]),
         (["data.batch_size=0"], ["data.batch_size=0: must be >= 1"]),
         (["data.crop_size=80"], ["data.crop_size=80: must not exceed data.image_size=72"]),
-        (["callbacks.feature_evolution._target_=zf_lightning.nope.Evolution"], ["callbacks.feature_evolution._target_='zf_lightning.nope.Evolution': cannot be imported"]),
+        (
+            ["callbacks.feature_evolution._target_=zf_lightning.nope.Evolution"],
+            ["callbacks.feature_evolution._target_='zf_lightning.nope.Evolution': cannot be imported"],
+        ),
         # the global batch across devices
-        (["trainer=ddp_cpu", "data.batch_size=21"], ["data.batch_size=21: the global batch must divide across trainer.devices x trainer.num_nodes = 2 x 1 = 2 processes", "a multiple of 2, e.g. 20 or 22"]),
-        (["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "data.batch_size=20"], ["4 x 2 = 8 processes", "e.g. 16 or 24"]),
+        (
+            ["trainer=ddp_cpu", "data.batch_size=21"],
+            [
+                "data.batch_size=21: the global batch must divide across trainer.devices x trainer.num_nodes = 2 x 1 = 2 processes",
+                "a multiple of 2, e.g. 20 or 22",
+            ],
+        ),
+        (
+            ["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2", "data.batch_size=20"],
+            ["4 x 2 = 8 processes", "e.g. 16 or 24"],
+        ),
         (["trainer=gpu", "trainer.devices=[0,1,2]"], ["data.batch_size=20", "3 x 1 = 3 processes"]),
         (["trainer=gpu", "trainer.devices='0,1,2'"], ["3 x 1 = 3 processes"]),
     ],
@@ -161,31 +232,50 @@ def test_a_bad_value_is_named_with_what_is_allowed(tmp_path, overrides, expected
         assert fragment in problems[0], (fragment, problems[0])
 
 
-@pytest.mark.parametrize("overrides", [["trainer=ddp"], ["trainer=gpu", "trainer.devices=auto"], ["trainer=ddp_cpu", "data.batch_size=22"]])
+@pytest.mark.parametrize(
+    "overrides", [["trainer=ddp"], ["trainer=gpu", "trainer.devices=auto"], ["trainer=ddp_cpu", "data.batch_size=22"]]
+)
 def test_a_batch_that_divides_or_an_unknown_device_count_passes(tmp_path, overrides):
     assert problems_of(tmp_path, overrides) == []  # devices=-1 / auto: the count is only known at run time
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
-    cfg = compose_config("train", tmp_path / "run", [*TINY, "model.optimizer.lr=-1", "+data.batch_sise=3", "trainer.max_epochs=ten"])
+    cfg = compose_config(
+        "train", tmp_path / "run", [*TINY, "model.optimizer.lr=-1", "+data.batch_sise=3", "trainer.max_epochs=ten"]
+    )
     with pytest.raises(ConfigError, match=r"invalid config \(3 problems\)") as error:
         validate_config(cfg)
-    assert [p.split(":")[0].split("=")[0] for p in error.value.problems] == ["model.optimizer.lr", "data.batch_sise", "trainer.max_epochs"]
+    assert [p.split(":")[0].split("=")[0] for p in error.value.problems] == [
+        "model.optimizer.lr",
+        "data.batch_sise",
+        "trainer.max_epochs",
+    ]
     assert isinstance(error.value, ValueError)
 
 
 def test_other_apps_check_the_groups_they_have(tmp_path):
-    assert "trainer.max_epoch: unknown key" in problems_of(tmp_path, ["ckpt_path=x.ckpt", "+trainer.max_epoch=1"], "eval")[0]
-    assert "data.batch_sise: unknown key" in problems_of(tmp_path, ["ckpt_path=x.ckpt", "+data.batch_sise=1"], "visualize_top9")[0]
-    assert "logger.wandb.projct: unknown key" in problems_of(tmp_path, ["+logger.wandb.projct=x"], "analyze_occlusion")[0]
+    assert (
+        "trainer.max_epoch: unknown key"
+        in problems_of(tmp_path, ["ckpt_path=x.ckpt", "+trainer.max_epoch=1"], "eval")[0]
+    )
+    assert (
+        "data.batch_sise: unknown key"
+        in problems_of(tmp_path, ["ckpt_path=x.ckpt", "+data.batch_sise=1"], "visualize_top9")[0]
+    )
+    assert (
+        "logger.wandb.projct: unknown key" in problems_of(tmp_path, ["+logger.wandb.projct=x"], "analyze_occlusion")[0]
+    )
     # notes of one's own are the one free-form key; any other unknown key is refused, naming what the app takes
     assert problems_of(tmp_path, ["+notes=first try"]) == problems_of(tmp_path, ["+notes.lr_note=x"]) == []
     assert problems_of(tmp_path, ["+images.image_dir=x"], "visualize_top9") == [
         "images: unknown top-level key (did you mean 'max_images'?); zf-visualize top9 takes: batch_size, ckpt_path, data, "
         "device, group, job_type, layers, logger, maps, maps_per_layer, max_images, method, notes, num_workers, paths, "
-        "run_name, seed, split, tags, task_name, top_k"]
-    assert "occlusion.windw: unknown key for occlusion (did you mean 'window'?)" in problems_of(
-        tmp_path, ["ckpt_path=x.ckpt", "+occlusion.windw=32"], "analyze_occlusion")[0]
+        "run_name, seed, split, tags, task_name, top_k"
+    ]
+    assert (
+        "occlusion.windw: unknown key for occlusion (did you mean 'window'?)"
+        in problems_of(tmp_path, ["ckpt_path=x.ckpt", "+occlusion.windw=32"], "analyze_occlusion")[0]
+    )
 
 
 def test_the_hydra_callback_ends_the_process_with_the_problems(tmp_path, capsys):
@@ -194,7 +284,9 @@ def test_the_hydra_callback_ends_the_process_with_the_problems(tmp_path, capsys)
     with pytest.raises(SystemExit) as stopped:
         ValidateConfig().on_run_start(config=cfg)
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.startswith("zf-train: error: invalid config (1 problem):\n  - model.optimizer.lr=-1: must be > 0")
+    assert capsys.readouterr().err.startswith(
+        "zf-train: error: invalid config (1 problem):\n  - model.optimizer.lr=-1: must be > 0"
+    )
     ValidateConfig().on_run_start(config=compose_config("train", tmp_path / "ok", TINY))
 
 
@@ -210,21 +302,31 @@ def test_the_callback_is_registered_for_every_app():
 
 def zf_train(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "zf-train"
-    return subprocess.run([str(script), *args], env=env or cli_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(script), *args], env=env or cli_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_zf_train_refuses_a_bad_config_before_making_any_directory(tmp_path):
-    done = zf_train([
-        "+data.batch_sise=64",                                    # a misspelled key
-        "trainer.max_epochs=ten",                                 # a wrong type
-        "callbacks.feature_evolution.snapshot_epochs=[5,2,2]",    # unsorted, duplicate snapshot epochs
-        "model.optimizer.lr=-0.01",                               # a negative learning rate
-        "trainer=ddp_cpu", "data.batch_size=129",                 # a batch that does not divide across 2 processes
-    ], tmp_path)
+    done = zf_train(
+        [
+            "+data.batch_sise=64",  # a misspelled key
+            "trainer.max_epochs=ten",  # a wrong type
+            "callbacks.feature_evolution.snapshot_epochs=[5,2,2]",  # unsorted, duplicate snapshot epochs
+            "model.optimizer.lr=-0.01",  # a negative learning rate
+            "trainer=ddp_cpu",
+            "data.batch_size=129",  # a batch that does not divide across 2 processes
+        ],
+        tmp_path,
+    )
     assert done.returncode != 0
     err = done.stderr
     assert "invalid config (5 problems)" in err, err[-3000:]
-    assert "data.batch_sise: unknown key" in err and "did you mean 'batch_size'" in err and "allowed keys: _target_, batch_size" in err
+    assert (
+        "data.batch_sise: unknown key" in err
+        and "did you mean 'batch_size'" in err
+        and "allowed keys: _target_, batch_size" in err
+    )
     assert "trainer.max_epochs='ten': expected int | null, got str" in err
     assert "callbacks.feature_evolution.snapshot_epochs=[5, 2, 2]: must be a non-empty, strictly increasing" in err
     assert "model.optimizer.lr=-0.01: must be > 0" in err
@@ -232,7 +334,9 @@ def test_zf_train_refuses_a_bad_config_before_making_any_directory(tmp_path):
     assert not (tmp_path / "logs").exists()  # neither the run dir nor its parents
 
 
-@pytest.mark.parametrize("override, listed", [("model=zfnet_fc9999", "zfnet_fc8192")])  # data=... fails the same way, in Hydra
+@pytest.mark.parametrize(
+    "override, listed", [("model=zfnet_fc9999", "zfnet_fc8192")]
+)  # data=... fails the same way, in Hydra
 def test_an_unknown_model_or_data_name_is_refused_before_making_any_directory(tmp_path, override, listed):
     done = zf_train([override], tmp_path)
     group, name = override.split("=")
@@ -253,11 +357,24 @@ def test_a_multirun_with_one_bad_job_starts_no_job(tmp_path):
 
 
 def test_redact_secrets_by_key_name_and_by_environment_value():
-    env = {"WANDB_API_KEY": "k" * 40, "HF_TOKEN": "hf_abcdefgh123", "MY_PASSWORD": "hunter2hunter2", "SHORT_TOKEN": "1", "HOME": "/home/me"}
+    env = {
+        "WANDB_API_KEY": "k" * 40,
+        "HF_TOKEN": "hf_abcdefgh123",
+        "MY_PASSWORD": "hunter2hunter2",
+        "SHORT_TOKEN": "1",
+        "HOME": "/home/me",
+    }
     config = {
         "logger": {"wandb": {"api_key": "literal-key", "project": "zf"}},
-        "auth_token": "t", "password": "p", "db": {"credentials": {"user": "u"}}, "tokenizer": "bpe", "max_tokens": 5,
-        "notes": f"key={'k' * 40}", "tags": ["hf_abcdefgh123", "plain"], "seed": 1, "secret": None,
+        "auth_token": "t",
+        "password": "p",
+        "db": {"credentials": {"user": "u"}},
+        "tokenizer": "bpe",
+        "max_tokens": 5,
+        "notes": f"key={'k' * 40}",
+        "tags": ["hf_abcdefgh123", "plain"],
+        "seed": 1,
+        "secret": None,
         "overrides": ["+logger.wandb.api_key=abc", "seed=1"],
     }
     redacted = redact_secrets(config, env)
@@ -282,19 +399,31 @@ def test_a_failed_run_summary_hides_a_secret_in_its_error(compose_train, tmp_pat
     written = (tmp_path / "run" / "summary.json").read_text()
     assert secret not in written and "hunter2hunter2" not in written
     summary = json.loads(written)
-    assert summary["error"] == f"RuntimeError: could not log in with {REDACTED}" and summary["config"]["notes"]["db_password"] == REDACTED
+    assert (
+        summary["error"] == f"RuntimeError: could not log in with {REDACTED}"
+        and summary["config"]["notes"]["db_password"] == REDACTED
+    )
 
 
 def test_no_secret_reaches_logged_configs_or_result_files(tmp_path):
     secret = f"zfsecret{uuid.uuid4().hex}"  # 40 characters, like a W&B key
     env = {**cli_env(tmp_path), "WANDB_API_KEY": secret, "WANDB_MODE": "offline"}
-    done = zf_train([
-        *TINY, "debug=limit", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-        "callbacks.feature_evolution=null",
-        "+notes.text=${oc.env:WANDB_API_KEY}",                     # a config value that resolves to the secret
-        "+notes.run_note='key is ${oc.env:WANDB_API_KEY}'",        # ... and one that contains it
-        "+notes.service.api_key=not-from-the-env",                # a key whose name says it is secret
-    ], tmp_path, env)  # logger=default: CSV + W&B offline
+    done = zf_train(
+        [
+            *TINY,
+            "debug=limit",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=1",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "callbacks.feature_evolution=null",
+            "+notes.text=${oc.env:WANDB_API_KEY}",  # a config value that resolves to the secret
+            "+notes.run_note='key is ${oc.env:WANDB_API_KEY}'",  # ... and one that contains it
+            "+notes.service.api_key=not-from-the-env",  # a key whose name says it is secret
+        ],
+        tmp_path,
+        env,
+    )  # logger=default: CSV + W&B offline
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
     files = [path for path in run.rglob("*") if path.is_file()]
@@ -302,11 +431,18 @@ def test_no_secret_reaches_logged_configs_or_result_files(tmp_path):
     assert any(path.suffix == ".wandb" for path in files)
     for path in files:
         assert secret.encode() not in path.read_bytes(), path
-    for path in (run / "summary.json", run / "csv" / "hparams.yaml"):  # the command line itself is kept by Hydra and W&B
+    for path in (
+        run / "summary.json",
+        run / "csv" / "hparams.yaml",
+    ):  # the command line itself is kept by Hydra and W&B
         assert "not-from-the-env" not in path.read_text(), path
     summary = json.loads((run / "summary.json").read_text())
     notes = summary["config"]["notes"]
-    assert notes["text"] == REDACTED and notes["run_note"] == f"key is {REDACTED}" and notes["service"] == {"api_key": REDACTED}
+    assert (
+        notes["text"] == REDACTED
+        and notes["run_note"] == f"key is {REDACTED}"
+        and notes["service"] == {"api_key": REDACTED}
+    )
     assert "text: ${oc.env:WANDB_API_KEY}" in (run / ".hydra" / "config.yaml").read_text()  # unresolved
     assert b"run_note" in next(run.rglob("*.wandb")).read_bytes()  # the config did reach W&B, redacted
 

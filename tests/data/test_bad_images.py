@@ -3,7 +3,6 @@ converted, images smaller than the crop are used; all of it is listed in the run
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import re
@@ -19,7 +18,17 @@ from torchvision.datasets.folder import pil_loader
 from torchvision.transforms.functional import pil_to_tensor
 
 from tests.helpers.configs import compose_config
-from tests.helpers.images import CROP, EXPECTED, TRAIN, VAL, expected_files, gradient16, kind_of, make_bad_imagenet, train_files, write_image_file
+from tests.helpers.images import (
+    CROP,
+    EXPECTED,
+    TRAIN,
+    expected_files,
+    gradient16,
+    kind_of,
+    make_bad_imagenet,
+    train_files,
+    write_image_file,
+)
 from zf_lightning.data import ImageNetDataModule
 from zf_lightning.data.image_files import (
     MAX_CONSECUTIVE_BAD,
@@ -31,14 +40,14 @@ from zf_lightning.data.image_files import (
 )
 from zf_lightning.data.imagenet_folder import ImageNetFolder
 
+
 @pytest.fixture
 def root(tmp_path) -> Path:
     return make_bad_imagenet(tmp_path / "imagenet")
 
 
-
-
 # ---- load_rgb, one kind at a time ----------------------------------------------------------------
+
 
 def test_good_rgb_images_load_exactly_as_before_and_are_not_logged(root, tmp_path):
     log = BadImageLog(tmp_path / "log.jsonl")
@@ -86,9 +95,14 @@ def test_an_image_smaller_than_the_crop_is_used_and_recorded(root, tmp_path):
     assert load_rgb(path, min_size=30) is not None  # the default log (None) records nothing
 
 
-@pytest.mark.parametrize("name, reason", [("a1_corrupt.JPEG", "cannot identify image file"),
-                                          ("b1_truncated.JPEG", "image file is truncated"),
-                                          ("b2_empty.JPEG", "empty file (0 bytes)")])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("a1_corrupt.JPEG", "cannot identify image file"),
+        ("b1_truncated.JPEG", "image file is truncated"),
+        ("b2_empty.JPEG", "empty file (0 bytes)"),
+    ],
+)
 def test_unreadable_files_are_skipped_with_a_warning_or_fail_naming_the_file(root, tmp_path, name, reason):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # else a truncated file would decode, grey-filled
     path = train_files(root)[name]
@@ -101,7 +115,9 @@ def test_unreadable_files_are_skipped_with_a_warning_or_fail_naming_the_file(roo
         warnings.simplefilter("error")
         assert load_rgb(path, log=log) is None  # warned once per file, logged once per file
     assert len(read_bad_image_log(tmp_path / "log.jsonl")) == 1
-    with pytest.raises(BadImageError, match=rf"cannot read image {path}: .*{re.escape(reason)}.*data.on_bad_image=skip would skip it"):
+    with pytest.raises(
+        BadImageError, match=rf"cannot read image {path}: .*{re.escape(reason)}.*data.on_bad_image=skip would skip it"
+    ):
         load_rgb(path, on_bad_image="error")
 
 
@@ -120,10 +136,15 @@ def test_truncation_must_stay_detectable(root, monkeypatch):
 
 # ---- the log and its summary ---------------------------------------------------------------------
 
+
 def test_the_log_is_shared_by_worker_copies_and_summarised_once_per_file(tmp_path):
     path = tmp_path / "run" / "bad_images.jsonl"
-    assert summarize_bad_images(path) == {"skipped": 0, "converted": 0, "small": 0,
-                                          "files": {"skipped": [], "converted": [], "small": []}}
+    assert summarize_bad_images(path) == {
+        "skipped": 0,
+        "converted": 0,
+        "small": 0,
+        "files": {"skipped": [], "converted": [], "small": []},
+    }
     log = BadImageLog(path)
     assert log.record("/d/x.jpg", "skipped", "broken")
     assert not log.record("/d/x.jpg", "skipped", "broken")  # the same file again (next epoch)
@@ -133,8 +154,12 @@ def test_the_log_is_shared_by_worker_copies_and_summarised_once_per_file(tmp_pat
     assert log.record("/d/y.png", "small", "10x10")  # kinds are counted separately
     with open(path, "a") as f:
         f.write('{"path": "/d/z.jpg", "kind": "skipp')  # a line torn by a killed process is ignored
-    assert summarize_bad_images(path) == {"skipped": 1, "converted": 1, "small": 1,
-                                          "files": {"skipped": ["/d/x.jpg"], "converted": ["/d/y.png"], "small": ["/d/y.png"]}}
+    assert summarize_bad_images(path) == {
+        "skipped": 1,
+        "converted": 1,
+        "small": 1,
+        "files": {"skipped": ["/d/x.jpg"], "converted": ["/d/y.png"], "small": ["/d/y.png"]},
+    }
     with pytest.raises(ValueError, match="kind must be one of"):
         log.record("/d/x.jpg", "broken", "")
 
@@ -149,6 +174,7 @@ def test_an_unwritable_log_only_warns(tmp_path):
 
 # ---- datasets: the next readable image stands in -----------------------------------------------
 
+
 def _next_readable(samples: list[tuple[str, int]], index: int) -> int:
     for step in range(len(samples)):
         j = (index + step) % len(samples)
@@ -159,7 +185,9 @@ def _next_readable(samples: list[tuple[str, int]], index: int) -> int:
 
 def test_imagenet_folder_replaces_a_skipped_image_by_the_next_readable_one(root, tmp_path):
     log = tmp_path / "log.jsonl"
-    ds = ImageNetFolder(root, "train", transform=pil_to_tensor, cache_dir=tmp_path / "cache", bad_image_log=log, min_size=CROP)
+    ds = ImageNetFolder(
+        root, "train", transform=pil_to_tensor, cache_dir=tmp_path / "cache", bad_image_log=log, min_size=CROP
+    )
     reference = ImageNetFolder(root, "train", transform=pil_to_tensor, cache_dir=tmp_path / "cache")
     assert len(ds) == sum(len(names) for names in TRAIN.values())  # skipped files stay in the list
     with pytest.warns(UserWarning, match="skipping unreadable image"):
@@ -180,8 +208,13 @@ def test_with_on_bad_image_error_the_first_bad_file_fails_naming_it(root, tmp_pa
     ds[0]
     with pytest.raises(BadImageError, match=rf"cannot read image {train_files(root)['a1_corrupt.JPEG']}"):
         ds[1]
-    loader = DataLoader(ImageNetFolder(root, "val", transform=pil_to_tensor, cache_dir=tmp_path / "cache", on_bad_image="error"), batch_size=1)
-    with pytest.raises(BadImageError, match=rf"cannot read image {root / 'val' / 'n002' / 'd0_empty.JPEG'}: empty file"):
+    loader = DataLoader(
+        ImageNetFolder(root, "val", transform=pil_to_tensor, cache_dir=tmp_path / "cache", on_bad_image="error"),
+        batch_size=1,
+    )
+    with pytest.raises(
+        BadImageError, match=rf"cannot read image {root / 'val' / 'n002' / 'd0_empty.JPEG'}: empty file"
+    ):
         list(loader)
 
 
@@ -191,15 +224,26 @@ def test_a_dataset_of_only_bad_files_fails_clearly(tmp_path):
         for n in range(3):
             write_image_file(root / split / "n001" / f"x{n}_empty.JPEG", "empty", n)
     ds = ImageNetFolder(root, "train", cache_dir=tmp_path / "cache")
-    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="3 images in a row from item 1 could not be read"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(RuntimeError, match="3 images in a row from item 1 could not be read"),
+    ):
         ds[1]
     assert MAX_CONSECUTIVE_BAD < 1000  # a run does give up on a dataset that is bad as a whole
 
 
 def test_worker_processes_share_the_log(root, tmp_path):
     log = tmp_path / "log.jsonl"
-    datamodule = ImageNetDataModule(root, num_classes=2, resize_size=72, crop_size=CROP, batch_size=4, num_workers=2,
-                                    cache_dir=tmp_path / "cache", bad_image_log=log)
+    datamodule = ImageNetDataModule(
+        root,
+        num_classes=2,
+        resize_size=72,
+        crop_size=CROP,
+        batch_size=4,
+        num_workers=2,
+        cache_dir=tmp_path / "cache",
+        bad_image_log=log,
+    )
     datamodule.prepare_data()  # the mean image: every training file, in the main process... or workers
     datamodule.setup("fit")
     for _ in range(2):  # two epochs: new workers, the same bad files
@@ -207,16 +251,27 @@ def test_worker_processes_share_the_log(root, tmp_path):
         assert sizes == [4, 4, 4, 2]  # no item dropped
     events = read_bad_image_log(log)
     assert summarize_bad_images(log)["files"] == expected_files(root, ("train",))
-    assert len(events) <= 2 * sum(len(paths) for paths in expected_files(root, ("train",)).values())  # not once per epoch
+    assert len(events) <= 2 * sum(
+        len(paths) for paths in expected_files(root, ("train",)).values()
+    )  # not once per epoch
 
 
 # ---- zf-train end to end -----------------------------------------------------------------------
 
 E2E = [
-    "data=imagenet", "data.num_classes=2", "data.resize_size=72", f"data.crop_size={CROP}", "data.batch_size=4",
-    "data.num_workers=0", "data.pin_memory=false", "data.persistent_workers=false",
-    "model.net.width_multiplier=0.125", "trainer.max_epochs=1", "logger=csv",
-    "~callbacks.progress_bar", "~callbacks.feature_evolution",
+    "data=imagenet",
+    "data.num_classes=2",
+    "data.resize_size=72",
+    f"data.crop_size={CROP}",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.pin_memory=false",
+    "data.persistent_workers=false",
+    "model.net.width_multiplier=0.125",
+    "trainer.max_epochs=1",
+    "logger=csv",
+    "~callbacks.progress_bar",
+    "~callbacks.feature_evolution",
 ]
 
 
@@ -229,7 +284,12 @@ def test_a_training_run_skips_bad_images_and_lists_them_in_its_summary(root, tmp
     assert summary["status"] == "completed" and "test/top1_err" in summary["test"]
     expected = expected_files(root)
     assert summary["bad_images"] == {"skipped": 4, "converted": 4, "small": 1, "files": expected}
-    assert [Path(p).name for p in expected["skipped"]] == ["a1_corrupt.JPEG", "b1_truncated.JPEG", "b2_empty.JPEG", "d0_empty.JPEG"]
+    assert [Path(p).name for p in expected["skipped"]] == [
+        "a1_corrupt.JPEG",
+        "b1_truncated.JPEG",
+        "b2_empty.JPEG",
+        "d0_empty.JPEG",
+    ]
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["bad_images"] == summary["bad_images"]
     assert on_disk["config"]["data"]["bad_image_log"] == str(out / "bad_images.jsonl")

@@ -18,7 +18,9 @@ def first_batch(datamodule, stage: str, loader: str):
 
 
 def synthetic(tmp_path, **options):
-    defaults = dict(train_per_class=3, val_per_class=2, test_per_class=2, batch_size=8, num_workers=0, cache_dir=tmp_path)
+    defaults = dict(
+        train_per_class=3, val_per_class=2, test_per_class=2, batch_size=8, num_workers=0, cache_dir=tmp_path
+    )
     return SyntheticDataModule(**{**defaults, **options})
 
 
@@ -66,7 +68,9 @@ def fake_imagenet(root, classes=("n01440764", "n01443537", "n01484850"), per_cla
 
 def test_imagenet_datamodule_reads_the_extracted_layout(tmp_path):
     root = fake_imagenet(tmp_path / "imagenet")
-    datamodule = ImageNetDataModule(root, num_classes=3, resize_size=32, crop_size=28, batch_size=4, num_workers=0, cache_dir=tmp_path / "cache")
+    datamodule = ImageNetDataModule(
+        root, num_classes=3, resize_size=32, crop_size=28, batch_size=4, num_workers=0, cache_dir=tmp_path / "cache"
+    )
     images, labels = first_batch(datamodule, "fit", "train")
     assert images.shape == (4, 3, 28, 28) and set(labels.tolist()) <= {0, 1, 2}
     assert datamodule.mean_image.shape == (3, 32, 32)

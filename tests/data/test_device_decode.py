@@ -17,9 +17,8 @@ from PIL import Image
 from tests.helpers.images import TRAIN, make_bad_imagenet, photo_like, save_image
 from zf_lightning.data.datamodules import ImageNetDataModule
 from zf_lightning.data.device_decode import DeviceDecoder, PrepareForDevice, collate_for_device
-from zf_lightning.data.image_files import read_for_device
+from zf_lightning.data.image_files import BadImageError, BadImageLog, read_bad_image_log, read_for_device
 from zf_lightning.data.jpeg import EncodedJPEG, jpeg_frame
-from zf_lightning.data.image_files import BadImageError, BadImageLog, read_bad_image_log
 from zf_lightning.models import ImageClassifier
 
 WNIDS = ["n01440764", "n01443537"]
@@ -35,9 +34,9 @@ def _without_segment(data: bytes, marker: int) -> bytes:
     """The JPEG with every segment `marker` (e.g. 0xDB, its quantisation tables) removed: header intact, body undecodable."""
     out, position = bytearray(data[:2]), 2
     while data[position + 1] != 0xDA:
-        length = int.from_bytes(data[position + 2:position + 4], "big")
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
         if data[position + 1] != marker:
-            out += data[position:position + 2 + length]
+            out += data[position : position + 2 + length]
         position += 2 + length
     return bytes(out + data[position:])
 
@@ -49,7 +48,7 @@ def test_jpeg_frame_reads_the_header_and_refuses_what_the_device_does_not_decode
     assert jpeg_frame(_jpeg(image.convert("L"))).components == 1
     assert jpeg_frame(_jpeg(image.convert("CMYK"))).components == 4
     whole = _jpeg(image)
-    assert jpeg_frame(whole[:len(whole) // 2]) is None  # no end marker: truncated
+    assert jpeg_frame(whole[: len(whole) // 2]) is None  # no end marker: truncated
     png = io.BytesIO()
     image.save(png, "PNG")
     assert jpeg_frame(png.getvalue()) is None and jpeg_frame(b"") is None
@@ -68,7 +67,10 @@ def test_the_worker_sends_bytes_only_for_whole_baseline_rgb_jpegs(tmp_path):
     assert isinstance(read_for_device(progressive), torch.Tensor)  # decoded in the worker
     assert isinstance(read_for_device(gray, log=log), Image.Image)  # converted by PIL, as decode=torchvision does
     assert isinstance(read_for_device(small, log=log, min_size=224), EncodedJPEG)
-    assert {(Path(e["path"]).name, e["kind"]) for e in read_bad_image_log(log.path)} == {("gray.JPEG", "converted"), ("small.JPEG", "small")}
+    assert {(Path(e["path"]).name, e["kind"]) for e in read_bad_image_log(log.path)} == {
+        ("gray.JPEG", "converted"),
+        ("small.JPEG", "small"),
+    }
 
 
 def _tree(root: Path) -> Path:
@@ -77,13 +79,28 @@ def _tree(root: Path) -> Path:
     for split in ("train", "val"):
         for i, wnid in enumerate(WNIDS):
             for j, size in enumerate(sizes):
-                save_image(root / split / wnid / f"{wnid}_{j}.JPEG", photo_like(*size, seed=10 * i + j), quality=90, progressive=j == 3)
+                save_image(
+                    root / split / wnid / f"{wnid}_{j}.JPEG",
+                    photo_like(*size, seed=10 * i + j),
+                    quality=90,
+                    progressive=j == 3,
+                )
     return root
 
 
 def _datamodules(root: Path, tmp_path: Path, **kwargs) -> dict[str, ImageNetDataModule]:
-    dms = {decode: ImageNetDataModule(root, num_classes=len(WNIDS), decode=decode, cache_dir=tmp_path / "cache", batch_size=8,
-                                      num_workers=0, **kwargs) for decode in ("torchvision", "gpu")}
+    dms = {
+        decode: ImageNetDataModule(
+            root,
+            num_classes=len(WNIDS),
+            decode=decode,
+            cache_dir=tmp_path / "cache",
+            batch_size=8,
+            num_workers=0,
+            **kwargs,
+        )
+        for decode in ("torchvision", "gpu")
+    }
     for dm in dms.values():
         dm.prepare_data()
         dm.setup("fit")
@@ -112,10 +129,28 @@ def test_device_decoding_trains_to_the_same_weights_as_torchvision_decoding(tmp_
     weights = {}
     for decode in ("torchvision", "gpu"):
         L.seed_everything(0)
-        model = ImageClassifier({"arch": "zfnet", "num_classes": 2, "input_size": 224, "width_multiplier": 0.0625}, lr_scheduler=None)
-        dm = ImageNetDataModule(root, num_classes=2, decode=decode, cache_dir=tmp_path / "cache", batch_size=4, num_workers=0, ten_crop_test=False)
-        trainer = L.Trainer(max_epochs=1, limit_val_batches=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+        model = ImageClassifier(
+            {"arch": "zfnet", "num_classes": 2, "input_size": 224, "width_multiplier": 0.0625}, lr_scheduler=None
+        )
+        dm = ImageNetDataModule(
+            root,
+            num_classes=2,
+            decode=decode,
+            cache_dir=tmp_path / "cache",
+            batch_size=4,
+            num_workers=0,
+            ten_crop_test=False,
+        )
+        trainer = L.Trainer(
+            max_epochs=1,
+            limit_val_batches=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            deterministic=True,
+        )
         trainer.fit(model, datamodule=dm)  # Lightning calls the datamodule's on_before_batch_transfer
         assert trainer.global_step == 2
         weights[decode] = model.state_dict()
@@ -128,15 +163,27 @@ def test_bad_files_are_handled_in_the_worker_as_with_torchvision_decoding(tmp_pa
     logs = {decode: tmp_path / f"{decode}.jsonl" for decode in ("torchvision", "gpu")}
     batches = {}
     for decode, log in logs.items():
-        dm = ImageNetDataModule(root, num_classes=2, decode=decode, cache_dir=tmp_path / "cache", batch_size=14, num_workers=0,
-                                resize_size=72, crop_size=64, bad_image_log=log, mean_image_max_images=4)
+        dm = ImageNetDataModule(
+            root,
+            num_classes=2,
+            decode=decode,
+            cache_dir=tmp_path / "cache",
+            batch_size=14,
+            num_workers=0,
+            resize_size=72,
+            crop_size=64,
+            bad_image_log=log,
+            mean_image_max_images=4,
+        )
         dm.prepare_data()
         dm.setup("fit")
         with pytest.warns(UserWarning, match="skipping unreadable image"):
             batch = next(iter(dm.train_dataloader()))
         batches[decode] = dm.on_before_batch_transfer(batch, 0) if decode == "gpu" else batch
     assert len(batches["gpu"][0]) == sum(len(names) for names in TRAIN.values())
-    assert torch.equal(batches["gpu"][0], batches["torchvision"][0]) and torch.equal(batches["gpu"][1], batches["torchvision"][1])
+    assert torch.equal(batches["gpu"][0], batches["torchvision"][0]) and torch.equal(
+        batches["gpu"][1], batches["torchvision"][1]
+    )
 
     def events(log):
         return {(Path(e["path"]).name, e["kind"]) for e in read_bad_image_log(log)}

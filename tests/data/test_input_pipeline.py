@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from tests.helpers.images import photo_like, save_image
 from zf_lightning.cli.prepare import main as prepare_main
 from zf_lightning.data.datamodules import ImageNetDataModule
 from zf_lightning.data.image_files import BadImageError, BadImageLog, load_rgb, load_rgb_tensor, read_bad_image_log
 from zf_lightning.data.imagenet_folder import ImageNetFolder
 from zf_lightning.data.prepare import PrepareError, list_images, prepare, resized_size
-from tests.helpers.images import photo_like, save_image
 from zf_lightning.data.transforms import paper_base
 
 WNIDS = ["n01440764", "n01443537"]
 
 
-
 def val_crop(image: Image.Image) -> torch.Tensor:
     """The paper preset's validation crop (before the mean image), on the 0-255 scale."""
     return v2.Compose([paper_base(256), v2.CenterCrop(224)])(image)
-
 
 
 @pytest.mark.parametrize("size", [(1200, 900), (900, 1200), (800, 600), (2100, 1600), (500, 375)])
@@ -43,7 +39,9 @@ def test_reduced_decoding_gives_the_same_val_crop_up_to_resampling_error(tmp_pat
         assert diff.mean() < 1.0 and diff.max() < 12, (size, diff.mean().item(), diff.max().item())
 
 
-@pytest.mark.parametrize("size", [(511, 600), (512, 512), (513, 1000), (1023, 1024), (4000, 3000), (2048, 257), (300, 200)])
+@pytest.mark.parametrize(
+    "size", [(511, 600), (512, 512), (513, 1000), (1023, 1024), (4000, 3000), (2048, 257), (300, 200)]
+)
 def test_reduced_decoding_never_goes_below_the_resize_size(tmp_path, size):
     path = save_image(tmp_path / "a.jpg", Image.new("RGB", size, (90, 120, 30)), quality=80)
     image = load_rgb(path, draft_size=256)
@@ -64,7 +62,10 @@ def test_reduced_decoding_keeps_bad_image_handling(tmp_path):
         load_rgb(truncated, on_bad_image="error", draft_size=256)
     converted = load_rgb(cmyk, log=log, draft_size=256)
     assert converted.mode == "RGB" and converted.size == (550, 400)
-    assert {(Path(e["path"]).name, e["kind"]) for e in read_bad_image_log(log.path)} == {("truncated.JPEG", "skipped"), ("cmyk.JPEG", "converted")}
+    assert {(Path(e["path"]).name, e["kind"]) for e in read_bad_image_log(log.path)} == {
+        ("truncated.JPEG", "skipped"),
+        ("cmyk.JPEG", "converted"),
+    }
 
 
 def _tree(root: Path) -> Path:
@@ -80,7 +81,10 @@ def test_datamodule_decode_option(tmp_path):
     root = _tree(tmp_path / "imagenet")
     with pytest.raises(ValueError, match="data.decode"):
         ImageNetDataModule(root, num_classes=2, decode="turbo", cache_dir=tmp_path / "cache")
-    dms = {decode: ImageNetDataModule(root, num_classes=2, decode=decode, cache_dir=tmp_path / "cache") for decode in ("pil", "reduced")}
+    dms = {
+        decode: ImageNetDataModule(root, num_classes=2, decode=decode, cache_dir=tmp_path / "cache")
+        for decode in ("pil", "reduced")
+    }
     assert dms["pil"].dataset_key() != dms["reduced"].dataset_key()  # mean images cached apart
     crops = {}
     for decode, dm in dms.items():
@@ -183,12 +187,18 @@ def test_torchvision_decoding_hands_odd_and_bad_files_to_the_pil_path(tmp_path):
     assert torch.equal(v2.functional.pil_to_tensor(converted), v2.functional.pil_to_tensor(load_rgb(gray)))
     assert load_rgb_tensor(small, log=log, min_size=224).shape == (3, 150, 200)
     assert {(Path(e["path"]).name, e["kind"]) for e in read_bad_image_log(log.path)} == {
-        ("truncated.JPEG", "skipped"), ("gray.JPEG", "converted"), ("small.JPEG", "small")}
+        ("truncated.JPEG", "skipped"),
+        ("gray.JPEG", "converted"),
+        ("small.JPEG", "small"),
+    }
 
 
 def test_datamodule_decode_torchvision_gives_the_default_crops_and_shares_its_mean_image(tmp_path):
     root = _tree(tmp_path / "imagenet")
-    dms = {decode: ImageNetDataModule(root, num_classes=2, decode=decode, cache_dir=tmp_path / "cache") for decode in ("pil", "torchvision")}
+    dms = {
+        decode: ImageNetDataModule(root, num_classes=2, decode=decode, cache_dir=tmp_path / "cache")
+        for decode in ("pil", "torchvision")
+    }
     assert dms["pil"].dataset_key() == dms["torchvision"].dataset_key()
     crops = {decode: torch.stack([item[0] for item in dm.make_dataset("val", val_crop)]) for decode, dm in dms.items()}
     assert torch.equal(crops["pil"], crops["torchvision"])

@@ -18,7 +18,15 @@ def sampler(batch_size: int = 20, dataset=DATA, world_size: int = 1) -> EpochSee
 
 
 def position(epoch: int, done: int, **loader) -> dict:
-    return {"epoch": epoch, "batches_done": done, "batches_per_epoch": 10, "batch_size": 20, "world_size": 1, "dataset_size": 200, **loader}
+    return {
+        "epoch": epoch,
+        "batches_done": done,
+        "batches_per_epoch": 10,
+        "batch_size": 20,
+        "world_size": 1,
+        "dataset_size": 200,
+        **loader,
+    }
 
 
 def test_a_position_inside_an_epoch_continues_with_its_next_batch_and_one_at_its_end_with_the_next_epoch():
@@ -28,11 +36,14 @@ def test_a_position_inside_an_epoch_continues_with_its_next_batch_and_one_at_its
     assert resume_point(position(1, 10), sampler(batch_size=10)) == (2, 0)  # an epoch boundary: any loader fits
 
 
-@pytest.mark.parametrize(("now", "named"), [
-    ({"batch_size": 10}, "batch_size 20 then, 10 now"),
-    ({"world_size": 2}, "world_size 1 then, 2 now"),
-    ({"dataset": TensorDataset(torch.arange(180))}, "dataset_size 200 then, 180 now"),
-])
+@pytest.mark.parametrize(
+    ("now", "named"),
+    [
+        ({"batch_size": 10}, "batch_size 20 then, 10 now"),
+        ({"world_size": 2}, "world_size 1 then, 2 now"),
+        ({"dataset": TensorDataset(torch.arange(180))}, "dataset_size 200 then, 180 now"),
+    ],
+)
 def test_a_mid_epoch_position_from_another_loader_is_refused_naming_what_differs(now, named):
     with pytest.raises(ValueError, match=rf"inside epoch 2 \(1-based\) after batch 4.*{named}"):
         resume_point(position(1, 4), sampler(**now))
@@ -51,7 +62,7 @@ def test_resume_from_starts_at_the_epoch_and_skips_the_batches_done_once():
     resumed = sampler()
     resumed.resume_from(3, 4)
     assert resumed.epoch == 3  # set before any iterator exists: a loader with workers draws at once
-    assert [key for key in resumed] == whole[4 * 20:]
+    assert [key for key in resumed] == whole[4 * 20 :]
     assert [key for key in resumed] == whole  # the same epoch again is a whole epoch
 
 

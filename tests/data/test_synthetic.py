@@ -70,14 +70,17 @@ def test_transform_is_applied():
     assert torch.allclose(image, raw[4][0].float() / 255 - 1) and label == raw[4][1]
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(split="training"), "split"),
-    (dict(num_classes=1), "num_classes"),
-    (dict(num_classes=MAX_CLASSES + 1), "num_classes"),
-    (dict(images_per_class=0), "images_per_class"),
-    (dict(image_size=15), "image_size"),
-    (dict(seed=-1), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(split="training"), "split"),
+        (dict(num_classes=1), "num_classes"),
+        (dict(num_classes=MAX_CLASSES + 1), "num_classes"),
+        (dict(images_per_class=0), "images_per_class"),
+        (dict(image_size=15), "image_size"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_bad_arguments_raise_with_clear_message(kwargs, name):
     with pytest.raises(ValueError, match=name):
         SyntheticShapes(**kwargs)

@@ -18,7 +18,9 @@ def test_ten_crop_gives_the_four_corners_the_centre_and_their_mirror_images():
     for i, expected in enumerate(corners_and_centre):
         torch.testing.assert_close(crops[i], expected)
     flipped = x.flip(-1)  # the mirrored image's corners and centre, as torchvision's ten_crop orders them
-    for i, expected in enumerate([flipped[:, :5, :5], flipped[:, :5, 4:], flipped[:, 4:, :5], flipped[:, 4:, 4:], flipped[:, 2:7, 2:7]]):
+    for i, expected in enumerate(
+        [flipped[:, :5, :5], flipped[:, :5, 4:], flipped[:, 4:, :5], flipped[:, 4:, 4:], flipped[:, 2:7, 2:7]]
+    ):
         torch.testing.assert_close(crops[5 + i], expected)
 
 

@@ -9,8 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
-from zf_lightning.models import alexnet, zfnet
 from zf_lightning.deconv import METHODS, Deconvnet
+from zf_lightning.models import alexnet, zfnet
 
 # ------------------------------------------------------------------ reference
 
@@ -46,7 +46,9 @@ class _IdentityBackward(torch.autograd.Function):
         return grad, None
 
 
-def reference(features: nn.Sequential, image: torch.Tensor, layer: int, maps: list[int], mode: str, method: str, at=None):
+def reference(
+    features: nn.Sequential, image: torch.Tensor, layer: int, maps: list[int], mode: str, method: str, at=None
+):
     """(len(maps), C, H, W): x.grad of the chosen activation(s) of each map of conv `layer`, for one image.
 
     mode "at": the activation at location `at` = (row, col) of each map.
@@ -110,7 +112,9 @@ def _alexnet():
 @pytest.mark.parametrize("mode", ["max", "map"])
 @pytest.mark.parametrize("layer", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize(
-    ("make_net", "size", "seed", "maps"), [(_zfnet, 64, 10, [0, 5, 11]), (_alexnet, 67, 20, [1, 7])], ids=["zfnet", "alexnet"]
+    ("make_net", "size", "seed", "maps"),
+    [(_zfnet, 64, 10, [0, 5, 11]), (_alexnet, 67, 20, [1, 7])],
+    ids=["zfnet", "alexnet"],
 )
 def test_paper_nets_match_autograd(make_net, size, seed, maps, layer, mode, method):
     net = make_net()
@@ -168,7 +172,9 @@ def test_project_activations_matches_autograd_at_any_location(layer, method):
     assert projections.windows.shape == (n, 3, *field.size)
     pasted = projections.paste((64, 64))
     for i in range(n):
-        expected = reference(net.features, images[image_index[i]], layer, [int(maps[i])], "at", method, at=(rows[i], cols[i]))[0]
+        expected = reference(
+            net.features, images[image_index[i]], layer, [int(maps[i])], "at", method, at=(rows[i], cols[i])
+        )[0]
         torch.testing.assert_close(pasted[i], expected, rtol=1e-4, atol=1e-5 * max(expected.abs().max().item(), 1e-6))
         activation = deconv.feature_maps(images[image_index[i]][None], [layer])[layer][0, maps[i], rows[i], cols[i]]
         assert projections.values[i].item() == pytest.approx(activation.item(), rel=1e-6)
@@ -298,7 +304,9 @@ def test_max_mode_picks_first_location_on_ties():
 
 def test_overlapping_pool_windows_add_at_shared_switches():
     # One bright pixel wins every 3x3/2 window that covers it: the unpooled signal must be the sum.
-    features = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(1, 1, 1, bias=False))
+    features = nn.Sequential(
+        nn.Conv2d(1, 1, 1, bias=False), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(1, 1, 1, bias=False)
+    )
     with torch.no_grad():
         features[0].weight.fill_(1.0)
         features[3].weight.fill_(1.0)

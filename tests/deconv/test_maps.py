@@ -27,12 +27,15 @@ def test_listed_maps_win_and_asking_for_more_than_a_layer_has_gives_all(deconv):
     assert list(choose_maps(deconv, None, 1, seed=0)) == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize(("layers", "explicit", "count", "message"), [
-    ([6], None, 1, r"top9: unknown layer\(s\) \[6\]: the model has 5 conv layers"),
-    ([1], {1: [12]}, 1, r"top9: map\(s\) \[12\] of layer 1 out of range: it has 12 maps \(valid indices 0..11\)"),
-    ([1], {2: [0]}, 1, r"top9: maps are listed for layer\(s\) \[2\], which are not among the layers \[1\]"),
-    ([1], None, 0, r"top9: maps_per_layer must be an int >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    ("layers", "explicit", "count", "message"),
+    [
+        ([6], None, 1, r"top9: unknown layer\(s\) \[6\]: the model has 5 conv layers"),
+        ([1], {1: [12]}, 1, r"top9: map\(s\) \[12\] of layer 1 out of range: it has 12 maps \(valid indices 0..11\)"),
+        ([1], {2: [0]}, 1, r"top9: maps are listed for layer\(s\) \[2\], which are not among the layers \[1\]"),
+        ([1], None, 0, r"top9: maps_per_layer must be an int >= 1, got 0"),
+    ],
+)
 def test_bad_choices_are_refused_naming_the_option(deconv, layers, explicit, count, message):
     with pytest.raises(ValueError, match=message):
         choose_maps(deconv, layers, count, seed=0, explicit=explicit, owner="top9")

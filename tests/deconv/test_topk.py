@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zf_lightning.models import zfnet
 from zf_lightning.deconv import Deconvnet, cut_windows
 from zf_lightning.deconv.topk import (
     RunningTopK,
@@ -13,6 +12,7 @@ from zf_lightning.deconv.topk import (
     project_all_top_activations,
     project_top_activations,
 )
+from zf_lightning.models import zfnet
 
 
 def brute_force_top(activations: torch.Tensor, k: int):
@@ -97,9 +97,7 @@ def test_find_and_project_top_activations(net):
 
     layer = 5
     top = found[layer]
-    result = project_top_activations(
-        deconv, top, lambda idx: images[idx], lambda idx: display[idx], images_per_chunk=5
-    )
+    result = project_top_activations(deconv, top, lambda idx: images[idx], lambda idx: display[idx], images_per_chunk=5)
     field = deconv.receptive_field(layer)
     assert result.projections.shape == (3, 9, 3, *field.size)
     assert result.patches.shape == (3, 9, 3, *field.size)
@@ -123,9 +121,18 @@ def test_all_layers_at_once_equals_layer_by_layer(net):
     images = torch.randn(15, 3, 64, 64)
     chosen = {1: [1, 2], 2: [0], 4: [3, 9], 5: [4]}
     found = find_top_activations(deconv, [(images, torch.arange(15))], chosen, k=4)
-    together = project_all_top_activations(deconv, found, lambda idx: images[idx], lambda idx: images[idx].sigmoid(), method="guided", images_per_chunk=4)
+    together = project_all_top_activations(
+        deconv, found, lambda idx: images[idx], lambda idx: images[idx].sigmoid(), method="guided", images_per_chunk=4
+    )
     for layer, top in found.items():
-        alone = project_top_activations(deconv, top, lambda idx: images[idx], lambda idx: images[idx].sigmoid(), method="guided", images_per_chunk=100)
+        alone = project_top_activations(
+            deconv,
+            top,
+            lambda idx: images[idx],
+            lambda idx: images[idx].sigmoid(),
+            method="guided",
+            images_per_chunk=100,
+        )
         torch.testing.assert_close(together[layer].projections, alone.projections, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(together[layer].patches, alone.patches, rtol=0, atol=0)
         assert torch.equal(together[layer].window_top, alone.window_top)

@@ -37,8 +37,17 @@ def write_jpeg(path: Path, rng: np.random.Generator, mode: str = "RGB") -> None:
     Image.new(mode, (width, height), colour if mode != "L" else colour[0]).save(path, "JPEG")
 
 
-def _make_caltech(root: Path, folder: str, categories: str, classes: Mapping[str, int], excluded: str | None,
-                  file_name, grayscale_files: int, stray_files: bool, seed: int) -> FakeCaltech:
+def _make_caltech(
+    root: Path,
+    folder: str,
+    categories: str,
+    classes: Mapping[str, int],
+    excluded: str | None,
+    file_name,
+    grayscale_files: int,
+    stray_files: bool,
+    seed: int,
+) -> FakeCaltech:
     rng = np.random.default_rng(seed)
     root = Path(root)
     categories_dir = root / folder / categories
@@ -57,7 +66,12 @@ def _make_caltech(root: Path, folder: str, categories: str, classes: Mapping[str
             write_jpeg(categories_dir / excluded / file_name(excluded, n), rng)
     if stray_files:
         first = categories_dir / sorted(classes)[0]
-        strays = [first / "Thumbs.db", first / "notes.txt", first / ".hidden_image.jpg", first / "greg" / file_name(first.name, 99)]
+        strays = [
+            first / "Thumbs.db",
+            first / "notes.txt",
+            first / ".hidden_image.jpg",
+            first / "greg" / file_name(first.name, 99),
+        ]
         for path in strays[:2]:
             path.write_bytes(b"not an image")
         for path in strays[2:]:  # images, but hidden or in a sub-folder: not samples
@@ -67,23 +81,52 @@ def _make_caltech(root: Path, folder: str, categories: str, classes: Mapping[str
     return tree
 
 
-def make_caltech101(root: Path, classes: Mapping[str, int] = CALTECH101_CLASSES, include_background: bool = True,
-                    grayscale_files: int = 1, stray_files: bool = True, seed: int = 0) -> FakeCaltech:
+def make_caltech101(
+    root: Path,
+    classes: Mapping[str, int] = CALTECH101_CLASSES,
+    include_background: bool = True,
+    grayscale_files: int = 1,
+    stray_files: bool = True,
+    seed: int = 0,
+) -> FakeCaltech:
     """<root>/caltech101/101_ObjectCategories/<class>/image_NNNN.jpg, plus BACKGROUND_Google (4 images)."""
-    return _make_caltech(root, "caltech101", "101_ObjectCategories", classes,
-                         "BACKGROUND_Google" if include_background else None,
-                         lambda class_name, n: f"image_{n:04d}.jpg", grayscale_files, stray_files, seed)
+    return _make_caltech(
+        root,
+        "caltech101",
+        "101_ObjectCategories",
+        classes,
+        "BACKGROUND_Google" if include_background else None,
+        lambda class_name, n: f"image_{n:04d}.jpg",
+        grayscale_files,
+        stray_files,
+        seed,
+    )
 
 
-def make_caltech256(root: Path, classes: Mapping[str, int] = CALTECH256_CLASSES, include_clutter: bool = True,
-                    grayscale_files: int = 1, stray_files: bool = True, seed: int = 0) -> FakeCaltech:
+def make_caltech256(
+    root: Path,
+    classes: Mapping[str, int] = CALTECH256_CLASSES,
+    include_clutter: bool = True,
+    grayscale_files: int = 1,
+    stray_files: bool = True,
+    seed: int = 0,
+) -> FakeCaltech:
     """<root>/caltech256/256_ObjectCategories/NNN.name/NNN_NNNN.jpg, plus 257.clutter (4 images)."""
-    return _make_caltech(root, "caltech256", "256_ObjectCategories", classes,
-                         "257.clutter" if include_clutter else None,
-                         lambda class_name, n: f"{class_name.split('.')[0]}_{n:04d}.jpg", grayscale_files, stray_files, seed)
+    return _make_caltech(
+        root,
+        "caltech256",
+        "256_ObjectCategories",
+        classes,
+        "257.clutter" if include_clutter else None,
+        lambda class_name, n: f"{class_name.split('.')[0]}_{n:04d}.jpg",
+        grayscale_files,
+        stray_files,
+        seed,
+    )
 
 
 # ---- PASCAL VOC 2012 ----------------------------------------------------------------------------
+
 
 @dataclass
 class FakeVOC:
@@ -137,12 +180,15 @@ def make_voc2012(root: Path, num_images: int = 12, seed: int = 0) -> FakeVOC:
         body = "".join(_object_xml(name, d, parts=name == "person") for name, d in objs)
         (voc / "Annotations" / f"{image_id}.xml").write_text(
             f"<annotation><folder>VOC2012</folder><filename>{image_id}.jpg</filename>"
-            f"<size><width>40</width><height>40</height><depth>3</depth></size><segmented>0</segmented>{body}</annotation>")
+            f"<size><width>40</width><height>40</height><depth>3</depth></size><segmented>0</segmented>{body}</annotation>"
+        )
     image_ids = {"train": ids[0::2], "val": ids[1::2], "trainval": ids}
     for image_set, listed in image_ids.items():
         (voc / "ImageSets" / "Main" / f"{image_set}.txt").write_text("".join(f"{i}\n" for i in listed))
     # A per-class list as in the real devkit; it must not be mistaken for an image set.
     (voc / "ImageSets" / "Main" / "aeroplane_train.txt").write_text("".join(f"{i} -1\n" for i in image_ids["train"]))
-    targets = {s: np.array([_expected_row(objects[i]) for i in listed], dtype=np.int8).reshape(-1, len(VOC_CLASSES))
-               for s, listed in image_ids.items()}
+    targets = {
+        s: np.array([_expected_row(objects[i]) for i in listed], dtype=np.int8).reshape(-1, len(VOC_CLASSES))
+        for s, listed in image_ids.items()
+    }
     return FakeVOC(root, voc, image_ids, targets, objects)

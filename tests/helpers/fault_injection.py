@@ -41,7 +41,6 @@ class KillWhileSavingCheckpoint(Callback):
         torch.save = save_half_then_die
 
 
-
 class PoisonWeightsOnRank(Callback):
     """Sets one weight to NaN on one DDP rank only, as step `step` starts: that rank's loss is NaN, the others' not."""
 

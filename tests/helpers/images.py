@@ -14,8 +14,14 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     image = np.full((height, width, 3), 128.0, np.float32)
     for cells, amplitude in ((3, 70.0), (12, 35.0), (48, 15.0)):
-        small = np.clip(rng.normal(0, 1, (max(2, cells * height // width), cells, 3)) * 60 + 128, 0, 255).astype(np.uint8)
-        image += (np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC), np.float32) - 128) * amplitude / 60
+        small = np.clip(rng.normal(0, 1, (max(2, cells * height // width), cells, 3)) * 60 + 128, 0, 255).astype(
+            np.uint8
+        )
+        image += (
+            (np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC), np.float32) - 128)
+            * amplitude
+            / 60
+        )
     image += rng.normal(0, 2, image.shape)
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
 
@@ -67,14 +73,31 @@ def write_image_file(path: Path, kind: str, seed: int) -> None:
         raise ValueError(kind)
 
 
-EXPECTED = {"good": None, "corrupt": "skipped", "truncated": "skipped", "empty": "skipped", "cmyk": "converted",
-            "gray": "converted", "png16": "converted", "palette": "converted", "small": "small"}
+EXPECTED = {
+    "good": None,
+    "corrupt": "skipped",
+    "truncated": "skipped",
+    "empty": "skipped",
+    "cmyk": "converted",
+    "gray": "converted",
+    "png16": "converted",
+    "palette": "converted",
+    "small": "small",
+}
 # Sorted by name inside each class folder, as ImageFolder lists them. Two unreadable files in a row
 # (truncated, then empty) check that substitution moves on to the next readable file.
 TRAIN = {
     "n001": ["a0_good.JPEG", "a1_corrupt.JPEG", "a2_good.JPEG", "a3_cmyk.JPEG", "a4_gray.JPEG", "a5_good.JPEG"],
-    "n002": ["b0_good.JPEG", "b1_truncated.JPEG", "b2_empty.JPEG", "b3_good.JPEG", "b4_png16.png", "b5_palette.png",
-             "b6_small.JPEG", "b7_good.JPEG"],
+    "n002": [
+        "b0_good.JPEG",
+        "b1_truncated.JPEG",
+        "b2_empty.JPEG",
+        "b3_good.JPEG",
+        "b4_png16.png",
+        "b5_palette.png",
+        "b6_small.JPEG",
+        "b7_good.JPEG",
+    ],
 }
 VAL = {"n001": ["c0_good.JPEG", "c1_good.JPEG"], "n002": ["d0_empty.JPEG", "d1_good.JPEG", "d2_good.JPEG"]}
 

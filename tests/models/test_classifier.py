@@ -34,12 +34,18 @@ def test_renormalisation_brings_large_filters_to_the_radius_and_leaves_small_one
 
 def train_one_step_from_large_filters(tmp_path, radius):
     """Filters start at RMS 1; one SGD step with a negligible lr; the RMS of conv1's filters after it."""
-    model = ImageClassifier(TINY_NET, optimizer={"_target_": "torch.optim.SGD", "lr": 1e-9}, lr_scheduler=None, filter_rms_radius=radius)
+    model = ImageClassifier(
+        TINY_NET, optimizer={"_target_": "torch.optim.SGD", "lr": 1e-9}, lr_scheduler=None, filter_rms_radius=radius
+    )
     conv1 = model.net.features[0]
     with torch.no_grad():
         conv1.weight.normal_(0.0, 1.0)
-    data = SyntheticDataModule(train_per_class=2, val_per_class=1, test_per_class=1, batch_size=20, num_workers=0, cache_dir=tmp_path)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    data = SyntheticDataModule(
+        train_per_class=2, val_per_class=1, test_per_class=1, batch_size=20, num_workers=0, cache_dir=tmp_path
+    )
+    trainer = L.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0
+    )
     trainer.fit(model, datamodule=data)
     return filter_rms(conv1)
 
@@ -54,7 +60,9 @@ def test_ten_crop_prediction_is_the_average_of_the_crop_softmaxes():
     crops = torch.randn(3, 10, 3, 64, 64)
     with torch.no_grad():
         averaged = model.predict_proba(crops)
-        one_by_one = torch.stack([torch.stack([model(c[None])[0].softmax(-1) for c in image]).mean(0) for image in crops])
+        one_by_one = torch.stack(
+            [torch.stack([model(c[None])[0].softmax(-1) for c in image]).mean(0) for image in crops]
+        )
     torch.testing.assert_close(averaged, one_by_one, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(averaged.sum(-1), torch.ones(3))
 
@@ -120,5 +128,8 @@ def test_pretrained_weights_of_another_variant_are_refused_with_the_differences(
     assert fresh == ["classifier.6.weight", "classifier.6.bias"]
     assert torch.equal(same.net.features[0].weight, source.net.features[0].weight)
     wider = ImageClassifier({"arch": "zfnet", "num_classes": 3, "input_size": 64, "width_multiplier": 0.25})
-    with pytest.raises(ValueError, match=r"does not fit the configured network.*features.0.weight: checkpoint \(12, 3, 7, 7\) vs model \(24, 3, 7, 7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit the configured network.*features.0.weight: checkpoint \(12, 3, 7, 7\) vs model \(24, 3, 7, 7\)",
+    ):
         load_pretrained_weights(wider.net, path)

@@ -39,11 +39,22 @@ def test_compile_compiles_the_network_in_place_and_keeps_results_and_names():
 
 
 def test_a_run_with_the_fast_path_options_completes_and_its_checkpoint_loads_without_them(compose_train, tmp_path):
-    summary = train(compose_train([
-        "trainer.max_epochs=1", "test=false", "logger=csv", "model.channels_last=true", "model.compile={backend: eager}", "trainer.benchmark=true",
-    ]))
+    summary = train(
+        compose_train(
+            [
+                "trainer.max_epochs=1",
+                "test=false",
+                "logger=csv",
+                "model.channels_last=true",
+                "model.compile={backend: eager}",
+                "trainer.benchmark=true",
+            ]
+        )
+    )
     assert summary["status"] == "completed"
-    plain = ImageClassifier.load_from_checkpoint(summary["best"]["checkpoint"], channels_last=False, compile=False, weights_only=True)
+    plain = ImageClassifier.load_from_checkpoint(
+        summary["best"]["checkpoint"], channels_last=False, compile=False, weights_only=True
+    )
     assert plain.net._compiled_call_impl is None and plain.net.features[0].weight.is_contiguous()
 
 

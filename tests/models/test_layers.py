@@ -17,16 +17,27 @@ from zf_lightning.transfer.feature_analysis import BlockFeatures
 def test_zfnet_has_conv_layers_1_to_5_then_fc6_and_fc7_each_at_its_relu():
     net = zfnet(10, width_multiplier=0.125, input_size=64)
     layers = PaperLayers(net)
-    assert [layer.number for layer in layers.conv] == [1, 2, 3, 4, 5] and [layer.number for layer in layers.dense] == [6, 7]
+    assert [layer.number for layer in layers.conv] == [1, 2, 3, 4, 5] and [layer.number for layer in layers.dense] == [
+        6,
+        7,
+    ]
     for layer in layers.conv:
         assert isinstance(net.features[layer.weights], nn.Conv2d) and isinstance(net.features[layer.rectified], nn.ReLU)
         assert layer.rectified == layer.weights + 1
     # a conv layer's block runs to the module before the next conv: layer 1's holds its pool and its LRN
     assert [type(net.features[i]).__name__ for i in range(layers[1].weights, layers[1].block_end + 1)] == [
-        "Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm"]
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "LocalResponseNorm",
+    ]
     assert layers[5].block_end == len(net.features) - 1
-    assert isinstance(net.classifier[layers[7].weights], nn.Linear) and isinstance(net.classifier[layers[7].rectified], nn.ReLU)
-    with pytest.raises(ValueError, match=r"layer 8 is not in this network; conv layers 1..5, hidden dense layers \[6, 7\]"):
+    assert isinstance(net.classifier[layers[7].weights], nn.Linear) and isinstance(
+        net.classifier[layers[7].rectified], nn.ReLU
+    )
+    with pytest.raises(
+        ValueError, match=r"layer 8 is not in this network; conv layers 1..5, hidden dense layers \[6, 7\]"
+    ):
         layers[8]
 
 

@@ -110,7 +110,8 @@ def test_ignored_images_same_as_removed(seed):
         targets[-1] = 1
     kept = targets != -1
     assert voc_average_precision(scores, targets) == pytest.approx(
-        voc_average_precision(scores[kept], targets[kept]), abs=1e-12)
+        voc_average_precision(scores[kept], targets[kept]), abs=1e-12
+    )
 
 
 def test_no_positive_is_nan_with_warning():

@@ -130,7 +130,9 @@ def test_paper_init_is_normal_with_std_0_01_and_zero_biases():
     model = zfnet()
     fc6 = model.classifier[0]
     assert abs(fc6.weight.std().item() - 0.01) < 2e-4 and abs(fc6.weight.mean().item()) < 2e-4
-    assert all(float(m.bias.detach().abs().max()) == 0 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert all(
+        float(m.bias.detach().abs().max()) == 0 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    )
 
 
 def test_width_multiplier_and_removed_layers():

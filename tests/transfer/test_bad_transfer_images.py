@@ -13,8 +13,17 @@ from zf_lightning.transfer.datasets import VOC2012Classification, dataset_by_nam
 
 
 def caltech_datamodule(root, **options) -> TransferDataModule:
-    defaults = dict(dataset="caltech101", root=root, num_classes=3, train_per_class=3, resize_size=40, crop_size=32,
-                    batch_size=4, num_workers=0, cache_dir=root / "cache")
+    defaults = dict(
+        dataset="caltech101",
+        root=root,
+        num_classes=3,
+        train_per_class=3,
+        resize_size=40,
+        crop_size=32,
+        batch_size=4,
+        num_workers=0,
+        cache_dir=root / "cache",
+    )
     return TransferDataModule(**{**defaults, **options})
 
 

@@ -14,7 +14,12 @@ from torchvision.transforms import v2
 
 from tests.helpers.fake_trees import make_caltech101, make_caltech256, make_voc2012
 from zf_lightning.transfer.datasets import (
-    CALTECH101_EXCLUDED, CALTECH256_EXCLUDED, VOC_CLASSES, Caltech101, Caltech256, VOC2012Classification,
+    CALTECH101_EXCLUDED,
+    CALTECH256_EXCLUDED,
+    VOC_CLASSES,
+    Caltech101,
+    Caltech256,
+    VOC2012Classification,
     dataset_by_name,
 )
 from zf_lightning.transfer.splits import Split, per_class_split
@@ -281,12 +286,15 @@ def test_split_arrays_are_read_only():
         split.train[0] = 5
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(train_per_class=0, seed=0), "train_per_class must be an int >= 1"),
-    (dict(train_per_class=2, seed=-1), "seed must be an int >= 0"),
-    (dict(train_per_class=2, seed=0, max_test_per_class=0), "max_test_per_class must be an int >= 1"),
-    (dict(train_per_class=4, seed=0), r"at least 5 images per class.*class 1 has 4; class 2 has 3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(train_per_class=0, seed=0), "train_per_class must be an int >= 1"),
+        (dict(train_per_class=2, seed=-1), "seed must be an int >= 0"),
+        (dict(train_per_class=2, seed=0, max_test_per_class=0), "max_test_per_class must be an int >= 1"),
+        (dict(train_per_class=4, seed=0), r"at least 5 images per class.*class 1 has 4; class 2 has 3"),
+    ],
+)
 def test_split_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         per_class_split(_targets([6, 4, 3]), **kwargs)

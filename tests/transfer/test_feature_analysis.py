@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from tests.helpers.configs import compose_config
 from tests.helpers.fake_trees import make_caltech101
 from zf_lightning.analysis.features import LayerFeatures
 from zf_lightning.cli.features import feature_analysis
-from zf_lightning.transfer.feature_analysis import BlockFeatures, cache_key, cached_features, make_classifier, score_rows
+from zf_lightning.testing.tiny_models import lively_tiny_zfnet
+from zf_lightning.transfer.feature_analysis import (
+    BlockFeatures,
+    cache_key,
+    cached_features,
+    make_classifier,
+    score_rows,
+)
 
 
 def test_block_features_are_the_block_outputs_pooled_to_the_grid():
@@ -31,7 +37,9 @@ def test_block_features_are_the_block_outputs_pooled_to_the_grid():
     assert block1.shape[1:] == (12, 15, 15)
     # Independent average pooling to 4x4: adaptive bins [floor(i*15/4), ceil((i+1)*15/4)).
     bins = [(int(np.floor(i * 15 / 4)), int(np.ceil((i + 1) * 15 / 4))) for i in range(4)]
-    pooled = torch.stack([torch.stack([block1[:, :, a:b, c:d].mean(dim=(2, 3)) for c, d in bins], dim=-1) for a, b in bins], dim=-2)
+    pooled = torch.stack(
+        [torch.stack([block1[:, :, a:b, c:d].mean(dim=(2, 3)) for c, d in bins], dim=-1) for a, b in bins], dim=-2
+    )
     torch.testing.assert_close(features[1], pooled.flatten(1))
     torch.testing.assert_close(features[5], net.features(images).flatten(1))  # pool5's 1x1 output is under the grid
     torch.testing.assert_close(features[7], LayerFeatures(net, (7,))(images).features[7])
@@ -72,10 +80,22 @@ def test_features_are_computed_once_and_the_key_follows_the_checkpoint(tmp_path)
 
 
 def compose_features(tmp_path: Path, name: str, root: Path, ckpt: Path, overrides: list[str] = ()):
-    return compose_config("features", tmp_path / name, [
-        "experiment=features_caltech101", f"data.root={root}", f"ckpt_path={ckpt}", "data.num_classes=3", "data.train_per_class=3",
-        "data.resize_size=72", "data.crop_size=64", "data.num_workers=0", "num_workers=0", *overrides,
-    ])
+    return compose_config(
+        "features",
+        tmp_path / name,
+        [
+            "experiment=features_caltech101",
+            f"data.root={root}",
+            f"ckpt_path={ckpt}",
+            "data.num_classes=3",
+            "data.train_per_class=3",
+            "data.resize_size=72",
+            "data.crop_size=64",
+            "data.num_workers=0",
+            "num_workers=0",
+            *overrides,
+        ],
+    )
 
 
 def test_zf_features_end_to_end_on_a_fake_caltech(tiny_checkpoint, tmp_path):
@@ -83,12 +103,17 @@ def test_zf_features_end_to_end_on_a_fake_caltech(tiny_checkpoint, tmp_path):
     make_caltech101(root)
     first = feature_analysis(compose_features(tmp_path, "split0", root, tiny_checkpoint))
     assert first["status"] == "completed" and not first["feature_cache"]["hit"]
-    assert list(first["test"]) == [f"test/{row}" for row in ("SVM(1)", "SVM(2)", "SVM(3)", "SVM(4)", "SVM(5)", "SVM(7)", "Softmax(5)", "Softmax(7)")]
+    assert list(first["test"]) == [
+        f"test/{row}"
+        for row in ("SVM(1)", "SVM(2)", "SVM(3)", "SVM(4)", "SVM(5)", "SVM(7)", "Softmax(5)", "Softmax(7)")
+    ]
     assert all(0.0 <= value <= 100.0 for value in first["test"].values())
     assert first["split_sizes"] == {"train": 9, "test": (7 - 3) + (9 - 3) + (6 - 3)}
     csv = (tmp_path / "split0" / "feature_analysis.csv").read_text().splitlines()
     assert csv[0] == "row,classifier,layer,accuracy" and len(csv) == 9
-    second = feature_analysis(compose_features(tmp_path, "split1", root, tiny_checkpoint, ["data.split_seed=1", "~logger"]))
+    second = feature_analysis(
+        compose_features(tmp_path, "split1", root, tiny_checkpoint, ["data.split_seed=1", "~logger"])
+    )
     assert second["feature_cache"]["hit"]  # the second split reuses the features
     logged = next((tmp_path / "split0").glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
     assert b"test/SVM(5)" in logged

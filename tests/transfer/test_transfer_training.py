@@ -13,8 +13,8 @@ from hydra.errors import InstantiationException
 
 from tests.helpers.configs import compose_config
 from tests.helpers.fake_trees import make_caltech101, make_caltech256, make_voc2012
-from zf_lightning.config.checker import ConfigError
 from zf_lightning.cli.train import train
+from zf_lightning.config.checker import ConfigError
 
 TINY_TRANSFER = [
     "model.net.width_multiplier=0.125",  # the tiny checkpoint's width
@@ -40,7 +40,7 @@ def run_transfer(tmp_path: Path, name: str, experiment: str, root: Path, overrid
 
 def net_weights(path: Path) -> dict[str, torch.Tensor]:
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    return {name[len("net."):]: value for name, value in state.items() if name.startswith("net.")}
+    return {name[len("net.") :]: value for name, value in state.items() if name.startswith("net.")}
 
 
 LAST_LAYER = "classifier.6"
@@ -56,9 +56,17 @@ def caltech_root(tmp_path_factory) -> Path:
 
 
 def test_pretrained_mode_keeps_layers_1_to_7_and_trains_a_new_last_layer(tiny_checkpoint, caltech_root, tmp_path):
-    summary, out = run_transfer(tmp_path, "pretrained", "caltech101", caltech_root, [
-        "data.num_classes=3", "data.train_per_class=3", f"model.transfer.checkpoint={tiny_checkpoint}",
-    ])
+    summary, out = run_transfer(
+        tmp_path,
+        "pretrained",
+        "caltech101",
+        caltech_root,
+        [
+            "data.num_classes=3",
+            "data.train_per_class=3",
+            f"model.transfer.checkpoint={tiny_checkpoint}",
+        ],
+    )
     assert summary["status"] == "completed" and summary["epochs"] == 2
     assert 0.0 <= summary["test"]["test/mean_class_acc"] <= 100.0
     pretrained, transferred = net_weights(tiny_checkpoint), net_weights(out / "checkpoints" / "last.ckpt")
@@ -67,50 +75,94 @@ def test_pretrained_mode_keeps_layers_1_to_7_and_trains_a_new_last_layer(tiny_ch
             assert value.shape[0] == 3  # the new 3-class layer
         else:
             assert torch.equal(value, pretrained[name]), f"{name} moved although layers 1-7 are fixed"
-    assert json.loads((out / "summary.json").read_text())["config"]["data"]["mean_image_checkpoint"] == str(tiny_checkpoint)
+    assert json.loads((out / "summary.json").read_text())["config"]["data"]["mean_image_checkpoint"] == str(
+        tiny_checkpoint
+    )
 
 
 def test_finetune_trains_every_layer_and_scratch_starts_from_random_weights(tiny_checkpoint, caltech_root, tmp_path):
-    _, finetuned = run_transfer(tmp_path, "finetune", "caltech256", caltech_root, [
-        "data.num_classes=3", "data.train_per_class=4", f"model.transfer.checkpoint={tiny_checkpoint}", "model.transfer.mode=finetune",
-    ])
+    _, finetuned = run_transfer(
+        tmp_path,
+        "finetune",
+        "caltech256",
+        caltech_root,
+        [
+            "data.num_classes=3",
+            "data.train_per_class=4",
+            f"model.transfer.checkpoint={tiny_checkpoint}",
+            "model.transfer.mode=finetune",
+        ],
+    )
     pretrained = net_weights(tiny_checkpoint)
     weights = net_weights(finetuned / "checkpoints" / "last.ckpt")
     assert not torch.equal(weights["features.0.weight"], pretrained["features.0.weight"])
-    summary, scratch = run_transfer(tmp_path, "scratch", "caltech101", caltech_root, [
-        "data.num_classes=3", "data.train_per_class=3", "model.transfer.mode=scratch", "model.transfer.checkpoint=null",
-    ])
+    summary, scratch = run_transfer(
+        tmp_path,
+        "scratch",
+        "caltech101",
+        caltech_root,
+        [
+            "data.num_classes=3",
+            "data.train_per_class=3",
+            "model.transfer.mode=scratch",
+            "model.transfer.checkpoint=null",
+        ],
+    )
     assert summary["status"] == "completed" and "test/mean_class_acc" in summary["test"]
     weights = net_weights(scratch / "checkpoints" / "last.ckpt")
     assert (weights["features.0.weight"] - pretrained["features.0.weight"]).abs().max() > 1e-3
 
 
 def test_voc_trains_a_multilabel_head_and_reports_average_precision(tiny_checkpoint, caltech_root, tmp_path):
-    summary, out = run_transfer(tmp_path, "voc", "voc2012", caltech_root, [f"model.transfer.checkpoint={tiny_checkpoint}"])
+    summary, out = run_transfer(
+        tmp_path, "voc", "voc2012", caltech_root, [f"model.transfer.checkpoint={tiny_checkpoint}"]
+    )
     test = summary["test"]
     assert 0.0 <= test["test/mAP"] <= 100.0
     logged = [test[f"test/ap_class{c:02d}"] for c in range(20)]
     per_class = [ap for ap in logged if not math.isnan(ap)]  # classes without a positive in val have no AP
     assert per_class and len(per_class) < 20
-    assert abs(sum(per_class) / len(per_class) - test["test/mAP"]) < 1e-3  # classes without positives are NaN and left out
+    assert (
+        abs(sum(per_class) / len(per_class) - test["test/mAP"]) < 1e-3
+    )  # classes without positives are NaN and left out
 
 
 @pytest.mark.parametrize(
     "overrides, error, match",
     [  # Hydra wraps errors raised while instantiating the data or model, message intact
-        (["data.root=/no/such/root", "data.num_classes=3"], InstantiationException, "/no/such/root/caltech101/101_ObjectCategories/<class>"),
+        (
+            ["data.root=/no/such/root", "data.num_classes=3"],
+            InstantiationException,
+            "/no/such/root/caltech101/101_ObjectCategories/<class>",
+        ),
         (["data.num_classes=101"], InstantiationException, "has 3 classes but data.num_classes=101"),
         (["data.num_classes=3", "data.train_per_class=8"], InstantiationException, "at least 9"),
         (["data.num_classes=3", "model=alexnet"], ValueError, "does not fit the configured network"),
-        (["data.num_classes=3", "model.transfer.checkpoint=/no/such.ckpt"], InstantiationException, "no such checkpoint"),
-        (["data.num_classes=3", "model.transfer.mode=retrain"], ConfigError, r"model.transfer.mode='retrain': must be one of \['scratch', 'pretrained', 'finetune'\]"),
+        (
+            ["data.num_classes=3", "model.transfer.checkpoint=/no/such.ckpt"],
+            InstantiationException,
+            "no such checkpoint",
+        ),
+        (
+            ["data.num_classes=3", "model.transfer.mode=retrain"],
+            ConfigError,
+            r"model.transfer.mode='retrain': must be one of \['scratch', 'pretrained', 'finetune'\]",
+        ),
     ],
 )
 def test_bad_transfer_input_fails_before_training(tiny_checkpoint, caltech_root, tmp_path, overrides, error, match):
-    cfg = compose_config("train", tmp_path / "run", [
-        "experiment=caltech101", f"data.root={caltech_root}", *TINY_TRANSFER, "data.train_per_class=3",
-        f"model.transfer.checkpoint={tiny_checkpoint}", *overrides,
-    ])
+    cfg = compose_config(
+        "train",
+        tmp_path / "run",
+        [
+            "experiment=caltech101",
+            f"data.root={caltech_root}",
+            *TINY_TRANSFER,
+            "data.train_per_class=3",
+            f"model.transfer.checkpoint={tiny_checkpoint}",
+            *overrides,
+        ],
+    )
     with pytest.raises(error, match=match):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()

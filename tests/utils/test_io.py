@@ -23,7 +23,9 @@ def test_a_truncated_checkpoint_is_named_with_its_size(tmp_path):
     torch.save({"state_dict": {"w": torch.ones(1000)}}, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=rf"ckpt_path='.*cut.ckpt' is not a complete checkpoint \({len(data) // 2} bytes"):
+    with pytest.raises(
+        ValueError, match=rf"ckpt_path='.*cut.ckpt' is not a complete checkpoint \({len(data) // 2} bytes"
+    ):
         check_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
         check_checkpoint(tmp_path / "missing.ckpt", "model.transfer.checkpoint")

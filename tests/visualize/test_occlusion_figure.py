@@ -18,7 +18,9 @@ def test_panels_titles_and_legend(tmp_path):
     result.top_class[0, :2] = 3  # image 0 shows classes 0 and 3 only
     result.top_class[1] = 2
     names = ["cat", "dog", "fox", "owl"]
-    figure = occlusion_figure(images.sigmoid(), result, tmp_path / "fig.png", ["a.jpg", "b.jpg"], names, return_figure=True)
+    figure = occlusion_figure(
+        images.sigmoid(), result, tmp_path / "fig.png", ["a.jpg", "b.jpg"], names, return_figure=True
+    )
     assert (tmp_path / "fig.png").stat().st_size > 3000
     panels = [axis for axis in figure.axes if axis.get_title()]  # colour bars have no title
     assert len(panels) == 2 * 5

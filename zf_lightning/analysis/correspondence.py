@@ -125,7 +125,9 @@ def _check_boxes(boxes: Mapping[str, Mapping], where: str) -> dict[str, dict[str
     for image, parts in boxes.items():
         if not isinstance(parts, Mapping) or not parts:
             raise InputError(f"{where}: image {image!r} must map part names to boxes, got {parts!r}")
-        out[str(image)] = {str(part): _as_box(box, f"{where}: box {part!r} of image {image!r}") for part, box in parts.items()}
+        out[str(image)] = {
+            str(part): _as_box(box, f"{where}: box {part!r} of image {image!r}") for part, box in parts.items()
+        }
     first, names = next(iter(out.items()))
     for image, parts in out.items():
         missing = [part for part in names if part not in parts]
@@ -343,7 +345,10 @@ class Correspondence:
             for index, part in enumerate(parts):
                 deltas[part][layer] = np.full(self.repeats, sign_hamming_delta(part_signs[:, index]))
             deltas[RANDOM][layer] = np.array(
-                [np.mean([sign_hamming_delta(random_signs[r, :, p]) for p in range(len(parts))]) for r in range(self.repeats)]
+                [
+                    np.mean([sign_hamming_delta(random_signs[r, :, p]) for p in range(len(parts))])
+                    for r in range(self.repeats)
+                ]
             )
         return CorrespondenceResult(
             parts=parts,

@@ -47,8 +47,10 @@ class LayerFeatures:
         layers = [int(layer) for layer in layers]
         missing = [layer for layer in layers if layer not in self.available]
         if missing or not layers:
-            raise InputError(f"LayerFeatures: layer(s) {missing or layers} not in this network; expected some of "
-                             f"{sorted(self.available)} ({numbering.describe()})")
+            raise InputError(
+                f"LayerFeatures: layer(s) {missing or layers} not in this network; expected some of "
+                f"{sorted(self.available)} ({numbering.describe()})"
+            )
         self.layers = sorted(set(layers))
         self.num_classes = [m for m in classifier.modules() if isinstance(m, nn.Linear)][-1].out_features
 

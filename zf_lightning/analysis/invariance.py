@@ -197,7 +197,9 @@ class Invariance:
     # ------------------------------------------------------------------ checks
     def _check(self, images, targets, amounts) -> tuple[torch.Tensor, dict[str, list[float]]]:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-            shape = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+            shape = (
+                f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
+            )
             raise InputError(f"Invariance: images must be a 4-D (B, C, H, W) floating-point tensor, got {shape}")
         batch = images.shape[0]
         if batch == 0:
@@ -207,11 +209,15 @@ class Invariance:
             raise InputError(f"Invariance: targets must be a 1-D sequence of class indices, got {targets!r}")
         targets = targets.reshape(-1).long()
         if targets.numel() != batch:
-            raise InputError(f"Invariance: got {targets.numel()} targets for {batch} images; expected one class per image")
+            raise InputError(
+                f"Invariance: got {targets.numel()} targets for {batch} images; expected one class per image"
+            )
         classes = self.extract.num_classes
         bad = targets[(targets < 0) | (targets >= classes)]
         if bad.numel():
-            raise InputError(f"Invariance: target class(es) {bad.tolist()} out of range; expected classes in 0..{classes - 1}")
+            raise InputError(
+                f"Invariance: target class(es) {bad.tolist()} out of range; expected classes in 0..{classes - 1}"
+            )
         if not isinstance(amounts, Mapping) or not amounts:
             raise InputError(
                 f"Invariance: amounts must be a non-empty mapping {{transformation: amounts}} with keys from "
@@ -229,7 +235,9 @@ class Invariance:
         return targets, checked
 
     # ------------------------------------------------------------------ public
-    def compute(self, images: torch.Tensor, targets, amounts: Mapping[str, Sequence[float]]) -> dict[str, InvarianceResult]:
+    def compute(
+        self, images: torch.Tensor, targets, amounts: Mapping[str, Sequence[float]]
+    ) -> dict[str, InvarianceResult]:
         """{kind: InvarianceResult} for normalised `images` (B, C, H, W) of correct classes `targets` (B,),
         each transformation `kind` applied by each of `amounts[kind]`."""
         targets, amounts = self._check(images, targets, amounts)
@@ -243,7 +251,9 @@ class Invariance:
                     f"their layer {layer} distances are NaN",
                     stacklevel=2,
                 )
-        return {kind: self._measure(images, targets, kind, values, reference, norms) for kind, values in amounts.items()}
+        return {
+            kind: self._measure(images, targets, kind, values, reference, norms) for kind, values in amounts.items()
+        }
 
     __call__ = compute
 

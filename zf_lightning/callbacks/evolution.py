@@ -67,7 +67,9 @@ def best_across_ranks(values: torch.Tensor, images: torch.Tensor) -> tuple[torch
     depend on anything but the gathered tensors.
     """
     if values.dim() != 2 or images.shape[:2] != values.shape:
-        raise InputError(f"best_across_ranks: expected (world, K) values and (world, K, ...) images, got {tuple(values.shape)} and {tuple(images.shape)}")
+        raise InputError(
+            f"best_across_ranks: expected (world, K) values and (world, K, ...) images, got {tuple(values.shape)} and {tuple(images.shape)}"
+        )
     rank = values.argmax(dim=0)  # the first maximum: the lowest rank wins ties
     maps = torch.arange(values.shape[1], device=values.device)
     return values[rank, maps], images[rank, maps], rank
@@ -122,7 +124,9 @@ class FeatureEvolution(L.Callback):
         self.layers = None if layers is None else _check_layers(layers)
         self.explicit_maps = None if maps is None else _check_maps(maps)
         if self.layers is not None and self.explicit_maps is not None and self.layers != sorted(self.explicit_maps):
-            raise InputError(f"FeatureEvolution: layers {self.layers} disagree with the layers of maps {sorted(self.explicit_maps)}; give one of them")
+            raise InputError(
+                f"FeatureEvolution: layers {self.layers} disagree with the layers of maps {sorted(self.explicit_maps)}; give one of them"
+            )
         self.maps_per_layer, self.seed, self.method = int(maps_per_layer), int(seed), method
         self.cell_size, self.log_key = int(cell_size), log_key
 
@@ -157,13 +161,17 @@ class FeatureEvolution(L.Callback):
             if dropped and trainer.is_global_zero:
                 log.warning(
                     "FeatureEvolution: snapshot epochs %s are past trainer.max_epochs=%d and are dropped; snapshots at %s",
-                    dropped, max_epochs, self._epochs,
+                    dropped,
+                    max_epochs,
+                    self._epochs,
                 )
         if self.output_dir is None:
             self.output_dir = Path(trainer.default_root_dir) / "feature_evolution"
 
     def _choose_maps(self, deconvnet: Deconvnet) -> dict[int, list[int]]:
-        return choose_maps(deconvnet, self.layers, self.maps_per_layer, self.seed, self.explicit_maps, owner="FeatureEvolution")
+        return choose_maps(
+            deconvnet, self.layers, self.maps_per_layer, self.seed, self.explicit_maps, owner="FeatureEvolution"
+        )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A resumed run starts after some epochs: read their snapshots back so the figure stays complete."""
@@ -176,7 +184,11 @@ class FeatureEvolution(L.Callback):
                 with np.load(path) as data:
                     arrays = dict(data)
                 if not self._same_maps(arrays):
-                    log.warning("FeatureEvolution: %s follows other maps than this run (%s); left out of the figure", path, self.maps)
+                    log.warning(
+                        "FeatureEvolution: %s follows other maps than this run (%s); left out of the figure",
+                        path,
+                        self.maps,
+                    )
                     continue
                 self.columns[epoch] = arrays
         restored, self._restored = self._restored, None
@@ -192,7 +204,10 @@ class FeatureEvolution(L.Callback):
         layers = arrays.get("layers")
         if layers is None or sorted(int(x) for x in layers) != sorted(self.maps):
             return False
-        return all(arrays.get(f"maps_layer{layer}") is not None and arrays[f"maps_layer{layer}"].tolist() == maps for layer, maps in self.maps.items())
+        return all(
+            arrays.get(f"maps_layer{layer}") is not None and arrays[f"maps_layer{layer}"].tolist() == maps
+            for layer, maps in self.maps.items()
+        )
 
     # ----------------------------------------------------------------- tracking
     def _is_snapshot(self, trainer: L.Trainer) -> bool:
@@ -336,8 +351,15 @@ class FeatureEvolution(L.Callback):
             projections = deconvnet.project_strongest(images, layer, maps, method=self.method)
             patches = projections.patches(images, torch.arange(len(maps), device=images.device))
             numpy = {
-                "maps": maps, "values": values, "projected_values": projections.values, "rows": projections.rows, "cols": projections.cols,
-                "top": projections.top, "left": projections.left, "windows": projections.windows, "patches": patches,
+                "maps": maps,
+                "values": values,
+                "projected_values": projections.values,
+                "rows": projections.rows,
+                "cols": projections.cols,
+                "top": projections.top,
+                "left": projections.left,
+                "windows": projections.windows,
+                "patches": patches,
             }
             for name, tensor in numpy.items():
                 tensor = tensor.detach().cpu()
@@ -362,7 +384,9 @@ class FeatureEvolution(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(
-                    key=self.log_key, images=[str(self.figure_path)], step=trainer.global_step,
+                    key=self.log_key,
+                    images=[str(self.figure_path)],
+                    step=trainer.global_step,
                     caption=[f"feature evolution, epochs {epochs}"],
                 )
 
@@ -394,16 +418,22 @@ def _with_world_dim(gathered: torch.Tensor, local: torch.Tensor) -> torch.Tensor
 
 def _check_epochs(epochs: Any) -> list[int]:
     if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Sequence) or not len(epochs):
-        raise InputError(f"FeatureEvolution: snapshot_epochs must be a non-empty list of 1-based epochs, got {epochs!r}")
+        raise InputError(
+            f"FeatureEvolution: snapshot_epochs must be a non-empty list of 1-based epochs, got {epochs!r}"
+        )
     bad = [e for e in epochs if as_int(e) is None or e < 1]
     if bad:
-        raise InputError(f"FeatureEvolution: snapshot_epochs must be positive ints (1-based epochs), got {bad} in {list(epochs)}")
+        raise InputError(
+            f"FeatureEvolution: snapshot_epochs must be positive ints (1-based epochs), got {bad} in {list(epochs)}"
+        )
     return sorted({int(e) for e in epochs})
 
 
 def _check_layers(layers: Any) -> list[int]:
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not len(layers):
-        raise InputError(f"FeatureEvolution: layers must be a non-empty list of conv layers (1-based) or null, got {layers!r}")
+        raise InputError(
+            f"FeatureEvolution: layers must be a non-empty list of conv layers (1-based) or null, got {layers!r}"
+        )
     bad = [layer for layer in layers if as_int(layer) is None or layer < 1]
     if bad:
         raise InputError(f"FeatureEvolution: unknown layer(s) {bad}: layers are 1-based conv layer numbers")
@@ -412,14 +442,20 @@ def _check_layers(layers: Any) -> list[int]:
 
 def _check_maps(maps: Any) -> dict[int, list[int]]:
     if not isinstance(maps, Mapping) or not maps:
-        raise InputError(f"FeatureEvolution: maps must be a non-empty {{layer: [map, ...]}} mapping or null, got {maps!r}")
+        raise InputError(
+            f"FeatureEvolution: maps must be a non-empty {{layer: [map, ...]}} mapping or null, got {maps!r}"
+        )
     checked: dict[int, list[int]] = {}
     for layer, indices in maps.items():
         layer = as_int(layer) if not isinstance(layer, str) else (int(layer) if layer.isdigit() else None)
         if layer is None or layer < 1:
-            raise InputError(f"FeatureEvolution: unknown layer {layer!r} in maps: layers are 1-based conv layer numbers")
+            raise InputError(
+                f"FeatureEvolution: unknown layer {layer!r} in maps: layers are 1-based conv layer numbers"
+            )
         if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence) or not len(indices):
-            raise InputError(f"FeatureEvolution: maps of layer {layer} must be a non-empty list of map indices, got {indices!r}")
+            raise InputError(
+                f"FeatureEvolution: maps of layer {layer} must be a non-empty list of map indices, got {indices!r}"
+            )
         bad = [m for m in indices if as_int(m) is None or m < 0]
         if bad:
             raise InputError(f"FeatureEvolution: map(s) {bad} of layer {layer} out of range: map indices are ints >= 0")

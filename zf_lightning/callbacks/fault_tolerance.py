@@ -45,7 +45,9 @@ class StepSeeding(Callback):
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         seed = mix_seed(self.seed, trainer.global_step, trainer.global_rank)
         # Not torch.manual_seed: without CUDA initialised it queues a CUDA seeding with a formatted stack trace,
         # 1.7 ms a step inside Lightning's deep stack (bench_training_step.py).
@@ -62,8 +64,10 @@ class Preempted(SystemExit):
         self.signum, self.checkpoint = signum, checkpoint
 
     def __str__(self) -> str:
-        return (f"stopped by {signal.Signals(self.signum).name} after writing {self.checkpoint}; "
-                "continue with ckpt_path=last in the same hydra.run.dir")
+        return (
+            f"stopped by {signal.Signals(self.signum).name} after writing {self.checkpoint}; "
+            "continue with ckpt_path=last in the same hydra.run.dir"
+        )
 
 
 class CheckpointOnSignal(Checkpoint):
@@ -87,10 +91,14 @@ class CheckpointOnSignal(Checkpoint):
     every step whether any of them was signalled, so that they all stop at the same step.
     """
 
-    def __init__(self, dirpath: str | Path, filename: str = "last", signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")) -> None:
+    def __init__(
+        self, dirpath: str | Path, filename: str = "last", signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGUSR2")
+    ) -> None:
         unknown = [name for name in signals if not isinstance(getattr(signal, name, None), signal.Signals)]
         if unknown:
-            raise InputError(f"callbacks.checkpoint_on_signal.signals: unknown signal(s) {unknown}; e.g. SIGTERM, SIGUSR1, SIGUSR2")
+            raise InputError(
+                f"callbacks.checkpoint_on_signal.signals: unknown signal(s) {unknown}; e.g. SIGTERM, SIGUSR1, SIGUSR2"
+            )
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.signals = [getattr(signal, name) for name in signals]
         self._previous: dict[int, Any] = {}
@@ -100,7 +108,9 @@ class CheckpointOnSignal(Checkpoint):
 
     def _defer(self, signum: int, frame) -> None:
         # Only noted here: a checkpoint written from inside a signal handler could catch the optimiser mid-update.
-        log.warning("received %s: the run stops after the current training step, with a checkpoint", signal.Signals(signum).name)
+        log.warning(
+            "received %s: the run stops after the current training step, with a checkpoint", signal.Signals(signum).name
+        )
         self._received = signum
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -117,7 +127,9 @@ class CheckpointOnSignal(Checkpoint):
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         return received
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._signalled(trainer):
             # Lightning's loops read this flag where a stop loses nothing (see the class docstring).
             trainer._signal_connector.received_sigterm = True

@@ -48,8 +48,12 @@ class _AppendingWriter(ExperimentWriter):
             rows = list(reader)
             self.metrics_keys = list(reader.fieldnames or [])
         if self.keep_rows is not None and len(rows) < self.keep_rows:
-            log.warning("%s has %d rows, fewer than the %d written before the checkpoint: edited since? All are kept",
-                        self.metrics_file_path, len(rows), self.keep_rows)
+            log.warning(
+                "%s has %d rows, fewer than the %d written before the checkpoint: edited since? All are kept",
+                self.metrics_file_path,
+                len(rows),
+                self.keep_rows,
+            )
         elif self.keep_rows is not None and len(rows) > self.keep_rows:
             rows = rows[: self.keep_rows]  # logged after the checkpoint: the resumed run logs them again
             _write_rows_atomically(self.metrics_file_path, self.metrics_keys, rows)
@@ -104,4 +108,3 @@ class LoggedRowsInCheckpoints(Callback):
         csv_loggers = [logger for logger in trainer.loggers if isinstance(logger, ResumableCSVLogger)]
         if csv_loggers:
             checkpoint[LOGGED_ROWS] = csv_loggers[0].rows_on_disk
-

@@ -59,7 +59,9 @@ class AnalysisImages:
 def check_source(images_cfg: DictConfig) -> None:
     """Exactly one source: a folder of the user's images or a split of the datamodule."""
     if images_cfg.image_dir is None and images_cfg.split is None:
-        raise InputError("images: give images.image_dir=FOLDER (your images) or images.split=train|val|test (the datamodule's)")
+        raise InputError(
+            "images: give images.image_dir=FOLDER (your images) or images.split=train|val|test (the datamodule's)"
+        )
     if images_cfg.image_dir is not None and images_cfg.labels is None and images_cfg.get("require_labels", False):
         raise InputError("images.labels is required here: a file name -> class mapping (inline or a .json/.yaml file)")
     if images_cfg.max_images is not None and images_cfg.max_images < 1:
@@ -87,7 +89,11 @@ def load_images(images_cfg: DictConfig, datamodule, model) -> AnalysisImages:
             raise InputError(f"images.split must be one of {list(datamodule.stage_splits)}, got {split!r}")
         raw_split = datamodule.make_dataset(datamodule.stage_splits[split], None)
         class_names = list(getattr(raw_split, "classes", []) or []) or None
-        indices = list(images_cfg.indices) if images_cfg.indices is not None else list(range(min(len(raw_split), images_cfg.max_images or len(raw_split))))
+        indices = (
+            list(images_cfg.indices)
+            if images_cfg.indices is not None
+            else list(range(min(len(raw_split), images_cfg.max_images or len(raw_split))))
+        )
         bad = [i for i in indices if not 0 <= int(i) < len(raw_split)]
         if bad:
             raise InputError(f"images.indices {bad} out of range: split {split!r} has {len(raw_split)} images")
@@ -101,7 +107,9 @@ def load_images(images_cfg: DictConfig, datamodule, model) -> AnalysisImages:
     if label_source == "predicted":
         with torch.no_grad():
             targets = model.net.eval()(inputs).argmax(dim=1).tolist()
-    return AnalysisImages(names, inputs, display, torch.tensor(targets, dtype=torch.long), label_source, sizes, class_names)
+    return AnalysisImages(
+        names, inputs, display, torch.tensor(targets, dtype=torch.long), label_source, sizes, class_names
+    )
 
 
 def _class_names(datamodule) -> list[str] | None:
@@ -148,19 +156,21 @@ def occlusion_rows(result, images: AnalysisImages) -> list[dict[str, Any]]:
         prob = result.true_class_prob[b]
         row, col = divmod(int(prob.argmin()), prob.shape[1])
         target = int(images.targets[b])
-        rows.append({
-            "image": name,
-            "target": target,
-            "target_name": _class_name(images.class_names, target),
-            "label_source": images.label_source,
-            "chosen_map": int(result.chosen_map[b]),
-            "p_target_unoccluded": float(result.probabilities[b, target]),
-            "p_target_min": float(prob.min()),
-            "p_target_min_top": int(result.rows[row]),
-            "p_target_min_left": int(result.cols[col]),
-            "top_class_unoccluded": int(result.probabilities[b].argmax()),
-            "classes_in_map": sorted(int(c) for c in result.top_class[b].unique()),
-        })
+        rows.append(
+            {
+                "image": name,
+                "target": target,
+                "target_name": _class_name(images.class_names, target),
+                "label_source": images.label_source,
+                "chosen_map": int(result.chosen_map[b]),
+                "p_target_unoccluded": float(result.probabilities[b, target]),
+                "p_target_min": float(prob.min()),
+                "p_target_min_top": int(result.rows[row]),
+                "p_target_min_left": int(result.cols[col]),
+                "top_class_unoccluded": int(result.probabilities[b].argmax()),
+                "classes_in_map": sorted(int(c) for c in result.top_class[b].unique()),
+            }
+        )
     return rows
 
 
@@ -180,29 +190,42 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
         device = resolve_device(cfg.device)
         model, datamodule, images = load_model_and_images(cfg)
         engine = OcclusionSensitivity(
-            model.net.to(device), layer=settings.layer, window=settings.window, stride=settings.stride,
-            batch_size=settings.batch_size, include_partial=settings.include_partial, occluder_value=0.0,
+            model.net.to(device),
+            layer=settings.layer,
+            window=settings.window,
+            stride=settings.stride,
+            batch_size=settings.batch_size,
+            include_partial=settings.include_partial,
+            occluder_value=0.0,
         )
         crop = images.inputs.shape[-1]
         if max(engine.window) > crop:
-            raise InputError(f"occlusion.window={settings.window} is larger than the {crop}x{crop} input; expected at most {crop}")
+            raise InputError(
+                f"occlusion.window={settings.window} is larger than the {crop}x{crop} input; expected at most {crop}"
+            )
         with job_loggers(cfg, output_dir) as loggers:
             result = engine.compute(images.inputs.to(device), images.targets.to(device))
-            png = occlusion_figure(images.display, result, output_dir / "occlusion.png", images.names, images.class_names)
-            arrays = {key: value.cpu().numpy() for key, value in vars(result).items() if isinstance(value, torch.Tensor)}
+            png = occlusion_figure(
+                images.display, result, output_dir / "occlusion.png", images.names, images.class_names
+            )
+            arrays = {
+                key: value.cpu().numpy() for key, value in vars(result).items() if isinstance(value, torch.Tensor)
+            }
             npz = atomic_write_npz({**arrays, "names": np.array(images.names)}, output_dir / "occlusion.npz")
             rows = occlusion_rows(result, images)
             frame = pd.DataFrame(rows)
             csv = _write_csv(frame, output_dir / "occlusion.csv")
             _publish(loggers, {"occlusion/figure": png}, {"occlusion/images": frame.astype({"classes_in_map": str})})
-        summary.update({
-            "checkpoint": str(cfg.ckpt_path),
-            "num_images": len(images.names),
-            "label_source": images.label_source,
-            "positions": [len(result.rows), len(result.cols)],
-            "images": rows,
-            "files": {"png": str(png), "npz": str(npz), "csv": str(csv)},
-        })
+        summary.update(
+            {
+                "checkpoint": str(cfg.ckpt_path),
+                "num_images": len(images.names),
+                "label_source": images.label_source,
+                "positions": [len(result.rows), len(result.cols)],
+                "images": rows,
+                "files": {"png": str(png), "npz": str(npz), "csv": str(csv)},
+            }
+        )
 
     return summary
 
@@ -238,7 +261,9 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
         engine = Invariance(model.net.to(device), layers=list(settings.layers), batch_size=settings.batch_size)
         with job_loggers(cfg, output_dir) as loggers:
             results = engine.compute(images.inputs.to(device), images.targets.to(device), amounts)
-            labels = [f"{name} ({_class_name(images.class_names, int(t))})" for name, t in zip(images.names, images.targets)]
+            labels = [
+                f"{name} ({_class_name(images.class_names, int(t))})" for name, t in zip(images.names, images.targets)
+            ]
             png = invariance_figure(results, output_dir / "invariance.png", image_labels=labels)
             arrays = {"names": np.array(images.names)}
             for kind, result in results.items():
@@ -251,19 +276,24 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
         curves = {
             kind: {
                 "amounts": result.amounts.tolist(),
-                **{f"mean_distance_layer{layer}": result.distances[layer].nanmean(dim=0).tolist() for layer in result.layers},
+                **{
+                    f"mean_distance_layer{layer}": result.distances[layer].nanmean(dim=0).tolist()
+                    for layer in result.layers
+                },
                 "mean_true_class_prob": result.true_class_prob.mean(dim=0).tolist(),
             }
             for kind, result in results.items()
         }
-        summary.update({
-            "checkpoint": str(cfg.ckpt_path),
-            "num_images": len(images.names),
-            "label_source": images.label_source,
-            "layers": list(engine.layers),
-            "curves": curves,
-            "files": {"png": str(png), "npz": str(npz), "csv": str(csv)},
-        })
+        summary.update(
+            {
+                "checkpoint": str(cfg.ckpt_path),
+                "num_images": len(images.names),
+                "label_source": images.label_source,
+                "layers": list(engine.layers),
+                "curves": curves,
+                "files": {"png": str(png), "npz": str(npz), "csv": str(csv)},
+            }
+        )
 
     return summary
 
@@ -281,7 +311,9 @@ def part_boxes_in_input(boxes_file, images: AnalysisImages, datamodule) -> tuple
     position = {name: i for i, name in enumerate(images.names)}
     missing = [name for name in boxes if name not in position]
     if missing:
-        raise InputError(f"correspondence.boxes names images that are not among the loaded images: {missing}; loaded: {images.names}")
+        raise InputError(
+            f"correspondence.boxes names images that are not among the loaded images: {missing}; loaded: {images.names}"
+        )
     chosen = [position[name] for name in boxes]
     check_boxes_inside(boxes, {name: images.original_sizes[position[name]] for name in boxes})
     crop = int(images.inputs.shape[-1])
@@ -290,7 +322,11 @@ def part_boxes_in_input(boxes_file, images: AnalysisImages, datamodule) -> tuple
         converted = {}
         for part, box in parts.items():
             try:
-                converted[part] = Box(*box_in_input(box, images.original_sizes[position[name]], datamodule.resize_size, crop, datamodule.preset))
+                converted[part] = Box(
+                    *box_in_input(
+                        box, images.original_sizes[position[name]], datamodule.resize_size, crop, datamodule.preset
+                    )
+                )
             except ValueError as error:
                 raise InputError(f"correspondence.boxes: part {part!r} of {name}: {error}") from None
         mapped.append(converted)
@@ -310,15 +346,25 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
         if settings.boxes is None:
-            raise InputError("correspondence.boxes is required: a .json/.yaml file of image name -> {part: [left, top, right, bottom]}")
+            raise InputError(
+                "correspondence.boxes is required: a .json/.yaml file of image name -> {part: [left, top, right, bottom]}"
+            )
         model, datamodule, images = load_model_and_images(cfg)
         chosen, boxes = part_boxes_in_input(settings.boxes, images, datamodule)
-        engine = Correspondence(model.net.to(device), layers=list(settings.layers), repeats=settings.repeats,
-                                seed=cfg.seed, batch_size=settings.batch_size, tolerance=settings.tolerance)
+        engine = Correspondence(
+            model.net.to(device),
+            layers=list(settings.layers),
+            repeats=settings.repeats,
+            seed=cfg.seed,
+            batch_size=settings.batch_size,
+            tolerance=settings.tolerance,
+        )
         with job_loggers(cfg, output_dir) as loggers:
             names = [images.names[i] for i in chosen]
             result = engine.compute(images.inputs[chosen].to(device), boxes)
-            png = correspondence_figure(images.display[chosen], result, output_dir / "correspondence.png", names, settings.per_pair)
+            png = correspondence_figure(
+                images.display[chosen], result, output_dir / "correspondence.png", names, settings.per_pair
+            )
             npz = atomic_write_npz({**result.as_arrays(), "names": np.array(names)}, output_dir / "correspondence.npz")
             frame = result.to_frame(per_pair=settings.per_pair)
             frame.columns = [f"layer{layer}_{stat}" for layer, stat in frame.columns]
@@ -327,16 +373,23 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
             markdown = result.to_markdown(per_pair=settings.per_pair)
             atomic_write_bytes(markdown.encode(), output_dir / "correspondence.md")
             _publish(loggers, {"correspondence/figure": png}, {"correspondence/table": frame})
-        summary.update({
-            "checkpoint": str(cfg.ckpt_path),
-            "images": names,
-            "parts": result.parts,
-            "pairs": result.pairs,
-            "per_pair": bool(settings.per_pair),
-            "table": frame.to_dict(orient="records"),
-            "markdown": markdown,
-            "files": {"png": str(png), "npz": str(npz), "csv": str(csv), "markdown": str(output_dir / "correspondence.md")},
-        })
+        summary.update(
+            {
+                "checkpoint": str(cfg.ckpt_path),
+                "images": names,
+                "parts": result.parts,
+                "pairs": result.pairs,
+                "per_pair": bool(settings.per_pair),
+                "table": frame.to_dict(orient="records"),
+                "markdown": markdown,
+                "files": {
+                    "png": str(png),
+                    "npz": str(npz),
+                    "csv": str(csv),
+                    "markdown": str(output_dir / "correspondence.md"),
+                },
+            }
+        )
 
     return summary
 
@@ -353,11 +406,14 @@ def main() -> None:
     if command not in COMMANDS:
         close = difflib.get_close_matches(command, list(COMMANDS), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        sys.exit(f"zf-analyze: error: the command is one of {', '.join(COMMANDS)}, got {command or 'nothing'}{hint}; "
-                 f"usage: zf-analyze {{{','.join(COMMANDS)}}} [hydra overrides]")
+        sys.exit(
+            f"zf-analyze: error: the command is one of {', '.join(COMMANDS)}, got {command or 'nothing'}{hint}; "
+            f"usage: zf-analyze {{{','.join(COMMANDS)}}} [hydra overrides]"
+        )
     task = COMMANDS[command]
     hydra.main(version_base="1.3", config_path=config_dir(), config_name=f"analyze_{command}")(
-        lambda cfg: run_app(cfg, task, f"zf-analyze {command}"))()
+        lambda cfg: run_app(cfg, task, f"zf-analyze {command}")
+    )()
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def log_images(loggers: list[Logger], images: dict[str, Path]) -> None:
 
 
 def resolve_device(name: str):
-    """"auto" -> the GPU when there is one; otherwise the device named ("cpu", "cuda:1")."""
+    """ "auto" -> the GPU when there is one; otherwise the device named ("cpu", "cuda:1")."""
     import torch
 
     if name == "auto":
@@ -176,7 +176,9 @@ def run_app(cfg: DictConfig, task: Callable[[DictConfig], dict[str, Any]], comma
         print(f"{command}: error: {user}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     if is_global_zero():
-        print(f"{command}: wrote {output_dir}: {', '.join(written_since(output_dir, started)) or 'nothing'}", flush=True)
+        print(
+            f"{command}: wrote {output_dir}: {', '.join(written_since(output_dir, started)) or 'nothing'}", flush=True
+        )
     return summary
 
 

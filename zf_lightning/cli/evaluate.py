@@ -44,7 +44,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         finally:
             finish_loggers(trainer.loggers)
         test = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
-        summary.update({"checkpoint": str(ckpt_path), "ten_crop": bool(getattr(datamodule, "ten_crop_test", False)), "test": test})
+        summary.update(
+            {"checkpoint": str(ckpt_path), "ten_crop": bool(getattr(datamodule, "ten_crop_test", False)), "test": test}
+        )
 
     return summary
 

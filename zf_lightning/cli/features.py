@@ -38,7 +38,9 @@ def parse_rows(rows) -> list[tuple[str, int]]:
     for row in rows:
         kind, _, layer = str(row).partition(":")
         if kind not in CLASSIFIERS or not layer.isdigit() or int(layer) not in FEATURE_LAYERS:
-            raise InputError(f"rows: {row!r} is not <classifier>:<layer> with classifier in {list(CLASSIFIERS)} and layer in {list(FEATURE_LAYERS)}")
+            raise InputError(
+                f"rows: {row!r} is not <classifier>:<layer> with classifier in {list(CLASSIFIERS)} and layer in {list(FEATURE_LAYERS)}"
+            )
         parsed.append((kind, int(layer)))
     return parsed
 
@@ -69,36 +71,48 @@ def feature_analysis(cfg: DictConfig) -> dict[str, Any]:
         model = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
         datamodule = instantiate(cfg.data)
         if model.hparams.net.get("input_size") != datamodule.crop_size:
-            raise InputError(f"checkpoint {cfg.ckpt_path} was built for {model.hparams.net.get('input_size')}px inputs but data.crop_size={datamodule.crop_size}")
+            raise InputError(
+                f"checkpoint {cfg.ckpt_path} was built for {model.hparams.net.get('input_size')}px inputs but data.crop_size={datamodule.crop_size}"
+            )
         layers = sorted({layer for _, layer in rows})
         transform = datamodule.transforms()["val"]  # the centre crop, normalised with the checkpoint's mean image
         dataset = dataset_by_name(datamodule.dataset, datamodule.root, transform=transform)
-        key = cache_key(cfg.ckpt_path, f"{datamodule.dataset}|root={datamodule.root.resolve()}", layers, cfg.grid,
-                        f"resize={datamodule.resize_size}|crop={datamodule.crop_size}|preset={datamodule.preset}")
+        key = cache_key(
+            cfg.ckpt_path,
+            f"{datamodule.dataset}|root={datamodule.root.resolve()}",
+            layers,
+            cfg.grid,
+            f"resize={datamodule.resize_size}|crop={datamodule.crop_size}|preset={datamodule.preset}",
+        )
         cache_file = datamodule.cache_dir / "features" / f"{key}.npz"
         device = resolve_device(cfg.device)
         with job_loggers(cfg, output_dir) as loggers:
             features, labels, hit = cached_features(
-                cache_file, lambda: extract_features(model.net, dataset, layers, cfg.grid, cfg.batch_size, cfg.num_workers, device)
+                cache_file,
+                lambda: extract_features(model.net, dataset, layers, cfg.grid, cfg.batch_size, cfg.num_workers, device),
             )
             split = datamodule._split
             results = score_rows(features, labels, split.train, split.test, rows, cfg.regularisation, cfg.seed)
-            frame = pd.DataFrame([{"row": r.name, "classifier": r.classifier, "layer": r.layer, "accuracy": r.accuracy} for r in results])
+            frame = pd.DataFrame(
+                [{"row": r.name, "classifier": r.classifier, "layer": r.layer, "accuracy": r.accuracy} for r in results]
+            )
             csv = output_dir / "feature_analysis.csv"
             atomic_write_bytes(frame.to_csv(index=False).encode(), csv)
             for logger in loggers:
                 logger.log_metrics({f"test/{r.name}": r.accuracy for r in results})
             finish_loggers(loggers)
-        summary.update({
-            "checkpoint": str(cfg.ckpt_path),
-            "dataset": datamodule.dataset,
-            "train_per_class": datamodule.train_per_class,
-            "split_seed": datamodule.split_seed,
-            "split_sizes": {"train": len(split.train), "test": len(split.test)},
-            "feature_cache": {"file": str(cache_file), "hit": hit},
-            "test": {f"test/{r.name}": r.accuracy for r in results},
-            "files": {"csv": str(csv)},
-        })
+        summary.update(
+            {
+                "checkpoint": str(cfg.ckpt_path),
+                "dataset": datamodule.dataset,
+                "train_per_class": datamodule.train_per_class,
+                "split_seed": datamodule.split_seed,
+                "split_sizes": {"train": len(split.train), "test": len(split.test)},
+                "feature_cache": {"file": str(cache_file), "hit": hit},
+                "test": {f"test/{r.name}": r.accuracy for r in results},
+                "files": {"csv": str(csv)},
+            }
+        )
 
     return summary
 

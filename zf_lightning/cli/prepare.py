@@ -22,9 +22,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog="zf-prepare",
         description="Write a copy of an image tree with every image's short side resized to --size (never upscaled), "
-                    "same relative paths, so that training decodes smaller files. Resumable.",
+        "same relative paths, so that training decodes smaller files. Resumable.",
     )
-    parser.add_argument("src", help="the image tree, e.g. an ImageNet root with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG")
+    parser.add_argument(
+        "src", help="the image tree, e.g. an ImageNet root with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
+    )
     parser.add_argument("dst", help="where the copy goes (created; must not be inside SRC)")
     parser.add_argument("--size", type=int, default=256, help="short side of the copy (default 256, the paper's)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
@@ -38,15 +40,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     try:
-        counts = prepare(args.src, args.dst, size=args.size, workers=args.workers, quality=args.quality,
-                         progress=not args.quiet)
+        counts = prepare(
+            args.src, args.dst, size=args.size, workers=args.workers, quality=args.quality, progress=not args.quiet
+        )
     except PrepareError as error:
         print(f"zf-prepare: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     print(f"zf-prepare: done, {counts.line()} -> {args.dst}")
     if counts.bad:
         shown = "\n  ".join(counts.bad_files[:20]) + ("\n  ..." if counts.bad > 20 else "")
-        print(f"zf-prepare: {counts.bad} unreadable files not copied (listed in {os.path.join(args.dst, BAD_IMAGE_LOG)}):\n  {shown}")
+        print(
+            f"zf-prepare: {counts.bad} unreadable files not copied (listed in {os.path.join(args.dst, BAD_IMAGE_LOG)}):\n  {shown}"
+        )
     return 0
 
 

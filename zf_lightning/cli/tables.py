@@ -24,10 +24,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="zf-tables",
         description="Rebuild the paper's tables (2-7) from the summary.json files of runs, or from W&B.",
     )
-    parser.add_argument("paths", nargs="*", type=Path, help="sweep directories (their job directories are searched) or run directories")
-    parser.add_argument("--out", type=Path, default=Path("tables"), help="where <table>.md/.tex/.csv go (default: ./tables)")
-    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="also read the runs of the tables' groups from this W&B project")
-    parser.add_argument("--paper", type=Path, default=None, help="the paper's numbers and the run-to-table mapping (default: the packaged paper.yaml)")
+    parser.add_argument(
+        "paths", nargs="*", type=Path, help="sweep directories (their job directories are searched) or run directories"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("tables"), help="where <table>.md/.tex/.csv go (default: ./tables)"
+    )
+    parser.add_argument(
+        "--wandb", metavar="ENTITY/PROJECT", help="also read the runs of the tables' groups from this W&B project"
+    )
+    parser.add_argument(
+        "--paper",
+        type=Path,
+        default=None,
+        help="the paper's numbers and the run-to-table mapping (default: the packaged paper.yaml)",
+    )
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb:
         parser.error("give sweep or run directories, or --wandb ENTITY/PROJECT")
@@ -64,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     known_groups = {spec.group for spec in specs.values()}
     strays = Counter(str(record.group) for record in records if record.group not in known_groups)
     if not tables:
-        return _fail(f"{len(records)} runs found, but none of a table's group ({', '.join(sorted(known_groups))}); "
-                     f"their groups: {dict(strays)}")
+        return _fail(
+            f"{len(records)} runs found, but none of a table's group ({', '.join(sorted(known_groups))}); "
+            f"their groups: {dict(strays)}"
+        )
     for name, table in tables.items():
         written = write_table(table, args.out)
         print(to_markdown(table))

@@ -63,8 +63,11 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
         where = output_dir / "checkpoints" if ckpt_path == "last" else path
         hint = ""
         if ckpt_path == "last":
-            hint = (" (the run stopped before its first checkpoint: run the same command without ckpt_path to start it again)"
-                    if earlier_attempt(output_dir) else " (ckpt_path=last resumes the run in hydra.run.dir=<its output dir>)")
+            hint = (
+                " (the run stopped before its first checkpoint: run the same command without ckpt_path to start it again)"
+                if earlier_attempt(output_dir)
+                else " (ckpt_path=last resumes the run in hydra.run.dir=<its output dir>)"
+            )
         raise MissingInputError(f"ckpt_path={ckpt_path!r}: no checkpoint at {where}{hint}")
     return str(check_checkpoint(path))  # a truncated file fails here, not deep inside torch
 
@@ -105,7 +108,10 @@ def refuse_script_relaunch_in_multirun(trainer: L.Trainer) -> None:
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     strategy = trainer.strategy
-    relaunch = isinstance(strategy.launcher, _SubprocessScriptLauncher) and not strategy.cluster_environment.creates_processes_externally
+    relaunch = (
+        isinstance(strategy.launcher, _SubprocessScriptLauncher)
+        and not strategy.cluster_environment.creates_processes_externally
+    )
     if multirun and relaunch:
         raise RuntimeError(
             f"{type(strategy).__name__} (trainer.strategy=ddp) would start the other ranks by re-running the command line, "
@@ -149,7 +155,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
         callbacks = instantiate_group(cfg.get("callbacks"))
-        loggers = instantiate_loggers(cfg, output_dir, resume=ckpt_path is not None, csv_rows=csv_rows_to_keep(ckpt_path))
+        loggers = instantiate_loggers(
+            cfg, output_dir, resume=ckpt_path is not None, csv_rows=csv_rows_to_keep(ckpt_path)
+        )
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         refuse_script_relaunch_in_multirun(trainer)
         log_config(trainer.loggers, cfg, output_dir)
@@ -161,7 +169,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 try:
                     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
                 except SIGTERMException:  # Lightning's graceful stop on a stop signal: say how to continue
-                    stopped = next((c.preempted for c in callbacks if isinstance(c, CheckpointOnSignal) and c.preempted), None)
+                    stopped = next(
+                        (c.preempted for c in callbacks if isinstance(c, CheckpointOnSignal) and c.preempted), None
+                    )
                     if stopped is None:
                         raise
                     raise stopped from None
@@ -175,11 +185,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     result["best"][checkpoint.monitor] = float(checkpoint.best_model_score)
             if cfg.get("test", True):
                 trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-                result["test"] = {k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")}
+                result["test"] = {
+                    k: v for k, v in metrics_as_floats(trainer.callback_metrics).items() if k.startswith("test/")
+                }
             # data.batch_size is global: each of the world_size processes loads per_device_batch_size of it
             result["world_size"] = trainer.world_size
             result["per_device_batch_size"] = datamodule.per_device_batch_size
-            result["bad_images"] = summarize_bad_images(getattr(datamodule, "bad_image_log", None) or output_dir / "bad_images.jsonl")
+            result["bad_images"] = summarize_bad_images(
+                getattr(datamodule, "bad_image_log", None) or output_dir / "bad_images.jsonl"
+            )
             status = "success"
         except BaseException as raised:
             error = raised

@@ -64,7 +64,9 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
         model, datamodule = load_checkpoint_with_data(cfg.ckpt_path, cfg.data)
         net = model.net.to(device).eval()
         deconv = Deconvnet(net)
-        chosen = choose_maps(deconv, cfg.layers, cfg.maps_per_layer, cfg.seed, cfg.get("maps"), owner="zf-visualize top9")
+        chosen = choose_maps(
+            deconv, cfg.layers, cfg.maps_per_layer, cfg.seed, cfg.get("maps"), owner="zf-visualize top9"
+        )
         dataset = datamodule.split_dataset(cfg.split)
         display = datamodule.split_dataset(cfg.split, display=True)
         if cfg.max_images is not None:
@@ -98,14 +100,16 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
         project_s = time.perf_counter() - started
         log_images(loggers, pngs)
         finish_loggers(loggers)
-        summary.update({
-            "checkpoint": str(cfg.ckpt_path),
-            "split": cfg.split,
-            "num_images": len(dataset),
-            "method": cfg.method,
-            "layers": layers,
-            "timing_s": {"scan": round(scan_s, 3), "project": round(project_s, 3)},
-        })
+        summary.update(
+            {
+                "checkpoint": str(cfg.ckpt_path),
+                "split": cfg.split,
+                "num_images": len(dataset),
+                "method": cfg.method,
+                "layers": layers,
+                "timing_s": {"scan": round(scan_s, 3), "project": round(project_s, 3)},
+            }
+        )
 
     return summary
 
@@ -161,25 +165,32 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
                 maps = choose_maps(deconv, [2], cfg.layer2_maps, cfg.seed, owner="zf-visualize filters")[2]
                 loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
                 top = find_top_activations(deconv, _indexed_batches(loader, device), {2: maps}, k=1)[2]
-                load = lambda source: (lambda idx: torch.stack([source[i][0] for i in idx]).to(device))  # noqa: E731
+                load = lambda source: lambda idx: torch.stack([source[i][0] for i in idx]).to(device)  # noqa: E731
                 projected = project_top_activations(deconv, top, load(dataset), load(display), method=cfg.method)
                 projection_panels.append(blocks_grid(contrast_stretch(projected.projections.transpose(0, 1)), 48))
                 arrays.update(projected.as_arrays(prefix=f"ckpt{position}_layer2_"))
-        pngs = {"filters/layer1": side_by_side(filter_panels, titles, output_dir / "filters_layer1.png", "Layer-1 filters")}
+        pngs = {
+            "filters/layer1": side_by_side(filter_panels, titles, output_dir / "filters_layer1.png", "Layer-1 filters")
+        }
         if projection_panels:
             pngs["filters/layer2_projections"] = side_by_side(
-                projection_panels, titles, output_dir / "layer2_projections.png", "Layer-2 features: strongest activation of each map, projected"
+                projection_panels,
+                titles,
+                output_dir / "layer2_projections.png",
+                "Layer-2 features: strongest activation of each map, projected",
             )
         npz = atomic_write_npz(arrays, output_dir / "filters.npz")
         log_images(loggers, pngs)
         finish_loggers(loggers)
-        summary.update({
-            "checkpoints": ckpt_paths,
-            "titles": titles,
-            "layer1": stats,
-            "png": {key: str(path) for key, path in pngs.items()},
-            "npz": str(npz),
-        })
+        summary.update(
+            {
+                "checkpoints": ckpt_paths,
+                "titles": titles,
+                "layer1": stats,
+                "png": {key: str(path) for key, path in pngs.items()},
+                "npz": str(npz),
+            }
+        )
 
     return summary
 
@@ -192,11 +203,14 @@ def main() -> None:
     if command not in COMMANDS:
         close = difflib.get_close_matches(command, list(COMMANDS), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        sys.exit(f"zf-visualize: error: the command is one of {', '.join(COMMANDS)}, got {command or 'nothing'}{hint}; "
-                 f"usage: zf-visualize {{{','.join(COMMANDS)}}} [hydra overrides]")
+        sys.exit(
+            f"zf-visualize: error: the command is one of {', '.join(COMMANDS)}, got {command or 'nothing'}{hint}; "
+            f"usage: zf-visualize {{{','.join(COMMANDS)}}} [hydra overrides]"
+        )
     task = COMMANDS[command]
     hydra.main(version_base="1.3", config_path=config_dir(), config_name=f"visualize_{command}")(
-        lambda cfg: run_app(cfg, task, f"zf-visualize {command}"))()
+        lambda cfg: run_app(cfg, task, f"zf-visualize {command}")
+    )()
 
 
 if __name__ == "__main__":

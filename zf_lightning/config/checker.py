@@ -67,8 +67,13 @@ HYDRA_KEYS = frozenset({"_target_", "_recursive_", "_convert_", "_partial_", "_a
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 MAX_REPORTED_JOBS = 5
 # The shared groups an app may compose, and their schemas (callbacks and logger are groups of named entries).
-GROUP_SCHEMAS: dict[str, type] = {"model": ModelSchema, "data": DataSchema, "trainer": TrainerSchema, "paths": PathsSchema,
-                                  "images": ImagesSchema}
+GROUP_SCHEMAS: dict[str, type] = {
+    "model": ModelSchema,
+    "data": DataSchema,
+    "trainer": TrainerSchema,
+    "paths": PathsSchema,
+    "images": ImagesSchema,
+}
 ENTRY_GROUPS = frozenset({"callbacks", "logger"})
 
 
@@ -80,7 +85,6 @@ class ConfigError(InputError):
         if header is None:
             header = f"invalid config ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''})"
         super().__init__(f"{header}:\n" + "\n".join(f"  - {p}" for p in self.problems))
-
 
 
 _UNRESOLVED = object()
@@ -149,7 +153,11 @@ def _matches(value: Any, tp: Any) -> bool:
     if origin is Literal:
         return value in args
     if origin is list or tp is list:
-        return isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+        return (
+            isinstance(value, (list, tuple)) and all(_matches(v, args[0]) for v in value)
+            if args
+            else isinstance(value, (list, tuple))
+        )
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             return False
@@ -169,7 +177,7 @@ def _is_schema(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(schema: type) -> dict[str, Any]:
     return typing.get_type_hints(schema)
 
@@ -202,7 +210,7 @@ def _signature_keys(obj: Any) -> frozenset[str] | None:
     return frozenset(p.name for p in params if p.kind in keyword)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def allowed_keys(target: str) -> frozenset[str] | None:
     """The config keys a `_target_` node of `target` may have (Hydra's own included); None: any.
 
@@ -224,7 +232,11 @@ def allowed_keys(target: str) -> frozenset[str] | None:
             own = set(inspect.signature(wandb.init).parameters)
             for cls in obj.__mro__[: obj.__mro__.index(WandbLogger) + 1]:
                 if "__init__" in cls.__dict__:
-                    own |= {name for name in inspect.signature(cls.__dict__["__init__"]).parameters if name not in ("self", "kwargs", "args")}
+                    own |= {
+                        name
+                        for name in inspect.signature(cls.__dict__["__init__"]).parameters
+                        if name not in ("self", "kwargs", "args")
+                    }
             keys = frozenset(own)
     return None if keys is None else frozenset(keys | HYDRA_KEYS)
 
@@ -248,7 +260,9 @@ class _Checker:
         if node is _UNRESOLVED or node is None:
             return
         if not isinstance(node, DictConfig):
-            self.add(f"{path}={node!r}: expected a mapping ({schema.__name__.removesuffix('Schema')} settings), got {type(node).__name__}")
+            self.add(
+                f"{path}={node!r}: expected a mapping ({schema.__name__.removesuffix('Schema')} settings), got {type(node).__name__}"
+            )
             return
         fields = {f.name: f for f in dataclasses.fields(schema)}
         allowed: Iterable[str] | None
@@ -312,7 +326,9 @@ class _Checker:
             if entry is None or entry is _UNRESOLVED:
                 continue
             if not isinstance(entry, DictConfig) or "_target_" not in entry:
-                self.add(f"{_join(path, name)}: expected a node with a _target_ (or null to switch it off), got {entry!r}")
+                self.add(
+                    f"{_join(path, name)}: expected a node with a _target_ (or null to switch it off), got {entry!r}"
+                )
                 continue
             target = _value(entry, "_target_")
             self.node(entry, schema_for(target if isinstance(target, str) else ""), _join(path, name))
@@ -374,7 +390,15 @@ def config_problems(cfg: DictConfig, app: str | None = None) -> list[str]:
     own = {f.name: f for f in dataclasses.fields(entry.fields)} if entry else {}
     groups = entry.groups if entry else frozenset(GROUP_SCHEMAS) | ENTRY_GROUPS
     allowed = sorted({*top_fields, *own, *groups})
-    order = ["model", "data", "trainer", "paths", "images", "callbacks", "logger"]  # problems in this order, after the app's own
+    order = [
+        "model",
+        "data",
+        "trainer",
+        "paths",
+        "images",
+        "callbacks",
+        "logger",
+    ]  # problems in this order, after the app's own
     for key in sorted(keys, key=lambda k: order.index(k) + 1 if k in order else 0):
         if key in top_fields:
             check.field(cfg, key, _hints(TopSchema)[key], top_fields[key].metadata.get("checks", ()), str(key))
@@ -397,10 +421,17 @@ def config_problems(cfg: DictConfig, app: str | None = None) -> list[str]:
         resize_key = "resize_size" if "resize_size" in data else "image_size" if "image_size" in data else None
         resize = _value(data, resize_key) if resize_key else _UNRESOLVED
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (crop, resize)) and crop > resize:
-            check.add(f"data.crop_size={crop}: must not exceed data.{resize_key}={resize} (crops are cut from the resized image)")
+            check.add(
+                f"data.crop_size={crop}: must not exceed data.{resize_key}={resize} (crops are cut from the resized image)"
+            )
 
     # the global batch is split evenly over the processes
-    if "data" in keys and "trainer" in keys and isinstance(_node(cfg, "trainer"), DictConfig) and isinstance(_node(cfg, "data"), DictConfig):
+    if (
+        "data" in keys
+        and "trainer" in keys
+        and isinstance(_node(cfg, "trainer"), DictConfig)
+        and isinstance(_node(cfg, "data"), DictConfig)
+    ):
         batch = _value(cfg.data, "batch_size") if "batch_size" in cfg.data else _UNRESOLVED
         world = _world_size(cfg.trainer)
         if world and isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 and batch % world[0]:
@@ -440,7 +471,9 @@ def _sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     arguments = [f"{key}={value}" for key, value in (params or {}).items()]
     arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    return [list(job) for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None) for job in batch]
+    return [
+        list(job) for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None) for job in batch
+    ]
 
 
 def validate_sweep(config: DictConfig) -> None:
@@ -464,7 +497,10 @@ def validate_sweep(config: DictConfig) -> None:
     if failed:
         more = len(failed) - MAX_REPORTED_JOBS
         shown_jobs = failed[:MAX_REPORTED_JOBS] + ([f"... and {more} more job(s)"] if more > 0 else [])
-        raise ConfigError(shown_jobs, header=f"invalid multirun: {len(failed)} of {len(jobs)} jobs have a bad config; no job was started")
+        raise ConfigError(
+            shown_jobs,
+            header=f"invalid multirun: {len(failed)} of {len(jobs)} jobs have a bad config; no job was started",
+        )
 
 
 class ValidateConfig(_HydraCallback):

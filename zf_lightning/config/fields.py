@@ -50,7 +50,9 @@ def snapshot_epochs(epochs) -> str | None:
     increasing = all(a < b for a, b in zip(epochs, epochs[1:]))
     if epochs and increasing and min(epochs) >= 1:
         return None
-    return "must be a non-empty, strictly increasing list of 1-based epochs (ints >= 1, no duplicates), e.g. [1, 2, 5, 10]"
+    return (
+        "must be a non-empty, strictly increasing list of 1-based epochs (ints >= 1, no duplicates), e.g. [1, 2, 5, 10]"
+    )
 
 
 def conv_layers(layers) -> str | None:
@@ -62,7 +64,11 @@ def removable_layers(layers) -> str | None:
     from zf_lightning.models.convnet import REMOVABLE_LAYERS
 
     bad = [layer for layer in layers if layer not in REMOVABLE_LAYERS]
-    return f"layer(s) {bad} cannot be removed; allowed values: {list(REMOVABLE_LAYERS)} (conv3, conv4, fc6, fc7)" if bad else None
+    return (
+        f"layer(s) {bad} cannot be removed; allowed values: {list(REMOVABLE_LAYERS)} (conv3, conv4, fc6, fc7)"
+        if bad
+        else None
+    )
 
 
 def devices(value) -> str | None:
@@ -76,7 +82,6 @@ def devices(value) -> str | None:
 def spec(*checks: Callable[[Any], str | None], doc: str = "") -> Any:
     """A schema field: its type is the annotation, `checks` test its value (the default is never used)."""
     return field(default=None, metadata={"checks": checks, "doc": doc})
-
 
 
 class Closed:

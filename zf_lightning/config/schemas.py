@@ -94,8 +94,6 @@ def _evolution_methods():
     return list(METHODS)
 
 
-
-
 # ------------------------------------------------------------------------------------------------- schemas
 
 
@@ -453,9 +451,16 @@ APPS = {
     "features": App("zf-features", FeaturesApp, frozenset({"data", "logger", "paths"})),
 }
 # An app by its config's task_name, for configs composed without Hydra's node (tests, notebooks).
-APP_OF_TASK = {"train": "train", "eval": "eval", "top9": "visualize_top9", "filters": "visualize_filters",
-               "occlusion": "analyze_occlusion", "invariance": "analyze_invariance",
-               "correspondence": "analyze_correspondence", "features": "features"}
+APP_OF_TASK = {
+    "train": "train",
+    "eval": "eval",
+    "top9": "visualize_top9",
+    "filters": "visualize_filters",
+    "occlusion": "analyze_occlusion",
+    "invariance": "analyze_invariance",
+    "correspondence": "analyze_correspondence",
+    "features": "features",
+}
 
 
 # The schema of a `_target_` node by what it instantiates (first match), else GenericTargetSchema.
@@ -463,4 +468,3 @@ CALLBACK_SCHEMAS = {
     "zf_lightning.callbacks.evolution.FeatureEvolution": FeatureEvolutionSchema,
     "lightning.pytorch.callbacks.ModelCheckpoint": ModelCheckpointSchema,
 }
-

@@ -41,7 +41,11 @@ def resume_point(position: dict, sampler: EpochSeededSampler) -> tuple[int, int]
     if done == 0:
         return epoch, 0
     now = {"batch_size": sampler.batch_size, "world_size": sampler.num_replicas, "dataset_size": len(sampler.dataset)}
-    differs = [f"{key} {position[key]} then, {value} now" for key, value in now.items() if key in position and position[key] != value]
+    differs = [
+        f"{key} {position[key]} then, {value} now"
+        for key, value in now.items()
+        if key in position and position[key] != value
+    ]
     where = f"the checkpoint stopped inside epoch {epoch + 1} (1-based) after batch {done}"
     if differs:
         raise InputError(
@@ -50,7 +54,9 @@ def resume_point(position: dict, sampler: EpochSeededSampler) -> tuple[int, int]
             "data.batch_size, trainer.devices/num_nodes and data, or from an end-of-epoch checkpoint (checkpoints/epochNNN.ckpt)"
         )
     if done > sampler.num_batches:
-        raise InputError(f"{where}, but this run's epoch has only {sampler.num_batches} batches: it would train no batch of epoch {epoch + 1}")
+        raise InputError(
+            f"{where}, but this run's epoch has only {sampler.num_batches} batches: it would train no batch of epoch {epoch + 1}"
+        )
     return epoch, done
 
 
@@ -91,7 +97,12 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         if batch_size < 1:
             raise InputError(f"data.batch_size must be >= 1, got {batch_size}")
         self.num_classes, self.batch_size, self.num_workers = num_classes, batch_size, num_workers
-        self.preset, self.resize_size, self.crop_size, self.ten_crop_test = preset, resize_size, crop_size, ten_crop_test
+        self.preset, self.resize_size, self.crop_size, self.ten_crop_test = (
+            preset,
+            resize_size,
+            crop_size,
+            ten_crop_test,
+        )
         self.mean_image_max_images = mean_image_max_images
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
@@ -143,7 +154,9 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
     def load_state_dict(self, state: dict) -> None:
         self._resume_position = state.get("train_position")
         if self._resume_position is not None:  # Lightning cannot see that the sampler resumes the epoch
-            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+            warnings.filterwarnings(
+                "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
+            )
         if "mean_image" in state:
             expected = (3, self.resize_size, self.resize_size)
             if tuple(state["mean_image"].shape) != expected:
@@ -164,7 +177,14 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
 
     def display_transform(self) -> v2.Compose:
         """The validation crop without normalisation, on the 0-1 scale: what a figure shows of an input."""
-        return v2.Compose([v2.ToImage(), v2.Resize(self.resize_size), v2.CenterCrop(self.crop_size), v2.ToDtype(torch.float32, scale=True)])
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(self.resize_size),
+                v2.CenterCrop(self.crop_size),
+                v2.ToDtype(torch.float32, scale=True),
+            ]
+        )
 
     def split_dataset(self, split: str, display: bool = False) -> Dataset:
         """Split "train", "val" or "test" without augmentation (centre crops), for analysis and figures."""
@@ -219,8 +239,15 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
             epoch, batches_done = resume_point(self._resume_position, sampler)
             sampler.resume_from(epoch, batches_done)
             if trainer is None or trainer.is_global_zero:
-                log.info("resuming training at epoch %d, batch %d of %d (1-based)", epoch + 1, batches_done + 1, sampler.num_batches)
-        elif trainer is not None:  # the epoch Lightning is about to train (0 in a fresh run), before any iterator exists
+                log.info(
+                    "resuming training at epoch %d, batch %d of %d (1-based)",
+                    epoch + 1,
+                    batches_done + 1,
+                    sampler.num_batches,
+                )
+        elif (
+            trainer is not None
+        ):  # the epoch Lightning is about to train (0 in a fresh run), before any iterator exists
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         return sampler
 

@@ -73,14 +73,23 @@ class ImageNetDataModule(ImageClassificationDataModule):
     mean image) decode as `"torchvision"` does.
     """
 
-    def __init__(self, root: str | Path, num_classes: int = 1000, on_bad_image: str = "skip",
-                 bad_image_log: str | Path | None = None, decode: str = "pil", **kwargs) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        num_classes: int = 1000,
+        on_bad_image: str = "skip",
+        bad_image_log: str | Path | None = None,
+        decode: str = "pil",
+        **kwargs,
+    ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
         if decode not in DECODE:
             raise InputError(f"data.decode must be one of {list(DECODE)}, got {decode!r}")
         if decode == "gpu" and self.preset != "paper":
-            raise InputError(f"data.decode=gpu implements the paper preset's crops; got data.preset={self.preset!r} "
-                             f"(use data.decode=torchvision with it)")
+            raise InputError(
+                f"data.decode=gpu implements the paper preset's crops; got data.preset={self.preset!r} "
+                f"(use data.decode=torchvision with it)"
+            )
         self.decode = decode
         self._device_decoder: DeviceDecoder | None = None
         self.root = Path(root).expanduser()
@@ -90,7 +99,9 @@ class ImageNetDataModule(ImageClassificationDataModule):
 
     def dataset_key(self) -> str:
         key = f"imagenet|root={self.root.resolve()}"
-        return f"{key}|decode=reduced" if self.decode == "reduced" else key  # torchvision decodes the same pixels as PIL
+        return (
+            f"{key}|decode=reduced" if self.decode == "reduced" else key
+        )  # torchvision decodes the same pixels as PIL
 
     def prepare_data(self) -> None:
         for split in ("train", "val"):
@@ -99,10 +110,19 @@ class ImageNetDataModule(ImageClassificationDataModule):
 
     def make_dataset(self, split: str, transform) -> ImageNetFolder:
         on_device = isinstance(transform, PrepareForDevice)
-        return ImageNetFolder(self.root, split, transform=transform, cache_dir=self.cache_dir, expected_num_classes=self.num_classes,
-                              on_bad_image=self.on_bad_image, bad_image_log=BadImageLog(self.bad_image_log), min_size=self.crop_size,
-                              draft_size=self.resize_size if self.decode == "reduced" else None,
-                              tensor_decode=self.decode in ("torchvision", "gpu") and not on_device, device_decode=on_device)
+        return ImageNetFolder(
+            self.root,
+            split,
+            transform=transform,
+            cache_dir=self.cache_dir,
+            expected_num_classes=self.num_classes,
+            on_bad_image=self.on_bad_image,
+            bad_image_log=BadImageLog(self.bad_image_log),
+            min_size=self.crop_size,
+            draft_size=self.resize_size if self.decode == "reduced" else None,
+            tensor_decode=self.decode in ("torchvision", "gpu") and not on_device,
+            device_decode=on_device,
+        )
 
     def loader_transforms(self) -> dict:
         if self.decode != "gpu":
@@ -117,7 +137,13 @@ class ImageNetDataModule(ImageClassificationDataModule):
         if not isinstance(batch, DeviceBatch):
             return batch
         if self._device_decoder is None:
-            self._device_decoder = DeviceDecoder(self.resize_size, self.crop_size, self.load_mean_image(), self.ten_crop_test,
-                                                 self.on_bad_image, BadImageLog(self.bad_image_log))
+            self._device_decoder = DeviceDecoder(
+                self.resize_size,
+                self.crop_size,
+                self.load_mean_image(),
+                self.ten_crop_test,
+                self.on_bad_image,
+                BadImageLog(self.bad_image_log),
+            )
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         return self._device_decoder(batch, device)

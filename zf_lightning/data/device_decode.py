@@ -69,7 +69,13 @@ class DeviceBatch:
     labels: torch.Tensor
 
     def pin_memory(self) -> DeviceBatch:  # called by the DataLoader with pin_memory=True
-        return DeviceBatch(self.split, [p.pin_memory() for p in self.payloads], self.paths, self.crops.pin_memory(), self.labels.pin_memory())
+        return DeviceBatch(
+            self.split,
+            [p.pin_memory() for p in self.payloads],
+            self.paths,
+            self.crops.pin_memory(),
+            self.labels.pin_memory(),
+        )
 
     def __len__(self) -> int:
         return len(self.payloads)
@@ -77,8 +83,13 @@ class DeviceBatch:
 
 def collate_for_device(items: list[tuple[DeviceSample, int]], split: str) -> DeviceBatch:
     samples, labels = zip(*items)
-    return DeviceBatch(split, [s.payload for s in samples], [s.path for s in samples],
-                       torch.stack([s.crop for s in samples]), torch.as_tensor(labels))
+    return DeviceBatch(
+        split,
+        [s.payload for s in samples],
+        [s.path for s in samples],
+        torch.stack([s.crop for s in samples]),
+        torch.as_tensor(labels),
+    )
 
 
 class DeviceDecoder:
@@ -87,8 +98,15 @@ class DeviceDecoder:
     (`load_rgb_tensor`: recorded, and skipped or fatal by `on_bad_image`); a skipped one is replaced by the next
     image of the batch, so the batch keeps its size."""
 
-    def __init__(self, resize_size: int, crop_size: int, mean_image: torch.Tensor, ten_crop_test: bool = True,
-                 on_bad_image: str = "skip", bad_image_log: BadImageLog | None = None) -> None:
+    def __init__(
+        self,
+        resize_size: int,
+        crop_size: int,
+        mean_image: torch.Tensor,
+        ten_crop_test: bool = True,
+        on_bad_image: str = "skip",
+        bad_image_log: BadImageLog | None = None,
+    ) -> None:
         if tuple(mean_image.shape) != (3, resize_size, resize_size):
             raise InputError(f"the mean image is {tuple(mean_image.shape)}; expected (3, {resize_size}, {resize_size})")
         self.resize_size, self.crop_size, self.ten_crop_test = resize_size, crop_size, ten_crop_test
@@ -106,14 +124,18 @@ class DeviceDecoder:
 
     def decode(self, batch: DeviceBatch, device: torch.device) -> torch.Tensor:
         """The batch as (B, 3, resize, resize) uint8 on `device`: short side resized, centre square crop."""
-        images: list[torch.Tensor | None] = [None if p.ndim == 1 else p.to(device, non_blocking=True) for p in batch.payloads]
+        images: list[torch.Tensor | None] = [
+            None if p.ndim == 1 else p.to(device, non_blocking=True) for p in batch.payloads
+        ]
         encoded = [i for i, p in enumerate(batch.payloads) if p.ndim == 1]
         if encoded:
             for i, image in zip(encoded, self._decode_jpegs(batch, encoded, device)):
                 images[i] = None if image is None else self._square(image)
         readable = [i for i, image in enumerate(images) if image is not None]
         if not readable:
-            raise RuntimeError(f"no image of a batch of {len(images)} could be decoded: {[p for p in batch.paths if p]}")
+            raise RuntimeError(
+                f"no image of a batch of {len(images)} could be decoded: {[p for p in batch.paths if p]}"
+            )
         for i in range(len(images)):  # a skipped file: the next readable image of the batch, as the datasets do
             if images[i] is None:
                 images[i] = images[next((j for j in readable if j > i), readable[0])]
@@ -130,7 +152,9 @@ class DeviceDecoder:
             try:
                 decoded.append(decode_jpeg(payload, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:
-                image = load_rgb_tensor(batch.paths[i], self.on_bad_image, self.bad_image_log)  # records, skips or raises
+                image = load_rgb_tensor(
+                    batch.paths[i], self.on_bad_image, self.bad_image_log
+                )  # records, skips or raises
                 if image is not None and not isinstance(image, torch.Tensor):
                     image = F.pil_to_tensor(image)  # a converted (non-RGB) image comes back from PIL
                 decoded.append(None if image is None else image.to(device))

@@ -54,8 +54,10 @@ def check_truncation_detected() -> None:
     """Datasets call this when built: with PIL's LOAD_TRUNCATED_IMAGES on, a truncated file would decode
     without error, its missing rows filled with grey, and be trained on."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True, so truncated images cannot be detected; "
-                           "leave it False (data.on_bad_image=skip skips truncated files)")
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True, so truncated images cannot be detected; "
+            "leave it False (data.on_bad_image=skip skips truncated files)"
+        )
 
 
 class BadImageLog:
@@ -98,8 +100,10 @@ class BadImageLog:
                 finally:
                     os.close(fd)
             except OSError as error:  # an unwritable log must not end the run either
-                warnings.warn(f"could not write the bad-image log {self.path} ({error}); bad images are only warned about from now on",
-                              stacklevel=3)
+                warnings.warn(
+                    f"could not write the bad-image log {self.path} ({error}); bad images are only warned about from now on",
+                    stacklevel=3,
+                )
                 self.path = None
         return True
 
@@ -142,8 +146,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # also what torchvision's pil_loader does: RGB in, identical RGB out
 
 
-def load_rgb(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None,
-             min_size: int | None = None, draft_size: int | None = None) -> Image.Image | None:
+def load_rgb(
+    path: str | Path,
+    on_bad_image: str = "skip",
+    log: BadImageLog | None = None,
+    min_size: int | None = None,
+    draft_size: int | None = None,
+) -> Image.Image | None:
     """The image at `path` as RGB, decoded in full now; None if it is unreadable and `on_bad_image="skip"`.
 
     With `draft_size`, a JPEG is decoded straight to a reduced size (libjpeg's DCT scaling by 1/2, 1/4 or
@@ -170,8 +179,10 @@ def load_rgb(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | No
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             reason = "empty file (0 bytes)"
         if on_bad_image == "error":
-            raise BadImageError(f"cannot read image {path}: {reason}. data.on_bad_image=skip would skip it "
-                                f"(and list it in the run summary)") from error
+            raise BadImageError(
+                f"cannot read image {path}: {reason}. data.on_bad_image=skip would skip it "
+                f"(and list it in the run summary)"
+            ) from error
         if log.record(path, "skipped", reason):
             warnings.warn(f"skipping unreadable image {path}: {reason}", stacklevel=2)
         return None
@@ -182,8 +193,9 @@ def load_rgb(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | No
     return rgb
 
 
-def load_rgb_tensor(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None,
-                    min_size: int | None = None):
+def load_rgb_tensor(
+    path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None, min_size: int | None = None
+):
     """The image at `path` as a uint8 (3, H, W) tensor from torchvision's decoder (libjpeg-turbo, libpng): no
     PIL image in between, and no copy into a tensor afterwards.
 
@@ -224,12 +236,15 @@ def first_readable(load_item: Callable[[int], Any | None], index: int, length: i
         item = load_item((index + step) % length)
         if item is not None:
             return item
-    raise RuntimeError(f"{what}: {tries} images in a row from item {index} could not be read (see the warnings and "
-                       f"data.bad_image_log); expected readable images: check data.root and the files")
+    raise RuntimeError(
+        f"{what}: {tries} images in a row from item {index} could not be read (see the warnings and "
+        f"data.bad_image_log); expected readable images: check data.root and the files"
+    )
 
 
-def read_for_device(path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None,
-                    min_size: int | None = None):
+def read_for_device(
+    path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None, min_size: int | None = None
+):
     """An `EncodedJPEG` for a whole 8-bit, 3-channel baseline JPEG; otherwise what `load_rgb_tensor` returns
     (a decoded uint8 tensor or PIL image, or None for a skipped file)."""
     log = log if log is not None else BadImageLog(None)
@@ -246,7 +261,6 @@ def read_for_device(path: str | Path, on_bad_image: str = "skip", log: BadImageL
     return EncodedJPEG(torch.frombuffer(data, dtype=torch.uint8), str(path))
 
 
-
 class SkipBadImages:
     """Mixin for a dataset with `load_item(index) -> (image, target) | None`: a skipped item is replaced.
 
@@ -260,13 +274,21 @@ class SkipBadImages:
     tensor_decode: bool = False
     device_decode: bool = False
 
-    def init_bad_images(self, on_bad_image: str = "skip", bad_image_log: BadImageLog | str | Path | None = None,
-                        min_size: int | None = None, draft_size: int | None = None, tensor_decode: bool = False,
-                        device_decode: bool = False) -> None:
+    def init_bad_images(
+        self,
+        on_bad_image: str = "skip",
+        bad_image_log: BadImageLog | str | Path | None = None,
+        min_size: int | None = None,
+        draft_size: int | None = None,
+        tensor_decode: bool = False,
+        device_decode: bool = False,
+    ) -> None:
         check_truncation_detected()
         if draft_size is not None and (tensor_decode or device_decode):
-            raise InputError("draft_size (decode=reduced) is a PIL decode option; it cannot go with tensor_decode (decode=torchvision) "
-                             "or device_decode (decode=gpu)")
+            raise InputError(
+                "draft_size (decode=reduced) is a PIL decode option; it cannot go with tensor_decode (decode=torchvision) "
+                "or device_decode (decode=gpu)"
+            )
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_image_log, self.min_size, self.draft_size = as_bad_image_log(bad_image_log), min_size, draft_size
         self.tensor_decode, self.device_decode = tensor_decode, device_decode
@@ -308,7 +330,9 @@ class ReadableSubset(Subset):
     bad training image is never replaced by a test image."""
 
     def __getitem__(self, index: int):
-        return first_readable(lambda i: self.dataset.load_item(self.indices[i]), index, len(self), type(self.dataset).__name__)
+        return first_readable(
+            lambda i: self.dataset.load_item(self.indices[i]), index, len(self), type(self.dataset).__name__
+        )
 
     def __getitems__(self, indices: list[int]) -> list:
         # Subset.__getitems__ would go to the dataset directly, past the substitution above.

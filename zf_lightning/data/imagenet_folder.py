@@ -40,10 +40,20 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
     `zf_lightning.data.device_decode`).
     """
 
-    def __init__(self, root: str | Path, split: str = "train", transform=None, cache_dir: str | Path | None = None,
-                 expected_num_classes: int | None = None, on_bad_image: str = "skip",
-                 bad_image_log: BadImageLog | str | Path | None = None, min_size: int | None = None,
-                 draft_size: int | None = None, tensor_decode: bool = False, device_decode: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform=None,
+        cache_dir: str | Path | None = None,
+        expected_num_classes: int | None = None,
+        on_bad_image: str = "skip",
+        bad_image_log: BadImageLog | str | Path | None = None,
+        min_size: int | None = None,
+        draft_size: int | None = None,
+        tensor_decode: bool = False,
+        device_decode: bool = False,
+    ):
         if split not in SPLITS:
             raise InputError(f"Unknown split {split!r}; expected one of {SPLITS}.")
         self.init_bad_images(on_bad_image, bad_image_log, min_size, draft_size, tensor_decode, device_decode)
@@ -63,8 +73,10 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
     def check_layout(root: str | Path, splits: tuple[str, ...] = SPLITS) -> str:
         """Raise FileNotFoundError naming the expected layout unless root and its split folders exist."""
         root = Path(root).expanduser()
-        layout = (f"Expected ImageNet laid out as {root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG "
-                  f"(val images already sorted into wnid folders).")
+        layout = (
+            f"Expected ImageNet laid out as {root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG "
+            f"(val images already sorted into wnid folders)."
+        )
         if not root.is_dir():
             raise MissingInputError(f"ImageNet root {root} does not exist or is not a directory. {layout}")
         for split in splits:
@@ -79,8 +91,13 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         return Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"imagenet_{split}_{digest}.json"
 
     @classmethod
-    def build_file_list_cache(cls, root: str | Path, split: str = "train", cache_dir: str | Path | None = None,
-                              expected_num_classes: int | None = None) -> Path:
+    def build_file_list_cache(
+        cls,
+        root: str | Path,
+        split: str = "train",
+        cache_dir: str | Path | None = None,
+        expected_num_classes: int | None = None,
+    ) -> Path:
         """Scan (or validate) once and return the cache path; call from ``prepare_data`` on rank 0."""
         return cls(root, split, cache_dir=cache_dir, expected_num_classes=expected_num_classes).cache_path
 
@@ -90,8 +107,10 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         if not classes:
             raise MissingInputError(f"No class (wnid) folders found in {directory}. {self._layout}")
         if self.expected_num_classes is not None and len(classes) != self.expected_num_classes:
-            raise InputError(f"Expected {self.expected_num_classes} class folders in {directory} "
-                             f"but found {len(classes)}. {self._layout}")
+            raise InputError(
+                f"Expected {self.expected_num_classes} class folders in {directory} "
+                f"but found {len(classes)}. {self._layout}"
+            )
         return classes, {c: i for i, c in enumerate(classes)}
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
@@ -122,8 +141,13 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
             return None  # missing or corrupt cache: rescan and rewrite
 
     def _write_cache(self, directory: str, classes: list[str], samples: list[tuple[str, int]]) -> None:
-        data = {"format": CACHE_FORMAT, "root": os.path.abspath(directory), "extensions": list(EXTENSIONS),
-                "classes": classes, "samples": [[os.path.relpath(p, directory), label] for p, label in samples]}
+        data = {
+            "format": CACHE_FORMAT,
+            "root": os.path.abspath(directory),
+            "extensions": list(EXTENSIONS),
+            "classes": classes,
+            "samples": [[os.path.relpath(p, directory), label] for p, label in samples],
+        }
         tmp = None
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)

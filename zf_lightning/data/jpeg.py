@@ -37,12 +37,14 @@ def jpeg_frame(data: bytes) -> JpegFrame | None:
         if marker in _STANDALONE:
             position += 2
             continue
-        length = int.from_bytes(data[position + 2:position + 4], "big")
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
         if marker in _FRAME_MARKERS:
             if length < 8 or position + 10 > len(data):
                 return None
-            header = data[position + 4:position + 10]
-            return JpegFrame(marker, header[0], int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big"), header[5])
+            header = data[position + 4 : position + 10]
+            return JpegFrame(
+                marker, header[0], int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big"), header[5]
+            )
         if marker == 0xDA:  # start of scan before any frame header
             return None
         position += 2 + length

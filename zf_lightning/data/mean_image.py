@@ -18,7 +18,9 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
     return Path(cache_dir) / f"mean_image-{digest}.pt"
 
 
-def compute_mean_image(dataset, max_images: int | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0) -> torch.Tensor:
+def compute_mean_image(
+    dataset, max_images: int | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0
+) -> torch.Tensor:
     """Average of `dataset`'s images, pixel by pixel, in float64; `dataset` must yield equal-size tensors.
 
     With `max_images`, the average is over a seeded random subset of that many images.

@@ -53,8 +53,10 @@ class PrepareCounts:
 
     def line(self) -> str:
         done = self.resized + self.copied + self.done_before + self.bad
-        return (f"{done}/{self.total} images: {self.resized} resized, {self.copied} copied (short side <= size), "
-                f"{self.done_before} already done, {self.bad} unreadable")
+        return (
+            f"{done}/{self.total} images: {self.resized} resized, {self.copied} copied (short side <= size), "
+            f"{self.done_before} already done, {self.bad} unreadable"
+        )
 
 
 def check_paths(src: str | Path, dst: str | Path) -> tuple[Path, Path]:
@@ -79,7 +81,11 @@ def list_images(src: Path) -> list[Path]:
     for folder, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         base = Path(folder).relative_to(src)
-        found += [base / name for name in sorted(files) if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
+        found += [
+            base / name
+            for name in sorted(files)
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
     return found
 
 
@@ -132,8 +138,9 @@ def _prepare_star(args) -> tuple[Path, str]:
     return args[2], prepare_one(*args)
 
 
-def prepare(src: str | Path, dst: str | Path, size: int = 256, workers: int = 1, quality: int = 95,
-            progress: bool = True) -> PrepareCounts:
+def prepare(
+    src: str | Path, dst: str | Path, size: int = 256, workers: int = 1, quality: int = 95, progress: bool = True
+) -> PrepareCounts:
     """Write the short-side-`size` copy of the image tree `src` to `dst` (see the module docstring)."""
     if size < 1:
         raise PrepareError(f"--size must be >= 1, got {size}")

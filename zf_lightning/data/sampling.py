@@ -47,7 +47,7 @@ class EpochSeededSampler(DistributedSampler):
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         indices = list(super().__iter__())  # seeded with seed + epoch, sharded by rank
         if self._resume is not None and self._resume[0] == self.epoch:
-            indices = indices[self._resume[1] * self.batch_size:]
+            indices = indices[self._resume[1] * self.batch_size :]
             self._resume = None  # once: the same epoch started again (another fit) is a whole epoch
         return self._keys(indices, self.epoch)
 

@@ -13,8 +13,16 @@ from zf_lightning.utils.errors import InputError
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "crescent", "heart")
 TEXTURES = ("plain", "h-striped", "v-striped", "diagonal-striped", "checkered", "dotted")
-HUES = (("red", 0.0), ("orange", 0.075), ("yellow", 0.15), ("green", 0.33),
-        ("cyan", 0.5), ("blue", 0.63), ("purple", 0.76), ("magenta", 0.88))
+HUES = (
+    ("red", 0.0),
+    ("orange", 0.075),
+    ("yellow", 0.15),
+    ("green", 0.33),
+    ("cyan", 0.5),
+    ("blue", 0.63),
+    ("purple", 0.76),
+    ("magenta", 0.88),
+)
 MAX_CLASSES = len(SHAPES) * len(TEXTURES) * len(HUES)
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _CLASS_TAG = 0xC1A55  # keeps the class-definition stream apart from the per-item streams
@@ -47,7 +55,7 @@ def _shape_mask(shape, u, v):
         return (r <= 1) & ((u - 0.45) ** 2 + v * v >= 0.64)
     if shape == "heart":
         x, y = u * 1.15, -v * 1.15 + 0.15
-        return (x * x + y * y - 1) ** 3 - x * x * y ** 3 <= 0
+        return (x * x + y * y - 1) ** 3 - x * x * y**3 <= 0
     raise AssertionError(shape)
 
 
@@ -86,13 +94,22 @@ class SyntheticShapes(Dataset):
 
     splits = ("train", "val", "test")
 
-    def __init__(self, split: str = "train", num_classes: int = 10, images_per_class: int = 500,
-                 image_size: int = 72, seed: int = 0, transform=None):
+    def __init__(
+        self,
+        split: str = "train",
+        num_classes: int = 10,
+        images_per_class: int = 500,
+        image_size: int = 72,
+        seed: int = 0,
+        transform=None,
+    ):
         if split not in self.splits:
             raise InputError(f"split must be one of {self.splits}, got {split!r}")
         if not 2 <= num_classes <= MAX_CLASSES:
-            raise InputError(f"num_classes must be between 2 and {MAX_CLASSES} "
-                             f"(distinct shape x texture x hue combinations), got {num_classes}")
+            raise InputError(
+                f"num_classes must be between 2 and {MAX_CLASSES} "
+                f"(distinct shape x texture x hue combinations), got {num_classes}"
+            )
         if images_per_class < 1:
             raise InputError(f"images_per_class must be >= 1, got {images_per_class}")
         if image_size < 16:

@@ -22,7 +22,9 @@ class SubtractMeanImage(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape != self.mean_image.shape:
-            raise InputError(f"image of shape {tuple(image.shape)} does not match the mean image {tuple(self.mean_image.shape)}")
+            raise InputError(
+                f"image of shape {tuple(image.shape)} does not match the mean image {tuple(self.mean_image.shape)}"
+            )
         return image - self.mean_image
 
 
@@ -42,7 +44,9 @@ class RandomCropFlipSubtractMean(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape != self.mean_image.shape:
-            raise InputError(f"image of shape {tuple(image.shape)} does not match the mean image {tuple(self.mean_image.shape)}")
+            raise InputError(
+                f"image of shape {tuple(image.shape)} does not match the mean image {tuple(self.mean_image.shape)}"
+            )
         crop, mean = self.crop_flip(tv_tensors.Image(image), self.mean_image)  # one draw of the crop and flip for both
         return crop.as_subclass(torch.Tensor).float() - mean.as_subclass(torch.Tensor)
 
@@ -56,7 +60,9 @@ class StackCrops(nn.Module):
 
 def paper_base(resize_size: int) -> v2.Compose:
     """Short side to `resize_size`, centre `resize_size` square crop, float on the 0-255 scale."""
-    return v2.Compose([v2.ToImage(), v2.Resize(resize_size), v2.CenterCrop(resize_size), v2.ToDtype(torch.float32, scale=False)])
+    return v2.Compose(
+        [v2.ToImage(), v2.Resize(resize_size), v2.CenterCrop(resize_size), v2.ToDtype(torch.float32, scale=False)]
+    )
 
 
 def paper_base_uint8(resize_size: int) -> v2.Compose:
@@ -64,7 +70,9 @@ def paper_base_uint8(resize_size: int) -> v2.Compose:
     return v2.Compose([v2.ToImage(), v2.Resize(resize_size), v2.CenterCrop(resize_size)])
 
 
-def paper_transforms(resize_size: int, crop_size: int, mean_image: torch.Tensor, ten_crop_test: bool = True) -> dict[str, v2.Compose]:
+def paper_transforms(
+    resize_size: int, crop_size: int, mean_image: torch.Tensor, ten_crop_test: bool = True
+) -> dict[str, v2.Compose]:
     """Section 3: random `crop_size` crops and flips to train, the centre crop to validate, 10 crops to test."""
     base = [paper_base(resize_size), SubtractMeanImage(mean_image)]
     test = [v2.TenCrop(crop_size), StackCrops()] if ten_crop_test else [v2.CenterCrop(crop_size)]

@@ -19,10 +19,14 @@ def list_images(image_dir: str | Path) -> list[Path]:
     """The image files directly inside `image_dir` (by extension, sorted by name); other files are ignored."""
     image_dir = Path(image_dir).expanduser()
     if not image_dir.is_dir():
-        raise MissingInputError(f"image_dir={str(image_dir)!r}: no such folder; expected a folder of images ({', '.join(IMG_EXTENSIONS)})")
+        raise MissingInputError(
+            f"image_dir={str(image_dir)!r}: no such folder; expected a folder of images ({', '.join(IMG_EXTENSIONS)})"
+        )
     files = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
     if not files:
-        raise MissingInputError(f"image_dir={str(image_dir)!r} holds no images; expected files ending in {', '.join(IMG_EXTENSIONS)}")
+        raise MissingInputError(
+            f"image_dir={str(image_dir)!r} holds no images; expected files ending in {', '.join(IMG_EXTENSIONS)}"
+        )
     return files
 
 
@@ -42,8 +46,14 @@ class UserImages(Dataset):
         transform: applied to each RGB PIL image.
     """
 
-    def __init__(self, image_dir: str | Path, labels: Mapping | None = None, class_names: Sequence[str] | None = None,
-                 num_classes: int | None = None, transform=None) -> None:
+    def __init__(
+        self,
+        image_dir: str | Path,
+        labels: Mapping | None = None,
+        class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        transform=None,
+    ) -> None:
         self.files = list_images(image_dir)
         self.names = [p.name for p in self.files]
         unreadable = []
@@ -55,8 +65,14 @@ class UserImages(Dataset):
             except (OSError, UnidentifiedImageError, ValueError) as error:
                 unreadable.append(f"{path.name} ({type(error).__name__}: {error})")
         if unreadable:
-            raise InputError(f"image_dir={str(image_dir)!r}: {len(unreadable)} unreadable image(s): {'; '.join(unreadable)}")
-        self.targets = resolve_labels(labels, self.names, class_names, num_classes) if labels is not None else [-1] * len(self.files)
+            raise InputError(
+                f"image_dir={str(image_dir)!r}: {len(unreadable)} unreadable image(s): {'; '.join(unreadable)}"
+            )
+        self.targets = (
+            resolve_labels(labels, self.names, class_names, num_classes)
+            if labels is not None
+            else [-1] * len(self.files)
+        )
         self.transform = transform
 
     def __len__(self) -> int:
@@ -82,24 +98,32 @@ def load_mapping(source: str | Path | Mapping, what: str) -> dict:
     except (json.JSONDecodeError, yaml.YAMLError) as error:  # their messages say where the syntax is wrong
         raise InputError(f"{what}={str(path)!r} could not be parsed: {error}") from None
     if not isinstance(data, Mapping):
-        raise InputError(f"{what}={str(path)!r}: expected a mapping of image file name -> ..., got {type(data).__name__}")
+        raise InputError(
+            f"{what}={str(path)!r}: expected a mapping of image file name -> ..., got {type(data).__name__}"
+        )
     return dict(data)
 
 
-def resolve_labels(labels: str | Path | Mapping, names: Sequence[str], class_names: Sequence[str] | None, num_classes: int | None) -> list[int]:
+def resolve_labels(
+    labels: str | Path | Mapping, names: Sequence[str], class_names: Sequence[str] | None, num_classes: int | None
+) -> list[int]:
     """Class index of every image from a file name -> class (index or name) mapping; every image needs one."""
     mapping = load_mapping(labels, "labels")
     missing = [name for name in names if name not in mapping]
     unknown_files = sorted(set(mapping) - set(names))
     if missing or unknown_files:
-        raise InputError(f"labels: images without a label: {missing}; labels for files not in the folder: {unknown_files}")
+        raise InputError(
+            f"labels: images without a label: {missing}; labels for files not in the folder: {unknown_files}"
+        )
     index_of = {name: i for i, name in enumerate(class_names or [])}
     targets, bad = [], []
     for name in names:
         value = mapping[name]
         if isinstance(value, str) and value in index_of:
             targets.append(index_of[value])
-        elif isinstance(value, int) and not isinstance(value, bool) and (num_classes is None or 0 <= value < num_classes):
+        elif (
+            isinstance(value, int) and not isinstance(value, bool) and (num_classes is None or 0 <= value < num_classes)
+        ):
             targets.append(value)
         else:
             bad.append(f"{name}: {value!r}")
@@ -120,8 +144,9 @@ def center_crop_offset(size: int, crop: int) -> int:
     return int(round((size - crop) / 2.0))  # as torchvision's center_crop
 
 
-def box_in_input(box: Sequence[float], original_size: tuple[int, int], resize_size: int, crop_size: int,
-                 preset: str = "paper") -> tuple[int, int, int, int]:
+def box_in_input(
+    box: Sequence[float], original_size: tuple[int, int], resize_size: int, crop_size: int, preset: str = "paper"
+) -> tuple[int, int, int, int]:
     """[left, top, right, bottom) on the original image -> the same region in the network input.
 
     The input is made as the datamodule's validation transform makes it: short side to `resize_size`,
@@ -132,7 +157,9 @@ def box_in_input(box: Sequence[float], original_size: tuple[int, int], resize_si
     height, width = original_size
     left, top, right, bottom = box
     if not (0 <= left < right <= width and 0 <= top < bottom <= height):
-        raise InputError(f"box {list(box)} lies outside the {width}x{height} image; expected 0 <= left < right <= {width}, 0 <= top < bottom <= {height}")
+        raise InputError(
+            f"box {list(box)} lies outside the {width}x{height} image; expected 0 <= left < right <= {width}, 0 <= top < bottom <= {height}"
+        )
     new_h, new_w = resized_size(height, width, resize_size)
     sy, sx = new_h / height, new_w / width
     crops = (resize_size, crop_size) if preset == "paper" else (crop_size,)
@@ -140,8 +167,15 @@ def box_in_input(box: Sequence[float], original_size: tuple[int, int], resize_si
     for crop in crops:  # successive centre crops
         dy, new_h = dy + center_crop_offset(new_h, crop), crop
         dx, new_w = dx + center_crop_offset(new_w, crop), crop
-    mapped = (math.floor(left * sx) - dx, math.floor(top * sy) - dy, math.ceil(right * sx) - dx, math.ceil(bottom * sy) - dy)
+    mapped = (
+        math.floor(left * sx) - dx,
+        math.floor(top * sy) - dy,
+        math.ceil(right * sx) - dx,
+        math.ceil(bottom * sy) - dy,
+    )
     l, t, r, b = max(mapped[0], 0), max(mapped[1], 0), min(mapped[2], crop_size), min(mapped[3], crop_size)
     if l >= r or t >= b:
-        raise InputError(f"box {list(box)} falls outside the centre {crop_size}x{crop_size} crop the network sees (at {list(mapped)})")
+        raise InputError(
+            f"box {list(box)} falls outside the centre {crop_size}x{crop_size} crop the network sees (at {list(mapped)})"
+        )
     return l, t, r, b

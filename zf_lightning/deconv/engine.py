@@ -180,7 +180,9 @@ class Deconvnet:
         size, stride, offset = [1, 1], [1, 1], [0, 0]
         for module in list(self.features)[: self.conv_indices[as_int(layer) - 1] + 1]:
             if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
-                kernel, step, pad, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
+                kernel, step, pad, dilation = (
+                    _pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation")
+                )
                 for axis in (0, 1):
                     offset[axis] -= pad[axis] * stride[axis]
                     size[axis] += dilation[axis] * (kernel[axis] - 1) * stride[axis]
@@ -216,7 +218,9 @@ class Deconvnet:
         field only (see the module docstring). Returns the windows, not whole images: `Projections.paste`
         places them in image-sized canvases.
         """
-        return self.project_activations_by_layer(images, {layer: (image_index, maps, rows, cols)}, method)[as_int(layer)]
+        return self.project_activations_by_layer(images, {layer: (image_index, maps, rows, cols)}, method)[
+            as_int(layer)
+        ]
 
     def project_strongest(self, images: torch.Tensor, layer: int, maps, method: str = "deconvnet") -> Projections:
         """Image n's strongest activation of map `maps[n]` (its first maximum in row-major order, as `argmax`),
@@ -227,7 +231,9 @@ class Deconvnet:
         layer = as_int(layer)
         maps = torch.as_tensor(maps, device=images.device, dtype=torch.long).reshape(-1)
         if maps.numel() != images.shape[0]:
-            raise InputError(f"Deconvnet: project_strongest takes one map per image, got {maps.numel()} maps for {images.shape[0]} images")
+            raise InputError(
+                f"Deconvnet: project_strongest takes one map per image, got {maps.numel()} maps for {images.shape[0]} images"
+            )
         self._check_map_tensor(layer, maps)
         activation = self.feature_maps(images, [layer])[layer]  # (N, maps, h, w)
         own = torch.arange(len(maps), device=images.device)
@@ -250,7 +256,9 @@ class Deconvnet:
         for layer, request in requests.items():
             self._check_layer(layer)
             layer = as_int(layer)
-            image_index, maps, rows, cols = (torch.as_tensor(v, device=device, dtype=torch.long).reshape(-1) for v in request)
+            image_index, maps, rows, cols = (
+                torch.as_tensor(v, device=device, dtype=torch.long).reshape(-1) for v in request
+            )
             if not len({image_index.numel(), maps.numel(), rows.numel(), cols.numel()}) == 1:
                 raise InputError("Deconvnet: image_index, maps, rows and cols must have the same length")
             self._check_map_tensor(layer, maps)
@@ -277,8 +285,13 @@ class Deconvnet:
                 x = F.relu(x)  # never in place: the recorded tensors and the input stay intact
             elif isinstance(module, nn.MaxPool2d):
                 x, record.saved = F.max_pool2d(
-                    x, module.kernel_size, module.stride, module.padding, module.dilation,
-                    ceil_mode=module.ceil_mode, return_indices=True,
+                    x,
+                    module.kernel_size,
+                    module.stride,
+                    module.padding,
+                    module.dilation,
+                    ceil_mode=module.ceil_mode,
+                    return_indices=True,
                 )
             else:  # Conv2d, LocalResponseNorm: out of place, eval mode
                 x = module(x)
@@ -333,12 +346,16 @@ class Deconvnet:
                     signal = signal * mask
             elif isinstance(module, nn.MaxPool2d):
                 height, width = record.input_shape[2:]
-                kernel, step, pad, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
+                kernel, step, pad, dilation = (
+                    _pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation")
+                )
                 switches = _gather_window(record.saved, rows, top, left, h, w)  # flat indices into the input map
                 top, left = top * step[0] - pad[0], left * step[1] - pad[1]
                 new_h = (h - 1) * step[0] + dilation[0] * (kernel[0] - 1) + 1
                 new_w = (w - 1) * step[1] + dilation[1] * (kernel[1] - 1) + 1
-                local = (switches // width - top[:, None, None, None]) * new_w + (switches % width - left[:, None, None, None])
+                local = (switches // width - top[:, None, None, None]) * new_w + (
+                    switches % width - left[:, None, None, None]
+                )
                 # Outside the map the signal is zero; any in-range index will do for those entries.
                 local = local.clamp_(0, new_h * new_w - 1).reshape(n, c, h * w)
                 unpooled = signal.new_zeros(n, c, new_h * new_w)
@@ -346,7 +363,9 @@ class Deconvnet:
                 signal = unpooled.reshape(n, c, new_h, new_w)
             elif isinstance(module, nn.Conv2d):
                 height, width = record.input_shape[2:]
-                signal = F.conv_transpose2d(signal, module.weight, None, module.stride, 0, 0, module.groups, module.dilation)
+                signal = F.conv_transpose2d(
+                    signal, module.weight, None, module.stride, 0, 0, module.groups, module.dilation
+                )
                 top, left = top * module.stride[0] - module.padding[0], left * module.stride[1] - module.padding[1]
                 _, valid = _window_index(top, left, signal.shape[2], signal.shape[3], height, width)
                 signal = signal * valid[:, None]  # what lands in the padding is not part of the input
@@ -376,12 +395,18 @@ class Deconvnet:
             chunk_images = used[start : start + image_chunk]
             local_of = torch.full((images.shape[0],), -1, dtype=torch.long, device=device)
             local_of[chunk_images] = torch.arange(len(chunk_images), device=device)
-            _, records, kept = self._forward(images.index_select(0, chunk_images), deepest, masks=method != "deconvnet", keep=set(top_of.values()))
+            _, records, kept = self._forward(
+                images.index_select(0, chunk_images), deepest, masks=method != "deconvnet", keep=set(top_of.values())
+            )
             for layer, (image_index, maps, rows, cols) in requests.items():
                 activation = kept[top_of[layer]]
                 below = records[: self.conv_indices[layer - 1] + 1]
                 entries = (local_of[image_index] >= 0).nonzero().flatten()
-                entry_chunk = len(entries) if self.max_batch_elements is None else max(1, self.max_batch_elements // self._window_elements(layer))
+                entry_chunk = (
+                    len(entries)
+                    if self.max_batch_elements is None
+                    else max(1, self.max_batch_elements // self._window_elements(layer))
+                )
                 for first in range(0, len(entries), entry_chunk):
                     picked = entries[first : first + entry_chunk]
                     local_rows = local_of[image_index[picked]]
@@ -394,7 +419,9 @@ class Deconvnet:
                         continue
                     signal = activation.new_zeros(len(picked), activation.shape[1], 1, 1)
                     signal[torch.arange(len(picked), device=device), maps[picked], 0, 0] = value
-                    out, _, _ = self._down_windows(signal, rows[picked].clone(), cols[picked].clone(), below, local_rows, method)
+                    out, _, _ = self._down_windows(
+                        signal, rows[picked].clone(), cols[picked].clone(), below, local_rows, method
+                    )
                     results[layer].windows[picked] = out
         return results
 
@@ -416,7 +443,9 @@ class Deconvnet:
         largest = channels
         for module in reversed(list(self.features)[: self.conv_indices[layer - 1] + 1]):
             if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
-                kernel, step, _, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
+                kernel, step, _, dilation = (
+                    _pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation")
+                )
                 h = (h - 1) * step[0] + dilation[0] * (kernel[0] - 1) + 1
                 w = (w - 1) * step[1] + dilation[1] * (kernel[1] - 1) + 1
                 if isinstance(module, nn.Conv2d):
@@ -434,7 +463,9 @@ class Deconvnet:
         image_index = torch.arange(batch, device=images.device).repeat_interleave(k)
         maps = torch.tensor(map_list, device=images.device).repeat(batch)
         where = where.reshape(-1)
-        projections = self._project_activations(images, {layer: (image_index, maps, where // w, where % w)}, method)[layer]
+        projections = self._project_activations(images, {layer: (image_index, maps, where // w, where % w)}, method)[
+            layer
+        ]
         return projections.paste(tuple(images.shape[2:])).reshape(batch, k, *images.shape[1:])
 
     def _check_images(self, images) -> None:
@@ -548,7 +579,9 @@ def _gather_window(tensor: torch.Tensor, rows, top, left, h: int, w: int) -> tor
 
 def _output_size(module: nn.Module, height: int, width: int) -> tuple[int, int]:
     """Spatial size after a Conv2d or MaxPool2d (PyTorch's formulas, ceil mode included)."""
-    kernel, step, pad, dilation = (_pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation"))
+    kernel, step, pad, dilation = (
+        _pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation")
+    )
     ceil = isinstance(module, nn.MaxPool2d) and module.ceil_mode
     sizes = []
     for size, k, s, p, d in zip((height, width), kernel, step, pad, dilation):
@@ -566,7 +599,9 @@ def cut_windows(images: torch.Tensor, image_index, top, left, size: tuple[int, i
     Parts outside the image are zero, as in the receptive fields of the first layers' padding.
     """
     device = images.device
-    image_index, top, left = (torch.as_tensor(v, dtype=torch.long, device=device).reshape(-1) for v in (image_index, top, left))
+    image_index, top, left = (
+        torch.as_tensor(v, dtype=torch.long, device=device).reshape(-1) for v in (image_index, top, left)
+    )
     return _gather_window(images, image_index, top, left, size[0], size[1])
 
 
@@ -578,7 +613,9 @@ def _conv_transpose(signal: torch.Tensor, conv: nn.Conv2d, input_size: Iterable[
     """The transpose of `conv` (no bias), with an output exactly `input_size` wide."""
     out_h, out_w = signal.shape[2:]
     output_padding = []
-    for size, out, k, s, p, d in zip(input_size, (out_h, out_w), conv.kernel_size, conv.stride, conv.padding, conv.dilation):
+    for size, out, k, s, p, d in zip(
+        input_size, (out_h, out_w), conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    ):
         output_padding.append(size - ((out - 1) * s - 2 * p + d * (k - 1) + 1))
     return F.conv_transpose2d(
         signal, conv.weight, None, conv.stride, conv.padding, tuple(output_padding), conv.groups, conv.dilation

@@ -124,7 +124,9 @@ def project_top_activations(
         load_images: dataset indices -> (n, C, H, W) network inputs, on the model's device.
         load_display: dataset indices -> (n, C, H, W) the same crops for display (0-1); None: no patches.
     """
-    return project_all_top_activations(deconv, {top.layer: top}, load_images, load_display, method, images_per_chunk)[top.layer]
+    return project_all_top_activations(deconv, {top.layer: top}, load_images, load_display, method, images_per_chunk)[
+        top.layer
+    ]
 
 
 def project_all_top_activations(
@@ -143,7 +145,12 @@ def project_all_top_activations(
     out = {}
     for layer, top in tops.items():
         n = top.values.numel()
-        out[layer] = {"projections": None, "patches": None, "top": torch.zeros(n, dtype=torch.long), "left": torch.zeros(n, dtype=torch.long)}
+        out[layer] = {
+            "projections": None,
+            "patches": None,
+            "top": torch.zeros(n, dtype=torch.long),
+            "left": torch.zeros(n, dtype=torch.long),
+        }
     for start in range(0, len(unique), images_per_chunk):
         chunk = unique[start : start + images_per_chunk]
         images = load_images(chunk)
@@ -158,20 +165,31 @@ def project_all_top_activations(
                 continue
             k = top.values.shape[1]
             entries[layer] = (entry, local[entry])
-            requests[layer] = (local[entry], top.maps.repeat_interleave(k)[entry], top.rows.reshape(-1)[entry], top.cols.reshape(-1)[entry])
+            requests[layer] = (
+                local[entry],
+                top.maps.repeat_interleave(k)[entry],
+                top.rows.reshape(-1)[entry],
+                top.cols.reshape(-1)[entry],
+            )
         results = deconv.project_activations_by_layer(images, requests, method=method)
         for layer, result in results.items():
             entry, local = entries[layer]
             slot = out[layer]
             if slot["projections"] is None:
-                slot["projections"] = result.windows.new_zeros(flat[layer].numel(), result.windows.shape[1], *fields[layer].size)
+                slot["projections"] = result.windows.new_zeros(
+                    flat[layer].numel(), result.windows.shape[1], *fields[layer].size
+                )
                 if display is not None:
-                    slot["patches"] = result.windows.new_zeros(flat[layer].numel(), display.shape[1], *fields[layer].size)
+                    slot["patches"] = result.windows.new_zeros(
+                        flat[layer].numel(), display.shape[1], *fields[layer].size
+                    )
             where = entry.to(result.windows.device)
             slot["projections"][where] = result.windows
             slot["top"][entry], slot["left"][entry] = result.top.cpu(), result.left.cpu()
             if display is not None:
-                slot["patches"][where] = cut_windows(display, local.to(display.device), result.top, result.left, fields[layer].size)
+                slot["patches"][where] = cut_windows(
+                    display, local.to(display.device), result.top, result.left, fields[layer].size
+                )
     projected = {}
     for layer, top in tops.items():
         maps, k = top.values.shape

@@ -16,7 +16,9 @@ ALEXNET_CONVS = (
 )
 
 
-def alexnet(num_classes: int = 1000, *, conv_widths: Sequence[int] | None = None, norm_position: str = "before_pool", **options) -> PaperConvNet:
+def alexnet(
+    num_classes: int = 1000, *, conv_widths: Sequence[int] | None = None, norm_position: str = "before_pool", **options
+) -> PaperConvNet:
     """AlexNet with response normalisation before pooling, as Krizhevsky et al.; options as `zfnet`."""
     convs = with_widths(ALEXNET_CONVS, conv_widths)
     return PaperConvNet(convs, num_classes, norm_position=norm_position, name="alexnet", **options)

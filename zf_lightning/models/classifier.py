@@ -84,13 +84,16 @@ def load_pretrained_weights(net: nn.Module, checkpoint: str | Path) -> list[str]
 
     path = Path(checkpoint)
     state = load_checkpoint(path, "model.transfer.checkpoint")["state_dict"]
-    weights = {name[len("net."):]: value for name, value in state.items() if name.startswith("net.")}
+    weights = {name[len("net.") :]: value for name, value in state.items() if name.startswith("net.")}
     last = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
     own = net.state_dict()
     kept = {name: value for name, value in weights.items() if not name.startswith(f"{last}.")}
     missing = sorted(set(own) - set(kept) - {f"{last}.weight", f"{last}.bias"})
-    mismatched = [f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(own[name].shape)}"
-                  for name, value in kept.items() if name in own and value.shape != own[name].shape]
+    mismatched = [
+        f"{name}: checkpoint {tuple(value.shape)} vs model {tuple(own[name].shape)}"
+        for name, value in kept.items()
+        if name in own and value.shape != own[name].shape
+    ]
     unexpected = sorted(set(kept) - set(own))
     if missing or mismatched or unexpected:
         raise InputError(
@@ -144,13 +147,23 @@ class ImageClassifier(L.LightningModule):
         if transfer["mode"] not in TRANSFER_MODES:
             raise InputError(f"model.transfer.mode must be one of {list(TRANSFER_MODES)}, got {transfer['mode']!r}")
         if transfer["mode"] != "scratch" and not transfer["checkpoint"]:
-            raise InputError(f"model.transfer.mode={transfer['mode']!r} needs model.transfer.checkpoint=PATH (an ImageNet-trained zf-train checkpoint)")
+            raise InputError(
+                f"model.transfer.mode={transfer['mode']!r} needs model.transfer.checkpoint=PATH (an ImageNet-trained zf-train checkpoint)"
+            )
         if task not in TASKS:
             raise InputError(f"model.task must be one of {list(TASKS)}, got {task!r}")
-        self.save_hyperparameters({
-            "net": net, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "filter_rms_radius": filter_rms_radius,
-            "transfer": transfer, "task": task, "channels_last": channels_last, "compile": _plain(compile),
-        })
+        self.save_hyperparameters(
+            {
+                "net": net,
+                "optimizer": optimizer,
+                "lr_scheduler": lr_scheduler,
+                "filter_rms_radius": filter_rms_radius,
+                "transfer": transfer,
+                "task": task,
+                "channels_last": channels_last,
+                "compile": _plain(compile),
+            }
+        )
         self.net = build_network(**net)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
@@ -168,7 +181,9 @@ class ImageClassifier(L.LightningModule):
                 "mean_class": MulticlassAccuracy(num_classes, top_k=1, average="macro"),
             }
         # Separate collections per stage: their running counts must never mix.
-        self.train_metrics = MetricCollection(metrics).clone(prefix="train/") if not self.multilabel else MetricCollection({})
+        self.train_metrics = (
+            MetricCollection(metrics).clone(prefix="train/") if not self.multilabel else MetricCollection({})
+        )
         # The epoch's mean training loss (weighted by batch size, as Lightning's on_epoch mean): a metric, so that
         # its running sums go into checkpoints with the others. No NaN check: it would read the loss back every step.
         self.train_loss = MeanMetric(nan_strategy="disable")
@@ -247,12 +262,18 @@ class ImageClassifier(L.LightningModule):
         """Stop a run whose loss is not finite, before the optimiser writes NaN into the weights (and a checkpoint);
         under DDP every rank stops, none is left waiting in an all-reduce."""
         distributed = self._trainer is not None and self.trainer.world_size > 1
-        step, epoch, value = self.global_step, self.current_epoch, loss.detach()  # detached: a queued message keeps no graph
+        step, epoch, value = (
+            self.global_step,
+            self.current_epoch,
+            loss.detach(),
+        )  # detached: a queued message keeps no graph
 
         def message() -> str:
             where = f"; this rank's: {value.item()}" if distributed else ""
-            return (f"non-finite training loss ({'on a rank' if where else value.item()}{where}) at global step {step} "
-                    f"(epoch {epoch}, batch {batch_idx}); the checkpoints written before it are kept")
+            return (
+                f"non-finite training loss ({'on a rank' if where else value.item()}{where}) at global step {step} "
+                f"(epoch {epoch}, batch {batch_idx}); the checkpoints written before it are kept"
+            )
 
         defer = self.defer_finite_check if self.defer_finite_check is not None else loss.device.type != "cpu"
         if not defer:  # reading a CPU tensor costs nothing
@@ -314,7 +335,8 @@ class ImageClassifier(L.LightningModule):
         # The running sums of the epoch's training metrics, summed over ranks: a run resumed mid-epoch continues
         # them, so that its epoch metrics are the uninterrupted run's.
         checkpoint[TRAIN_METRIC_STATES] = {
-            name: _synced_state(metric) for name, metric in [*self.train_metrics.items(keep_base=True), ("loss", self.train_loss)]
+            name: _synced_state(metric)
+            for name, metric in [*self.train_metrics.items(keep_base=True), ("loss", self.train_loss)]
         }
         # The latest value of every logged metric: a run resumed from here reports them as its own until it logs
         # newer ones (`restored_metrics`), also when nothing was left to train.
@@ -322,7 +344,10 @@ class ImageClassifier(L.LightningModule):
 
     def latest_metrics(self) -> dict[str, float]:
         """The latest value of every metric logged in training, also of those logged before a resume."""
-        return {**self.restored_metrics, **{name: float(value) for name, value in self.trainer.callback_metrics.items()}}
+        return {
+            **self.restored_metrics,
+            **{name: float(value) for name, value in self.trainer.callback_metrics.items()},
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.restored_metrics = checkpoint.get(CALLBACK_METRICS, {})
@@ -407,4 +432,7 @@ class ImageClassifier(L.LightningModule):
         scheduler_config = dict(self.hparams.lr_scheduler)
         monitor = scheduler_config.pop("monitor", "val/top1_err")
         scheduler = instantiate(scheduler_config, _partial_=True)(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": monitor, "interval": "epoch"},
+        }

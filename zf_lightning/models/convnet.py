@@ -89,7 +89,10 @@ class PaperConvNet(nn.Module):
                     f"for this architecture; removed_layers={removed})"
                 )
             out_channels = scaled(spec.out_channels)
-            layers += [nn.Conv2d(channels, out_channels, spec.kernel_size, spec.stride, spec.padding), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, out_channels, spec.kernel_size, spec.stride, spec.padding),
+                nn.ReLU(inplace=True),
+            ]
             channels, size = out_channels, _conv_out(size, spec.kernel_size, spec.stride, spec.padding)
             self.feature_sizes[conv_name] = size
             norm = [nn.LocalResponseNorm(**lrn_options)] if spec.norm and local_response_norm else []

@@ -39,8 +39,16 @@ def _layers_of(sequential: nn.Sequential, kind: type[nn.Module], first: int, nam
     for position, index in enumerate(found):
         follows_relu = index + 1 < len(sequential) and isinstance(sequential[index + 1], nn.ReLU)
         end = found[position + 1] - 1 if position + 1 < len(found) else len(sequential) - 1
-        layers.append(PaperLayer(first + position, "conv" if kind is nn.Conv2d else "dense", name,  # type: ignore[arg-type]
-                                 index, index + 1 if follows_relu else index, end))
+        layers.append(
+            PaperLayer(
+                first + position,
+                "conv" if kind is nn.Conv2d else "dense",
+                name,  # type: ignore[arg-type]
+                index,
+                index + 1 if follows_relu else index,
+                end,
+            )
+        )
     return layers
 
 
@@ -64,7 +72,11 @@ class PaperLayers:
         self.features = features
         self.classifier = classifier if isinstance(classifier, nn.Sequential) else None
         self.conv = _layers_of(features, nn.Conv2d, 1, "features")
-        hidden = _layers_of(self.classifier, nn.Linear, len(self.conv) + 1, "classifier") if self.classifier is not None else []
+        hidden = (
+            _layers_of(self.classifier, nn.Linear, len(self.conv) + 1, "classifier")
+            if self.classifier is not None
+            else []
+        )
         self.dense = [layer for layer in hidden[:-1] if layer.rectified != layer.weights]  # hidden: with a ReLU
         self._by_number = {layer.number: layer for layer in [*self.conv, *self.dense]}
 
@@ -81,8 +93,12 @@ class PaperLayers:
         return self._by_number[number]
 
     def describe(self) -> str:
-        """"conv layers 1..5, hidden dense layers [6, 7]": what a layer number may be, for error messages."""
-        dense = f", hidden dense layers {[layer.number for layer in self.dense]}" if self.dense else ", no hidden dense layer"
+        """ "conv layers 1..5, hidden dense layers [6, 7]": what a layer number may be, for error messages."""
+        dense = (
+            f", hidden dense layers {[layer.number for layer in self.dense]}"
+            if self.dense
+            else ", no hidden dense layer"
+        )
         return f"conv layers 1..{len(self.conv)}{dense}"
 
     def module(self, layer: PaperLayer, which: Literal["weights", "rectified", "block_end"] = "weights") -> nn.Module:

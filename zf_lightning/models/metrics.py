@@ -51,8 +51,9 @@ IGNORED, NEGATIVE, POSITIVE = -1, 0, 1
 
 def _check_inputs(scores: Tensor, targets: Tensor) -> None:
     if scores.shape != targets.shape:
-        raise InputError(f"scores and targets must have the same shape, got {tuple(scores.shape)} "
-                         f"and {tuple(targets.shape)}")
+        raise InputError(
+            f"scores and targets must have the same shape, got {tuple(scores.shape)} and {tuple(targets.shape)}"
+        )
     if torch.isnan(scores).any():
         raise InputError("scores contain NaN")
     valid = (targets == POSITIVE) | (targets == NEGATIVE) | (targets == IGNORED)  # bool targets too
@@ -79,8 +80,9 @@ def _per_class_ap(scores: Tensor, targets: Tensor) -> Tensor:
     ap = (envelope * is_positive).sum(0) / num_positives
     missing = (num_positives == 0).nonzero().flatten().tolist()
     if missing:
-        warnings.warn(f"VOC AP is undefined (NaN) for classes without positive targets: {missing}",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"VOC AP is undefined (NaN) for classes without positive targets: {missing}", UserWarning, stacklevel=3
+        )
     return ap
 
 
@@ -127,8 +129,7 @@ class VOCAveragePrecision(Metric):
     def update(self, scores: Tensor, targets: Tensor) -> None:
         _check_inputs(scores, targets)
         if scores.dim() != 2 or scores.shape[1] != self.num_classes:
-            raise InputError(f"expected (N, {self.num_classes}) scores and targets, "
-                             f"got shape {tuple(scores.shape)}")
+            raise InputError(f"expected (N, {self.num_classes}) scores and targets, got shape {tuple(scores.shape)}")
         self.scores.append(scores.detach())
         self.targets.append(targets.detach())
 

@@ -16,7 +16,9 @@ ZFNET_CONVS = (
 )
 
 
-def zfnet(num_classes: int = 1000, *, conv_widths: Sequence[int] | None = None, norm_position: str = "after_pool", **options) -> PaperConvNet:
+def zfnet(
+    num_classes: int = 1000, *, conv_widths: Sequence[int] | None = None, norm_position: str = "after_pool", **options
+) -> PaperConvNet:
     """ZFNet; with a 224x224 input its maps are 110, 55, 26, 13, 13, 13, 13 and 6 wide.
 
     Options (see `PaperConvNet`): `conv_widths` (maps of conv1-5), `fc_widths` (fc6, fc7),

@@ -77,22 +77,39 @@ def load_paper(path: str | Path = PAPER_FILE) -> dict[str, TableSpec]:
 
 def _table_spec(name: str, entry: dict[str, Any]) -> TableSpec:
     default_metric = entry.get("metric")
-    columns = [Column(str(c["key"]), c["label"], c["metric"] if "metric" in c else default_metric) for c in entry["columns"]]
+    columns = [
+        Column(str(c["key"]), c["label"], c["metric"] if "metric" in c else default_metric) for c in entry["columns"]
+    ]
     rows = []
     for row in entry["rows"]:
         paper = row.get("paper") or [None] * len(columns)
         if len(paper) != len(columns):
-            raise InputError(f"paper.yaml: {name} row {row['key']!r} has {len(paper)} paper numbers for {len(columns)} columns")
-        rows.append(Row(
-            key=str(row["key"]), label=row["label"], metric=row.get("metric"),
-            paper={column.key: parse_paper_value(value) for column, value in zip(columns, paper)},
-            reference=bool(row.get("reference", False)), expected=bool(row.get("expected", True)),
-        ))
+            raise InputError(
+                f"paper.yaml: {name} row {row['key']!r} has {len(paper)} paper numbers for {len(columns)} columns"
+            )
+        rows.append(
+            Row(
+                key=str(row["key"]),
+                label=row["label"],
+                metric=row.get("metric"),
+                paper={column.key: parse_paper_value(value) for column, value in zip(columns, paper)},
+                reference=bool(row.get("reference", False)),
+                expected=bool(row.get("expected", True)),
+            )
+        )
     return TableSpec(
-        name=name, title=entry["title"], source=entry["source"], note=entry.get("note", ""), group=entry["group"],
-        rows_by=_paths(entry.get("rows_by")), columns_by=_paths(entry.get("columns_by")),
-        replicates_by=_paths(entry.get("replicates_by")) or [], columns=columns, rows=rows,
-        transpose=bool(entry.get("transpose", False)), default_metric=default_metric,
+        name=name,
+        title=entry["title"],
+        source=entry["source"],
+        note=entry.get("note", ""),
+        group=entry["group"],
+        rows_by=_paths(entry.get("rows_by")),
+        columns_by=_paths(entry.get("columns_by")),
+        replicates_by=_paths(entry.get("replicates_by")) or [],
+        columns=columns,
+        rows=rows,
+        transpose=bool(entry.get("transpose", False)),
+        default_metric=default_metric,
     )
 
 
@@ -175,7 +192,9 @@ class Cell:
         status = self.status
         if status in ("ok", "partial"):
             text = _number(self.mean) + (f" ± {_number(self.std)}" if self.std is not None else "")
-            notes = ([f"n={self.n}"] if self.n > 1 else []) + ([f"{len(self.failures)} failed"] if self.failures else [])
+            notes = ([f"n={self.n}"] if self.n > 1 else []) + (
+                [f"{len(self.failures)} failed"] if self.failures else []
+            )
             return text + (f" ({'; '.join(notes)})" if notes else "")
         if status in (FAILED, "incomplete"):
             error = self.failures[0].error or status
@@ -215,14 +234,28 @@ class Table:
         for row in self.rows:
             for column in self.columns:
                 cell = self.cell(row.key, column.key)
-                lines.append({
-                    "table": self.spec.name, "row": row.key, "row_label": row.label, "reference": row.reference,
-                    "column": column.key, "column_label": column.label, "metric": cell.metric, "status": cell.status,
-                    "n": cell.n, "n_failed": len(cell.failures), "ours_mean": cell.mean, "ours_std": cell.std,
-                    "paper_mean": cell.paper.mean if cell.paper else None, "paper_std": cell.paper.std if cell.paper else None,
-                    "ours_minus_paper": cell.diff, "ours": cell.ours(), "paper": str(cell.paper) if cell.paper else "",
-                    "runs": ";".join(run.source for run in cell.runs),
-                })
+                lines.append(
+                    {
+                        "table": self.spec.name,
+                        "row": row.key,
+                        "row_label": row.label,
+                        "reference": row.reference,
+                        "column": column.key,
+                        "column_label": column.label,
+                        "metric": cell.metric,
+                        "status": cell.status,
+                        "n": cell.n,
+                        "n_failed": len(cell.failures),
+                        "ours_mean": cell.mean,
+                        "ours_std": cell.std,
+                        "paper_mean": cell.paper.mean if cell.paper else None,
+                        "paper_std": cell.paper.std if cell.paper else None,
+                        "ours_minus_paper": cell.diff,
+                        "ours": cell.ours(),
+                        "paper": str(cell.paper) if cell.paper else "",
+                        "runs": ";".join(run.source for run in cell.runs),
+                    }
+                )
         return pd.DataFrame(lines)
 
     def problems(self) -> list[str]:
@@ -241,7 +274,9 @@ class Table:
                     without.setdefault(run.source, (run, []))[1].append(cell)
                 if not cell.runs and not row.reference:
                     lines.append(f"missing: {_row_name(self.spec, row)}, {cell.column.label}: no run")
-        lines = [f"{run.status}: {self._where(cells)}: {run.source}: {run.error}" for run, cells in failed.values()] + lines
+        lines = [
+            f"{run.status}: {self._where(cells)}: {run.source}: {run.error}" for run, cells in failed.values()
+        ] + lines
         for run, cells in without.values():
             metrics = ", ".join(dict.fromkeys(cell.metric for cell in cells))
             lines.append(f"missing: {self._where(cells)}: {run.source} completed without {metrics}")
@@ -289,7 +324,9 @@ def build_table(spec: TableSpec, records: list[RunRecord]) -> Table:
     known_rows, known_columns = {row.key for row in spec.rows}, {column.key for column in columns}
     # Never dropped: rows and columns of runs that the paper does not have come last.
     rows += [Row(key, f"{key} (not in the paper)", {}) for key in sorted(used_rows - known_rows)]
-    columns += [Column(key, f"{key} (not in the paper)", spec.default_metric) for key in sorted(used_columns - known_columns)]
+    columns += [
+        Column(key, f"{key} (not in the paper)", spec.default_metric) for key in sorted(used_columns - known_columns)
+    ]
 
     cells = {}
     for row in rows:
@@ -344,20 +381,37 @@ def wide(table: Table) -> pd.DataFrame:
     """The table laid out as in the paper, each paper column as ours | paper | Δ (ours − paper)."""
     spec, rows, columns = table.spec, table.rows, table.columns
     if spec.transpose:  # e.g. Table 6: one line per class, the methods across
-        show_ours = {row.key: not row.reference or any(table.cell(row.key, c.key).runs for c in columns) for row in rows}
+        show_ours = {
+            row.key: not row.reference or any(table.cell(row.key, c.key).runs for c in columns) for row in rows
+        }
         show_paper = {row.key: any(row.paper.values()) for row in rows}
-        return pd.DataFrame([
-            {"": column.label} | {name: text for row in rows for name, text in
-                                  _triple(row.label, table.cell(row.key, column.key), show_ours[row.key], show_paper[row.key]).items()}
-            for column in columns
-        ])
+        return pd.DataFrame(
+            [
+                {"": column.label}
+                | {
+                    name: text
+                    for row in rows
+                    for name, text in _triple(
+                        row.label, table.cell(row.key, column.key), show_ours[row.key], show_paper[row.key]
+                    ).items()
+                }
+                for column in columns
+            ]
+        )
     show_ours = {column.key: any(table.cell(row.key, column.key).metric for row in rows) for column in columns}
-    return pd.DataFrame([
-        {"": f"{row.label} (reference, not run)" if row.reference else _row_name(spec, row)}
-        | {name: text for column in columns for name, text in
-           _triple(column.label, table.cell(row.key, column.key), show_ours[column.key], True).items()}
-        for row in rows
-    ])
+    return pd.DataFrame(
+        [
+            {"": f"{row.label} (reference, not run)" if row.reference else _row_name(spec, row)}
+            | {
+                name: text
+                for column in columns
+                for name, text in _triple(
+                    column.label, table.cell(row.key, column.key), show_ours[column.key], True
+                ).items()
+            }
+            for row in rows
+        ]
+    )
 
 
 def _triple(name: str, cell: Cell, show_ours: bool, show_paper: bool) -> dict[str, str]:
@@ -399,19 +453,41 @@ def _markdown_escape(text) -> str:
 def to_latex(table: Table) -> str:
     frame = wide(table)
     frame = frame.map(latex_escape).rename(columns=latex_escape)
-    body = frame.to_latex(index=False, escape=False, caption=latex_escape(table.spec.title),
-                          label=f"tab:{table.spec.name}", column_format="l" + "r" * (len(frame.columns) - 1))
+    body = frame.to_latex(
+        index=False,
+        escape=False,
+        caption=latex_escape(table.spec.title),
+        label=f"tab:{table.spec.name}",
+        column_format="l" + "r" * (len(frame.columns) - 1),
+    )
     lines = [body.rstrip("\n"), *(f"% {line}" for line in _caption(table))]
     problems = table.problems()
     if problems:
-        lines += [f"Not complete ({len(problems)}):", r"\begin{itemize}", *(rf"\item {latex_escape(p)}" for p in problems), r"\end{itemize}"]
+        lines += [
+            f"Not complete ({len(problems)}):",
+            r"\begin{itemize}",
+            *(rf"\item {latex_escape(p)}" for p in problems),
+            r"\end{itemize}",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def latex_escape(text: str) -> str:
-    replacements = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                    "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
+    replacements = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "|": r"\textbar{}",
+        "<": r"\textless{}",
+        ">": r"\textgreater{}",
+    }
     return _latex_symbols("".join(replacements.get(char, char) for char in str(text)))
 
 

@@ -27,11 +27,11 @@ COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
 
 @dataclass
 class RunRecord:
-    source: str                 # the run directory, or the W&B run's path
-    status: str                 # COMPLETED | FAILED | INCOMPLETE (no summary: killed, or still running)
+    source: str  # the run directory, or the W&B run's path
+    status: str  # COMPLETED | FAILED | INCOMPLETE (no summary: killed, or still running)
     data: dict[str, Any] = field(default_factory=dict)  # summary.json's content
     error: str | None = None
-    time: float = 0.0           # when it ended: of two runs of one replicate, the later wins
+    time: float = 0.0  # when it ended: of two runs of one replicate, the later wins
 
     @property
     def group(self) -> str | None:

@@ -84,7 +84,11 @@ class TransferDataModule(ImageClassificationDataModule):
             self._split = self._make_split(full)
 
     def _bad_images(self) -> dict:
-        return {"on_bad_image": self.on_bad_image, "bad_image_log": BadImageLog(self.bad_image_log), "min_size": self.crop_size}
+        return {
+            "on_bad_image": self.on_bad_image,
+            "bad_image_log": BadImageLog(self.bad_image_log),
+            "min_size": self.crop_size,
+        }
 
     def _full_dataset(self, transform) -> Dataset:
         from zf_lightning.transfer.datasets import dataset_by_name
@@ -93,7 +97,9 @@ class TransferDataModule(ImageClassificationDataModule):
             return dataset_by_name(self.dataset, self.root, split="train", transform=transform, **self._bad_images())
         dataset = dataset_by_name(self.dataset, self.root, transform=transform, **self._bad_images())
         if len(dataset.classes) != self.num_classes:
-            raise InputError(f"{self.dataset} at {self.root} has {len(dataset.classes)} classes but data.num_classes={self.num_classes}")
+            raise InputError(
+                f"{self.dataset} at {self.root} has {len(dataset.classes)} classes but data.num_classes={self.num_classes}"
+            )
         return dataset
 
     def _make_split(self, full):
@@ -102,7 +108,9 @@ class TransferDataModule(ImageClassificationDataModule):
         return per_class_split(full.targets, self.train_per_class, self.split_seed, self.max_test_per_class)
 
     def dataset_key(self) -> str:
-        split = f"|train_per_class={self.train_per_class}|split_seed={self.split_seed}" if self.dataset in CALTECH else ""
+        split = (
+            f"|train_per_class={self.train_per_class}|split_seed={self.split_seed}" if self.dataset in CALTECH else ""
+        )
         return f"{self.dataset}|root={self.root.resolve()}{split}"
 
     def load_mean_image(self):
@@ -115,11 +123,18 @@ class TransferDataModule(ImageClassificationDataModule):
         from zf_lightning.transfer.datasets import dataset_by_name
 
         if self.dataset == "voc2012":
-            return dataset_by_name(self.dataset, self.root, split="train" if split == "train" else "val", transform=transform,
-                                   **self._bad_images())
+            return dataset_by_name(
+                self.dataset,
+                self.root,
+                split="train" if split == "train" else "val",
+                transform=transform,
+                **self._bad_images(),
+            )
         indices = self._split.train if split == "train" else self._split.test
         # Substitutes for skipped images come from the same split: a test image never stands in for a training one.
-        return ReadableSubset(dataset_by_name(self.dataset, self.root, transform=transform, **self._bad_images()), indices.tolist())
+        return ReadableSubset(
+            dataset_by_name(self.dataset, self.root, transform=transform, **self._bad_images()), indices.tolist()
+        )
 
     def split_sizes(self) -> dict[str, int]:
         if self._split is None:

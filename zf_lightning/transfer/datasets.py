@@ -25,8 +25,26 @@ CALTECH101_EXCLUDED = ("BACKGROUND_Google",)  # not an object class; the paper's
 CALTECH256_EXCLUDED = ("257.clutter",)  # the background class; the paper's 256 classes leave it out
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 VOC_IMAGE_SETS = ("train", "val", "trainval")
 # Values of VOC2012Classification.targets.
@@ -53,8 +71,15 @@ class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
     excluded: tuple[str, ...]
     file_pattern: str  # how the files inside a class folder are named, for messages
 
-    def __init__(self, root: str | Path, transform=None, expected_num_classes: int | None = None, on_bad_image: str = "skip",
-                 bad_image_log: BadImageLog | str | Path | None = None, min_size: int | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        transform=None,
+        expected_num_classes: int | None = None,
+        on_bad_image: str = "skip",
+        bad_image_log: BadImageLog | str | Path | None = None,
+        min_size: int | None = None,
+    ):
         self.init_bad_images(on_bad_image, bad_image_log, min_size)
         self.categories_dir = self.check_layout(root)
         self.dataset_root = Path(root).expanduser()
@@ -76,7 +101,9 @@ class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
             return categories_dir
         hint = ""
         if (root / cls.categories).is_dir():  # a common slip: passing the dataset folder itself
-            hint = f" {root / cls.categories} exists: root must be the folder that contains {cls.folder}/{cls.categories}."
+            hint = (
+                f" {root / cls.categories} exists: root must be the folder that contains {cls.folder}/{cls.categories}."
+            )
         problem = f"root {root} does not exist" if not root.is_dir() else f"{categories_dir} does not exist"
         raise MissingInputError(f"{cls.name}: {problem}. {cls.layout(root)}{hint}")
 
@@ -86,8 +113,10 @@ class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         if not classes:
             raise MissingInputError(f"{self.name}: no class folders in {directory}. {self.layout(self.dataset_root)}")
         if self.expected_num_classes is not None and len(classes) != self.expected_num_classes:
-            raise InputError(f"{self.name}: expected {self.expected_num_classes} class folders in {directory} "
-                             f"(not counting {', '.join(self.excluded)}) but found {len(classes)}.")
+            raise InputError(
+                f"{self.name}: expected {self.expected_num_classes} class folders in {directory} "
+                f"(not counting {', '.join(self.excluded)}) but found {len(classes)}."
+            )
         return classes, {c: i for i, c in enumerate(classes)}
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
@@ -99,8 +128,10 @@ class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
                 empty.append(class_dir)
             samples.extend((os.path.join(class_dir, f), label) for f in files)
         if empty:
-            raise MissingInputError(f"{self.name}: no images ({', '.join(IMG_EXTENSIONS)}) in class folder(s): "
-                                    f"{', '.join(empty)}. {self.layout(self.dataset_root)}")
+            raise MissingInputError(
+                f"{self.name}: no images ({', '.join(IMG_EXTENSIONS)}) in class folder(s): "
+                f"{', '.join(empty)}. {self.layout(self.dataset_root)}"
+            )
         return samples
 
 
@@ -127,22 +158,32 @@ class VOC2012Classification(SkipBadImages, Dataset):
     next readable item (with its own targets) or fails naming it (`on_bad_image`).
     """
 
-    def __init__(self, root: str | Path, image_set: str = "train", transform=None, on_bad_image: str = "skip",
-                 bad_image_log: BadImageLog | str | Path | None = None, min_size: int | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        image_set: str = "train",
+        transform=None,
+        on_bad_image: str = "skip",
+        bad_image_log: BadImageLog | str | Path | None = None,
+        min_size: int | None = None,
+    ):
         self.init_bad_images(on_bad_image, bad_image_log, min_size)
         self.voc_dir = self.check_layout(root, image_set)
         self.image_set = image_set
         self.transform = transform
         self.classes = list(VOC_CLASSES)
         self.image_ids = self.read_image_ids(self.voc_dir, image_set)
-        self.targets = torch.tensor([self.parse_annotation(self.voc_dir / "Annotations" / f"{i}.xml")
-                                     for i in self.image_ids], dtype=torch.int8).reshape(-1, len(VOC_CLASSES))
+        self.targets = torch.tensor(
+            [self.parse_annotation(self.voc_dir / "Annotations" / f"{i}.xml") for i in self.image_ids], dtype=torch.int8
+        ).reshape(-1, len(VOC_CLASSES))
 
     @staticmethod
     def layout(root: str | Path) -> str:
         voc = Path(root).expanduser() / "VOCdevkit" / "VOC2012"
-        return (f"Expected PASCAL VOC 2012 laid out as {voc}/Annotations/<id>.xml, {voc}/JPEGImages/<id>.jpg and "
-                f"{voc}/ImageSets/Main/{{{','.join(VOC_IMAGE_SETS)}}}.txt (one image id per line).")
+        return (
+            f"Expected PASCAL VOC 2012 laid out as {voc}/Annotations/<id>.xml, {voc}/JPEGImages/<id>.jpg and "
+            f"{voc}/ImageSets/Main/{{{','.join(VOC_IMAGE_SETS)}}}.txt (one image id per line)."
+        )
 
     @classmethod
     def check_layout(cls, root: str | Path, image_set: str = "train") -> Path:
@@ -157,8 +198,10 @@ class VOC2012Classification(SkipBadImages, Dataset):
             if not path.is_dir():
                 raise MissingInputError(f"PASCAL VOC 2012: {path} does not exist. {cls.layout(root)}")
         if not (voc / "ImageSets" / "Main" / f"{image_set}.txt").is_file():
-            raise MissingInputError(f"PASCAL VOC 2012: image set file {voc / 'ImageSets' / 'Main' / f'{image_set}.txt'} "
-                                    f"does not exist. {cls.layout(root)}")
+            raise MissingInputError(
+                f"PASCAL VOC 2012: image set file {voc / 'ImageSets' / 'Main' / f'{image_set}.txt'} "
+                f"does not exist. {cls.layout(root)}"
+            )
         return voc
 
     @staticmethod
@@ -169,10 +212,16 @@ class VOC2012Classification(SkipBadImages, Dataset):
         if not image_ids:
             raise InputError(f"PASCAL VOC 2012: {list_file} lists no image ids.")
         for folder, suffix in (("Annotations", ".xml"), ("JPEGImages", ".jpg")):
-            missing = [str(voc_dir / folder / f"{i}{suffix}") for i in image_ids if not (voc_dir / folder / f"{i}{suffix}").is_file()]
+            missing = [
+                str(voc_dir / folder / f"{i}{suffix}")
+                for i in image_ids
+                if not (voc_dir / folder / f"{i}{suffix}").is_file()
+            ]
             if missing:
                 shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                raise MissingInputError(f"PASCAL VOC 2012: {len(missing)} file(s) listed in {list_file} are missing: {shown}")
+                raise MissingInputError(
+                    f"PASCAL VOC 2012: {len(missing)} file(s) listed in {list_file} are missing: {shown}"
+                )
         return image_ids
 
     @staticmethod
@@ -187,7 +236,9 @@ class VOC2012Classification(SkipBadImages, Dataset):
         for obj in annotation.findall("object"):
             name = (obj.findtext("name") or "").strip()
             if name not in VOC_CLASSES:
-                raise InputError(f"PASCAL VOC 2012: {xml_path} has an object of unknown class {name!r}; expected one of {VOC_CLASSES}.")
+                raise InputError(
+                    f"PASCAL VOC 2012: {xml_path} has an object of unknown class {name!r}; expected one of {VOC_CLASSES}."
+                )
             difficult = (obj.findtext("difficult") or "0").strip() == "1"  # a few VOC2012 objects have no <difficult>
             c = VOC_CLASSES.index(name)
             if not difficult:

@@ -47,7 +47,9 @@ class BlockFeatures:
     def __init__(self, net: nn.Module, layers: Sequence[int] = FEATURE_LAYERS, grid: int = 6) -> None:
         features, classifier = getattr(net, "features", None), getattr(net, "classifier", None)
         if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Sequential):
-            raise InputTypeError(f"BlockFeatures needs a network with `features` and `classifier` nn.Sequential, got {type(net).__name__}")
+            raise InputTypeError(
+                f"BlockFeatures needs a network with `features` and `classifier` nn.Sequential, got {type(net).__name__}"
+            )
         if grid < 1:
             raise InputError(f"grid must be >= 1, got {grid}")
         numbering = PaperLayers(net)
@@ -57,8 +59,10 @@ class BlockFeatures:
         ends.update({layer.number: (layer.part, layer.rectified) for layer in numbering.dense})
         missing = [int(layer) for layer in layers if int(layer) not in ends]
         if missing or not layers:
-            raise InputError(f"layers {missing or list(layers)} are not in this network; expected some of {sorted(ends)} "
-                             f"({numbering.describe()})")
+            raise InputError(
+                f"layers {missing or list(layers)} are not in this network; expected some of {sorted(ends)} "
+                f"({numbering.describe()})"
+            )
         self.net, self.grid = net, grid
         self.layers = sorted({int(layer) for layer in layers})
         self.ends = {ends[layer]: layer for layer in self.layers}
@@ -81,8 +85,15 @@ class BlockFeatures:
         return out
 
 
-def extract_features(net: nn.Module, dataset: Dataset, layers: Sequence[int], grid: int = 6, batch_size: int = 64,
-                     num_workers: int = 0, device: torch.device | str = "cpu") -> tuple[dict[int, np.ndarray], np.ndarray]:
+def extract_features(
+    net: nn.Module,
+    dataset: Dataset,
+    layers: Sequence[int],
+    grid: int = 6,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """({layer: (N, D) float32}, labels (N,)) for every item of `dataset`, in order."""
     extractor = BlockFeatures(net.to(device), layers, grid)
     chunks: dict[int, list[np.ndarray]] = {layer: [] for layer in extractor.layers}
@@ -106,7 +117,7 @@ def cached_features(cache_file: Path, compute) -> tuple[dict[int, np.ndarray], n
     """Features from `cache_file`, or computed by `compute()` and written there (atomically). Third value: hit."""
     if cache_file.is_file():
         with np.load(cache_file) as stored:
-            features = {int(name[len("layer"):]): stored[name] for name in stored.files if name.startswith("layer")}
+            features = {int(name[len("layer") :]): stored[name] for name in stored.files if name.startswith("layer")}
             return features, stored["labels"], True
     features, labels = compute()
     atomic_write_npz({**{f"layer{layer}": value for layer, value in features.items()}, "labels": labels}, cache_file)
@@ -140,8 +151,15 @@ class RowResult:
         return row_name(self.classifier, self.layer)
 
 
-def score_rows(features: dict[int, np.ndarray], labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-               rows: Sequence[tuple[str, int]] = PAPER_ROWS, regularisation: float = 1.0, seed: int = 0) -> list[RowResult]:
+def score_rows(
+    features: dict[int, np.ndarray],
+    labels: np.ndarray,
+    train: np.ndarray,
+    test: np.ndarray,
+    rows: Sequence[tuple[str, int]] = PAPER_ROWS,
+    regularisation: float = 1.0,
+    seed: int = 0,
+) -> list[RowResult]:
     """Train each (classifier, layer) row on `train` indices and score it on `test` indices."""
     from sklearn.metrics import balanced_accuracy_score
 

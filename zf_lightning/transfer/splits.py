@@ -19,8 +19,9 @@ class Split:
     test: np.ndarray
 
 
-def per_class_split(targets: Sequence[int], train_per_class: int, seed: int,
-                    max_test_per_class: int | None = None) -> Split:
+def per_class_split(
+    targets: Sequence[int], train_per_class: int, seed: int, max_test_per_class: int | None = None
+) -> Split:
     """`train_per_class` random images of every class for training, the next up to `max_test_per_class`
     (all the rest when None) for testing.
 
@@ -34,12 +35,16 @@ def per_class_split(targets: Sequence[int], train_per_class: int, seed: int,
         check_int(max_test_per_class, "max_test_per_class", 1)
     labels = np.asarray(targets)
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise InputError(f"targets must be a non-empty 1-D sequence of class indices >= 0, got {labels.dtype} of shape {labels.shape}")
+        raise InputError(
+            f"targets must be a non-empty 1-D sequence of class indices >= 0, got {labels.dtype} of shape {labels.shape}"
+        )
     classes, counts = np.unique(labels, return_counts=True)
     too_small = [f"class {c} has {n}" for c, n in zip(classes, counts) if n < train_per_class + 1]
     if too_small:
-        raise InputError(f"train_per_class={train_per_class} needs at least {train_per_class + 1} images per class "
-                         f"(one left for testing): {'; '.join(too_small)}")
+        raise InputError(
+            f"train_per_class={train_per_class} needs at least {train_per_class + 1} images per class "
+            f"(one left for testing): {'; '.join(too_small)}"
+        )
     train, test = [], []
     for c in classes:
         members = np.flatnonzero(labels == c)  # ascending dataset order

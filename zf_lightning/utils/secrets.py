@@ -39,7 +39,11 @@ def is_secret_key(name: Any) -> bool:
 def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of the secret-looking environment variables, longest first."""
     environ = os.environ if environ is None else environ
-    values = {value for name, value in environ.items() if SECRET_ENV_PATTERN.search(name) and len(value or "") >= MIN_SECRET_LENGTH}
+    values = {
+        value
+        for name, value in environ.items()
+        if SECRET_ENV_PATTERN.search(name) and len(value or "") >= MIN_SECRET_LENGTH
+    }
     return sorted(values, key=len, reverse=True)
 
 

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 
-def correspondence_figure(display: torch.Tensor, result, path: Path, names: Sequence[str], per_pair: bool = False) -> Path:
+def correspondence_figure(
+    display: torch.Tensor, result, path: Path, names: Sequence[str], per_pair: bool = False
+) -> Path:
     """Top: each image (B, 3, H, W in [0, 1]) with its part boxes (colours) and the first repeat's random
     boxes (dashed white). Bottom: Delta mean ± std over repeats, one bar group per layer."""
     import matplotlib
@@ -26,9 +28,17 @@ def correspondence_figure(display: torch.Tensor, result, path: Path, names: Sequ
         axis.imshow(display[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
         for p, part in enumerate(result.parts):
             left, top, right, bottom = result.part_boxes[i, p]
-            axis.add_patch(plt.Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor=palette[p % 10], linewidth=1.5))
+            axis.add_patch(
+                plt.Rectangle(
+                    (left, top), right - left, bottom - top, fill=False, edgecolor=palette[p % 10], linewidth=1.5
+                )
+            )
             left, top, right, bottom = result.random_boxes[0, i, p]
-            axis.add_patch(plt.Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="white", linestyle="--", linewidth=1))
+            axis.add_patch(
+                plt.Rectangle(
+                    (left, top), right - left, bottom - top, fill=False, edgecolor="white", linestyle="--", linewidth=1
+                )
+            )
         axis.set_title(names[i], fontsize=7)
         axis.axis("off")
 
@@ -40,8 +50,13 @@ def correspondence_figure(display: torch.Tensor, result, path: Path, names: Sequ
         stds = [np.std(result.deltas[row][layer] * scale) for layer in result.layers]
         colour = "grey" if r == len(result.parts) else palette[r % 10]
         label = "Random" if r == len(result.parts) else row
-        bars.bar(np.arange(len(result.layers)) + r * width, means, width, yerr=stds, color=colour, label=label, capsize=3)
-    bars.set_xticks(np.arange(len(result.layers)) + width * (len(result.rows) - 1) / 2, [f"Layer {layer}" for layer in result.layers])
+        bars.bar(
+            np.arange(len(result.layers)) + r * width, means, width, yerr=stds, color=colour, label=label, capsize=3
+        )
+    bars.set_xticks(
+        np.arange(len(result.layers)) + width * (len(result.rows) - 1) / 2,
+        [f"Layer {layer}" for layer in result.layers],
+    )
     bars.set_ylabel("Delta per image pair" if per_pair else "Delta (sum over image pairs)")
     bars.legend(fontsize=8)
     figure.suptitle(f"Correspondence: {count} images, {result.repeats} repeats (lower = more consistent)")

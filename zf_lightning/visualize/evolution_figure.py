@@ -36,7 +36,8 @@ def evolution_grid(columns: Mapping[int, Mapping[str, np.ndarray]], cell_size: i
         maps = first[f"maps_layer{layer}"].tolist()
         cells = [
             _resize(contrast_stretch(torch.from_numpy(columns[epoch][f"windows_layer{layer}"][k])), size)
-            for k in range(len(maps)) for epoch in epochs
+            for k in range(len(maps))
+            for epoch in epochs
         ]
         if blocks:
             blocks.append(torch.ones(3, gap, blocks[0].shape[2]))

@@ -29,7 +29,9 @@ def enlarge(images: torch.Tensor, min_size: int) -> torch.Tensor:
     if factor == 1:
         return images
     shape = images.shape
-    return F.interpolate(images.reshape(-1, *shape[-3:]), scale_factor=factor, mode="nearest").reshape(*shape[:-2], shape[-2] * factor, shape[-1] * factor)
+    return F.interpolate(images.reshape(-1, *shape[-3:]), scale_factor=factor, mode="nearest").reshape(
+        *shape[:-2], shape[-2] * factor, shape[-1] * factor
+    )
 
 
 def blocks_grid(cells: torch.Tensor, min_size: int = 48, pad_value: float = 1.0) -> torch.Tensor:

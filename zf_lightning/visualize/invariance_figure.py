@@ -28,9 +28,7 @@ def build_invariance_figure(
     kinds = [kind for kind in TRANSFORMATIONS if kind in results]
     unknown = sorted(set(results) - set(TRANSFORMATIONS))
     if not kinds or unknown:
-        raise InputError(
-            f"invariance_figure: results must have keys from {TRANSFORMATIONS}, got {sorted(results)}"
-        )
+        raise InputError(f"invariance_figure: results must have keys from {TRANSFORMATIONS}, got {sorted(results)}")
     layers = results[kinds[0]].layers
     batch = results[kinds[0]].true_class_prob.shape[0]
     for kind in kinds:
@@ -41,7 +39,9 @@ def build_invariance_figure(
             )
     labels = list(image_labels) if image_labels is not None else [f"image {b}" for b in range(batch)]
     if len(labels) != batch:
-        raise InputError(f"invariance_figure: got {len(labels)} image_labels for {batch} images; expected one per image")
+        raise InputError(
+            f"invariance_figure: got {len(labels)} image_labels for {batch} images; expected one per image"
+        )
 
     columns = len(layers) + 1
     figure, axes = plt.subplots(len(kinds), columns, figsize=(4.2 * columns, 3.4 * len(kinds)), squeeze=False)

@@ -45,8 +45,10 @@ def occlusion_figure(
     step_w = float(cols[1] - cols[0]) if len(cols) > 1 else float(window_w)
     # Each cell spans one stride around its square's centre.
     extent = (
-        float(cols[0]) + window_w / 2 - step_w / 2, float(cols[-1]) + window_w / 2 + step_w / 2,
-        float(rows[-1]) + window_h / 2 + step_h / 2, float(rows[0]) + window_h / 2 - step_h / 2,
+        float(cols[0]) + window_w / 2 - step_w / 2,
+        float(cols[-1]) + window_w / 2 + step_w / 2,
+        float(rows[-1]) + window_h / 2 + step_h / 2,
+        float(rows[0]) + window_h / 2 - step_h / 2,
     )
     figure, axes = plt.subplots(batch, len(PANELS), figsize=(3.2 * len(PANELS), 3.0 * batch), squeeze=False)
     palette = plt.get_cmap("tab20").colors
@@ -55,8 +57,16 @@ def occlusion_figure(
         target = int(result.targets[b])
         target_name = class_names[target] if class_names and 0 <= target < len(class_names) else str(target)
         axes[b, 0].imshow(display[b].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
-        axes[b, 0].add_patch(plt.Rectangle((width / 2 - window_w / 2, height / 2 - window_h / 2), window_w, window_h,
-                                           facecolor="grey", edgecolor="white", alpha=0.9))  # the occluder, to scale
+        axes[b, 0].add_patch(
+            plt.Rectangle(
+                (width / 2 - window_w / 2, height / 2 - window_h / 2),
+                window_w,
+                window_h,
+                facecolor="grey",
+                edgecolor="white",
+                alpha=0.9,
+            )
+        )  # the occluder, to scale
         axes[b, 0].set_ylabel(f"{names[b]}\ncorrect: {target_name}", fontsize=8)
 
         image = axes[b, 1].imshow(result.layer_activation[b].cpu().numpy(), extent=extent, cmap="viridis")
@@ -67,17 +77,29 @@ def occlusion_figure(
         else:
             axes[b, 2].text(0.5, 0.5, "not computed", ha="center", va="center", transform=axes[b, 2].transAxes)
 
-        image = axes[b, 3].imshow(result.true_class_prob[b].cpu().numpy(), extent=extent, cmap="magma", vmin=0.0, vmax=1.0)
+        image = axes[b, 3].imshow(
+            result.true_class_prob[b].cpu().numpy(), extent=extent, cmap="magma", vmin=0.0, vmax=1.0
+        )
         figure.colorbar(image, ax=axes[b, 3], fraction=0.046)
 
         top = result.top_class[b].cpu()
         present = sorted(int(c) for c in top.unique())
         codes = torch.bucketize(top, torch.tensor(present))  # class -> 0..len(present)-1, for a discrete colour map
         colours = ListedColormap([palette[i % len(palette)] for i in range(len(present))])
-        axes[b, 4].imshow(codes.numpy(), extent=extent, cmap=colours,
-                          norm=BoundaryNorm(torch.arange(len(present) + 1).float().sub(0.5).tolist(), len(present)), interpolation="nearest")
-        legend = [Patch(color=palette[i % len(palette)], label=class_names[c] if class_names and c < len(class_names) else str(c))
-                  for i, c in enumerate(present)]
+        axes[b, 4].imshow(
+            codes.numpy(),
+            extent=extent,
+            cmap=colours,
+            norm=BoundaryNorm(torch.arange(len(present) + 1).float().sub(0.5).tolist(), len(present)),
+            interpolation="nearest",
+        )
+        legend = [
+            Patch(
+                color=palette[i % len(palette)],
+                label=class_names[c] if class_names and c < len(class_names) else str(c),
+            )
+            for i, c in enumerate(present)
+        ]
         axes[b, 4].legend(handles=legend, fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
         for column, axis in enumerate(axes[b]):
