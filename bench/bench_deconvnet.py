@@ -37,6 +37,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+from _common import load_average
 from torch import nn
 
 from zf_lightning.data.synthetic import SyntheticShapes
@@ -48,6 +49,7 @@ from zf_lightning.deconv.topk import (
     project_top_activations,
 )
 from zf_lightning.models import zfnet
+from zf_lightning.testing.references import autograd_projections
 
 RTOL = 1e-4
 ATOL_FRACTION = 1e-5  # atol = this x the largest |value| of the baseline window it is compared with
@@ -82,14 +84,6 @@ def machine_lines(device: torch.device) -> list[str]:
         lines.append("device:   cpu")
     lines.append(f"load:     {load_average()} (1/5/15-min load average before the run; other processes skew timings)")
     return lines
-
-
-def load_average() -> str:
-    try:
-        with open("/proc/loadavg") as file:
-            return " ".join(file.read().split()[:3])
-    except OSError:
-        return "?"
 
 
 class Timer:
@@ -148,30 +142,6 @@ def make_images(count: int, seed: int, device: torch.device) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ baselines
-class _DeconvRelu(torch.autograd.Function):
-    """relu forward; the deconvnet's rule backward: relu of the incoming signal."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp_min(0)
-
-
-class _IdentityBackward(torch.autograd.Function):
-    """`module(x)` forward, identity backward (the paper passes LocalResponseNorm through)."""
-
-    @staticmethod
-    def forward(ctx, x, module):
-        return module(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
 def dense_deconv(
     features: nn.Sequential, top_index: int, image: torch.Tensor, map_: int, row: int, col: int
 ) -> torch.Tensor:
@@ -179,19 +149,13 @@ def dense_deconv(
 
     Returns (C, H, W): the deconvnet projection of the activation (map_, row, col), seeded with its value.
     """
-    x = image.unsqueeze(0).detach().requires_grad_()
-    h = x
-    for index, module in enumerate(list(features)[: top_index + 1]):
-        if isinstance(module, nn.ReLU):
-            h = torch.relu(h) if index == top_index else _DeconvRelu.apply(h)  # conv L's own ReLU: ordinary
-        elif isinstance(module, nn.LocalResponseNorm):
-            h = _IdentityBackward.apply(h, module)
-        else:
-            h = module(h)
-    seed = torch.zeros_like(h)
-    seed[0, map_, row, col] = h.detach()[0, map_, row, col]
-    (grad,) = torch.autograd.grad(h, x, grad_outputs=seed)
-    return grad[0]
+
+    def seed(output: torch.Tensor) -> list[torch.Tensor]:
+        one = torch.zeros_like(output)
+        one[map_, row, col] = output[map_, row, col]
+        return [one]
+
+    return autograd_projections(features, image, top_index, seed)[0]
 
 
 def captum_prefix(features: nn.Sequential, top_index: int, lrn_identity: bool = False) -> nn.Sequential:
@@ -247,7 +211,8 @@ class Check:
             verdict = f"differ on {len(self.failures)} (expected, not a failure)" if self.failures else "equal"
             if self.scales:
                 verdict += (
-                    f"; least-squares fit: baseline = s x engine with s in [{min(self.scales):.3f}, {max(self.scales):.3f}], "
+                    f"; least-squares fit: baseline = s x engine with s in [{min(self.scales):.3f}, "
+                    f"{max(self.scales):.3f}], "
                     f"max residual / max |ref| = {self.residual:.2e}"
                 )
         else:
@@ -258,7 +223,10 @@ class Check:
             else f"; max |gradient outside the window| / max inside = {self.max_outside:.1e}"
         )
         zero = f" ({self.all_zero} all zero)" if self.all_zero else ""
-        return f"{self.name}: {self.count} windows compared{zero}, max |diff| / max |ref| = {self.max_rel:.2e} -> {verdict}{outside}"
+        return (
+            f"{self.name}: {self.count} windows compared{zero}, max |diff| / max |ref| = {self.max_rel:.2e} "
+            f"-> {verdict}{outside}"
+        )
 
 
 def window_of(full: torch.Tensor, top: int, left: int, size: tuple[int, int]) -> torch.Tensor:
@@ -333,7 +301,8 @@ def main(argv=None) -> int:
         images = make_images(args.images, args.seed, device)
     print(f"\nmodel: full-size ZFNet (zfnet(1000, input_size=224, init_std=None), seed {args.seed}), eval mode")
     print(
-        f"data:  {args.images} SyntheticShapes images 224x224, mean image subtracted ({t_data.seconds:.1f} s to generate)"
+        f"data:  {args.images} SyntheticShapes images 224x224, mean image subtracted ({t_data.seconds:.1f} s to "
+        f"generate)"
     )
 
     # ---------------------------------------------------------------- scan
@@ -347,7 +316,8 @@ def main(argv=None) -> int:
         found = find_top_activations(deconv, batches, maps_by_layer, k=9)
     total_projections = sum(top.values.numel() for top in found.values())
     print(
-        f"scan:  find_top_activations over {args.images} images, layers {layers}: {t_scan.seconds:.1f} s (not part of any ratio)"
+        f"scan:  find_top_activations over {args.images} images, layers {layers}: {t_scan.seconds:.1f} s (not part of "
+        f"any ratio)"
     )
 
     def load_images(indices: list[int]) -> torch.Tensor:
@@ -377,7 +347,8 @@ def main(argv=None) -> int:
         zero = int((top.values <= 0).sum())
         field_ = deconv.receptive_field(layer).size
         print(
-            f"  layer {layer}: {top.values.shape[0]:3d} maps x 9 = {top.values.numel():5d} projections on {field_[0]}x{field_[1]} "
+            f"  layer {layer}: {top.values.shape[0]:3d} maps x 9 = {top.values.numel():5d} projections on "
+            f"{field_[0]}x{field_[1]} "
             f"windows, from {distinct} distinct images ({top.values.numel() / distinct:.1f} per image); "
             f"{zero} with activation 0; engine {engine_s[layer].seconds:.2f} s"
         )
@@ -394,7 +365,8 @@ def main(argv=None) -> int:
         samples[layer] = pool[torch.randperm(len(pool), generator=generator)[:count]].sort().values
     if not args.full:
         print(
-            f"\nbaselines: {args.baseline_sample} projections per layer drawn at random (seed {args.seed + 1}) among those with "
+            f"\nbaselines: {args.baseline_sample} projections per layer drawn at random (seed {args.seed + 1}) among "
+            f"those with "
             "activation > 0 (their cost does not depend on the value); per-projection time x full count = extrapolated"
         )
 
@@ -524,7 +496,8 @@ def main(argv=None) -> int:
         name: sum(t.other_cpu_seconds for t in ts) / max(1e-9, sum(t.seconds for t in ts)) for name, ts in timed.items()
     }
     print(
-        f"other processes kept {busy['engine']:.2f} CPUs busy on average while the engine was timed, {busy['baselines']:.2f} "
+        f"other processes kept {busy['engine']:.2f} CPUs busy on average while the engine was timed, "
+        f"{busy['baselines']:.2f} "
         f"while the baselines were (of {os.cpu_count()}; above ~0.1 the timings are skewed: rerun on a quiet machine)"
     )
     for verdict in verdicts:

@@ -11,39 +11,9 @@ from torch import nn
 
 from zf_lightning.deconv import METHODS, Deconvnet
 from zf_lightning.models import alexnet, zfnet
+from zf_lightning.testing.references import autograd_projections
 
 # ------------------------------------------------------------------ reference
-
-
-class _Rectify(torch.autograd.Function):
-    """relu forward; the method's rule backward (the deconvnet's inverse of a ReLU)."""
-
-    @staticmethod
-    def forward(ctx, x, method):
-        ctx.save_for_backward(x)
-        ctx.method = method
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        if ctx.method == "deconvnet":
-            return grad.clamp_min(0), None
-        if ctx.method == "guided":
-            return grad.clamp_min(0) * (x > 0), None
-        return grad * (x > 0), None
-
-
-class _IdentityBackward(torch.autograd.Function):
-    """`module(x)` forward, identity backward (a LocalResponseNorm passed through)."""
-
-    @staticmethod
-    def forward(ctx, x, module):
-        return module(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
 
 
 def reference(
@@ -53,37 +23,27 @@ def reference(
 
     mode "at": the activation at location `at` = (row, col) of each map.
     """
-    x = image.detach().clone().unsqueeze(0).requires_grad_()
     modules = list(features)
     conv_positions = [i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d)]
     top = conv_positions[layer - 1]
-    h = x
-    for module in modules[: top + 1]:
-        if isinstance(module, nn.ReLU):
-            h = _Rectify.apply(h, method)
-        elif isinstance(module, nn.LocalResponseNorm):
-            h = _IdentityBackward.apply(h, module)
-        else:
-            h = module(h)
     if top + 1 < len(modules) and isinstance(modules[top + 1], nn.ReLU):
-        h = torch.relu(h)  # conv L's own ReLU: an ordinary one
-    grads = []
-    for channel in maps:
-        act = h[0, channel]
-        if mode == "at":
-            seed = torch.zeros_like(act)
-            seed[at] = act.detach()[at]
-        elif mode == "max":
-            flat = act.detach().flatten()
-            first = (flat == flat.max()).nonzero()[0, 0]  # first maximum in row-major order
-            seed = torch.zeros_like(flat)
-            seed[first] = flat[first]
-            seed = seed.view_as(act)
-        else:
-            seed = act.detach()
-        (grad,) = torch.autograd.grad(act, x, grad_outputs=seed, retain_graph=True)
-        grads.append(grad[0])
-    return torch.stack(grads)
+        top += 1  # conv L's own ReLU
+
+    def seeds(output):
+        for channel in maps:
+            seed = torch.zeros_like(output)
+            act = output[channel]
+            if mode == "at":
+                seed[channel][at] = act[at]
+            elif mode == "max":
+                flat = act.flatten()
+                first = (flat == flat.max()).nonzero()[0, 0]  # first maximum in row-major order
+                seed[channel].view(-1)[first] = flat[first]
+            else:
+                seed[channel] = act
+            yield seed
+
+    return autograd_projections(features, image, top, seeds, method)
 
 
 def assert_matches_reference(net, images, layer, maps, mode, method):
