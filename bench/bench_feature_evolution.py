@@ -139,12 +139,14 @@ def main() -> None:
 
     print(
         f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-        f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}"
+        f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
+        f"lightning {L.__version__}"
     )
     print(f"load average before: {load_average()}")
     n_train = cfg.data.num_classes * cfg.data.train_per_class
     print(
-        f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
+        f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px "
+        f"crops, "
         f"{n_train} train images, batch {cfg.data.batch_size}, workers {cfg.data.num_workers}, "
         f"{cfg.callbacks.feature_evolution.maps_per_layer} maps x 5 layers, snapshot at epoch 1"
     )

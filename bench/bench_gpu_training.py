@@ -2,7 +2,7 @@
 
     python bench/bench_gpu_training.py                              # on a GPU: every fast-path combination
     python bench/bench_gpu_training.py --device cpu --batch-size 8 --steps 3 --input-size 64 --width 0.25
-    python bench/bench_gpu_training.py --end-to-end --data /scratch/zf_bench   # also the real pipeline, decode on the GPU
+    python bench/bench_gpu_training.py --end-to-end --data /scratch/zf_bench  # the real pipeline, decode on the GPU
 
 Each configuration trains the same network (the module's SGD with weight decay on weights, filter
 renormalisation after every step) on one fixed random batch, so that only the arithmetic and the framework
@@ -154,7 +154,8 @@ def end_to_end(args, device, best_config, in_memory_best: float) -> None:
         prepare(root, prepared, size=resize, workers=os.cpu_count() or 1, progress=False)
         print(
             f"\nend to end: {args.images} generated JPEGs (about 500x375) and their zf-prepare copy in {base} "
-            f"({time.perf_counter() - started:.0f} s); loader workers {args.workers}, pin_memory {device.type == 'cuda'}; "
+            f"({time.perf_counter() - started:.0f} s); loader workers {args.workers}, pin_memory "
+            f"{device.type == 'cuda'}; "
             f"configuration {best_config}; load average {load_average()}"
         )
         mean_image = torch.rand(3, resize, resize) * 255
@@ -175,7 +176,8 @@ def end_to_end(args, device, best_config, in_memory_best: float) -> None:
         ratio = statistics.median(rates["decode=gpu, zf-prepare copy"]) / reference
         verdict = "met" if ratio >= GOAL_END_TO_END else "not met"
         print(
-            f"decode=gpu end to end: {ratio:.2f} of the in-memory rate; goal >= {GOAL_END_TO_END} on one H100: {verdict}"
+            f"decode=gpu end to end: {ratio:.2f} of the in-memory rate; goal >= {GOAL_END_TO_END} on one H100: "
+            f"{verdict}"
             + ("" if device.type == "cuda" else " (decoded on the CPU here: the goal is for a GPU)")
             + f"; best in-memory rate of the table above {in_memory_best:.1f} images/s"
         )
@@ -213,7 +215,8 @@ def main() -> None:
     )
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     print(
-        f"device: {name}; torch {torch.__version__}; ZFNet width {args.width} at {args.input_size}px, batch {args.batch_size}"
+        f"device: {name}; torch {torch.__version__}; ZFNet width {args.width} at {args.input_size}px, batch "
+        f"{args.batch_size}"
     )
     flops = training_flops_per_image(args, device)
     print(f"training FLOPs per image (forward + backward): {flops / 1e9:.2f} GFLOP")

@@ -224,7 +224,8 @@ def main() -> None:
 
         print(
             f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-            f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | Pillow {PIL.__version__}"
+            f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
+            f"Pillow {PIL.__version__}"
         )
         files = sorted((root / "train").rglob("*.JPEG"))
         sizes = [Image.open(p).size for p in files]
@@ -232,14 +233,17 @@ def main() -> None:
         mb = sum(p.stat().st_size for p in files) / 2**20
         mb_prepared = sum(p.stat().st_size for p in (prepared / "train").rglob("*.JPEG")) / 2**20
         print(
-            f"data: {len(files)} train JPEGs in {root} (generated in {generated:.1f} s), median {int(np.median([s[0] for s in sizes]))}x"
+            f"data: {len(files)} train JPEGs in {root} (generated in {generated:.1f} s), median "
+            f"{int(np.median([s[0] for s in sizes]))}x"
             f"{int(np.median([s[1] for s in sizes]))}, short side >= {2 * RESIZE} (reducible by decode=reduced): "
             f"{int((short >= 2 * RESIZE).sum())}, {mb:.1f} MiB; zf-prepare copy {mb_prepared:.1f} MiB "
             f"({counts.resized} resized, {counts.copied} copied, {counts.done_before} already done; {prepared_s:.1f} s)"
         )
         print(
-            f"timing: one process, torch threads {torch.get_num_threads()}, a pass = the whole training set through the "
-            f"train transform (decode, resize, crops, mean image); {args.repeats} passes per arm, interleaved, after a warm-up pass"
+            f"timing: one process, torch threads {torch.get_num_threads()}, a pass = the whole training set through "
+            f"the "
+            f"train transform (decode, resize, crops, mean image); {args.repeats} passes per arm, interleaved, after "
+            f"a warm-up pass"
         )
         print(f"load average before: {load_average()}")
 

@@ -128,7 +128,7 @@ def main() -> None:
             engine = OcclusionSensitivity(
                 model, window=w, stride=s, batch_size=batch_size, project=False, channels_last=channels_last
             )
-            seconds, busy, _ = best_of(args.repeats, device, lambda: engine(images, targets))
+            seconds, busy, _ = best_of(args.repeats, device, lambda engine=engine: engine(images, targets))
             name = f"engine batch_size={batch_size}{' channels_last' if channels_last else ''}"
             rows.append((name, seconds, busy))
             print(f"  {name:<44} {seconds:8.2f} s", flush=True)
@@ -141,7 +141,7 @@ def main() -> None:
     captum_rows = []
     for ppe in [int(v) for v in args.ppe.split(",")]:
 
-        def run():
+        def run(ppe: int = ppe):
             with torch.no_grad():
                 return occlusion.attribute(
                     images,

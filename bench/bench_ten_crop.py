@@ -151,11 +151,13 @@ def main() -> None:
 
     print(
         f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-        f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}"
+        f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
+        f"lightning {L.__version__}"
     )
     print(f"load average before: {load_average()}")
     print(
-        f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
+        f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px "
+        f"crops, "
         f"batch {args.batch_size} images x {crops} crops = {per_batch} crops, {args.batches} timed batches after "
         f"{args.warmup} warm-up per arm run, {args.repeats} runs per arm; eval mode, inference_mode"
     )

@@ -279,7 +279,7 @@ class TerminalSink(io.TextIOWrapper):
         return True
 
 
-# ------------------------------------------------------------------------------------------------ CPU of helper processes
+# ---------------------------------------------------------------------------------------------- CPU of helper processes
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = defaultdict(list)
     for entry in os.listdir("/proc"):
@@ -450,7 +450,8 @@ def print_costs(arm_watches: dict[str, list[Stopwatches]], step_ms: dict[str, fl
         for name in {n for run in per_run for n in run}:
             threads[name][arm] = statistics.median(run.get(name, 0.0) for run in per_run)
     print(
-        "  background Python threads, CPU ms per step (not wall time: they compete with the 2 compute threads for cores "
+        "  background Python threads, CPU ms per step (not wall time: they compete with the 2 compute threads for "
+        "cores "
         "and with the main thread for the GIL):"
     )
     for name in sorted(threads, key=lambda n: -threads[n].get("lightning", 0.0)):
@@ -459,7 +460,8 @@ def print_costs(arm_watches: dict[str, list[Stopwatches]], step_ms: dict[str, fl
     for arm, extra in extras.items():
         gap = step_ms[arm] - hand_ms
         print(
-            f"  {arm} step - hand step: {gap:+.2f} ms ({100 * gap / hand_ms:+.2f} %) = stopwatched differences {extra:+.2f} ms "
+            f"  {arm} step - hand step: {gap:+.2f} ms ({100 * gap / hand_ms:+.2f} %) = stopwatched differences "
+            f"{extra:+.2f} ms "
             f"+ the rest {gap - extra:+.2f} ms (Lightning's loop and hook dispatch, background threads, noise)"
         )
 
@@ -511,20 +513,27 @@ def main() -> None:
 
     print(
         f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | {os.cpu_count()} CPUs | "
-        f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | lightning {L.__version__}"
+        f"python {platform.python_version()} | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
+        f"lightning {L.__version__}"
     )
     print(f"load average before: {load_average()}")
     callbacks = ", ".join(type(c).__name__ for c in instantiate_group(cfg.callbacks))
     print(
-        f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px crops, "
-        f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up steps, {args.repeats} runs per arm "
+        f"run: experiment quickstart, {cfg.model.net.arch} x{cfg.model.net.width_multiplier}, {cfg.data.crop_size} px "
+        f"crops, "
+        f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up steps, {args.repeats} runs "
+        f"per arm "
         f"({', '.join(arms)}), interleaved"
     )
     print(
         f"lightning arm: callbacks {callbacks}; loggers {', '.join(cfg.logger)} (W&B offline); "
         f"log_every_n_steps {cfg.trainer.log_every_n_steps}; console output "
-        f"{'rendered as for a terminal (Rich redraws the bar every step), into /dev/null' if args.bar == 'terminal' else 'as when piped (Rich draws no bar), into /dev/null'}; "
-        f"epoch 1 = a feature-evolution snapshot epoch (tracking hooks on)"
+        + (
+            "rendered as for a terminal (Rich redraws the bar every step), into /dev/null; "
+            if args.bar == "terminal"
+            else "as when piped (Rich draws no bar), into /dev/null; "
+        )
+        + "epoch 1 = a feature-evolution snapshot epoch (tracking hooks on)"
     )
     print(
         "timed: start of one training batch to the start of the next, the same in-memory batches in every arm "
@@ -562,7 +571,8 @@ def main() -> None:
                 faults[arm].append((stamps[window.stop][2] - stamps[window.start][2]) / len(window))
                 print(
                     f"  repeat {repeat} {arm:>16}: {args.batch_size * len(steps) / sum(steps):7.1f} images/s "
-                    f"(mean step {1e3 * statistics.mean(steps):6.1f} ms, median {1e3 * statistics.median(steps):6.1f} ms)",
+                    f"(mean step {1e3 * statistics.mean(steps):6.1f} ms, median {1e3 * statistics.median(steps):6.1f} "
+                    f"ms)",
                     flush=True,
                 )
             differences.append(
@@ -571,14 +581,16 @@ def main() -> None:
 
     print(f"load average after: {load_average()} (other processes on the machine skew every arm)")
     print(
-        f"same work: largest |weight difference| hand vs lightning after {total} steps, per repeat: {fmt(differences, '.1e')}"
+        f"same work: largest |weight difference| hand vs lightning after {total} steps, per repeat: "
+        f"{fmt(differences, '.1e')}"
     )
     throughput = {arm: [args.batch_size * len(s) / sum(s) for s in runs] for arm, runs in step_times.items()}
     medians = {arm: statistics.median(v) for arm, v in throughput.items()}
     step_ms = {arm: 1e3 * args.batch_size / medians[arm] for arm in arms}  # mean step of the median run
     for arm in arms:
         print(
-            f"{arm:>16}: median {medians[arm]:7.1f} images/s (all: {fmt(throughput[arm])}); {step_ms[arm]:.1f} ms per step"
+            f"{arm:>16}: median {medians[arm]:7.1f} images/s (all: {fmt(throughput[arm])}); {step_ms[arm]:.1f} ms per "
+            f"step"
         )
     step_median = {arm: statistics.median(t for run in runs for t in run) for arm, runs in step_times.items()}
     for arm in arms[1:]:
@@ -587,7 +599,8 @@ def main() -> None:
         goal = f"; goal >= {GOAL} ({'met' if ratio >= GOAL else 'NOT met'})" if arm == "lightning" else " (diagnostic)"
         print(f"{arm} / hand images/s: {ratio:.3f} (medians of runs){goal}")
         print(
-            f"    paired per repeat: {fmt(paired, '.3f')}; best run / best run: {max(throughput[arm]) / max(throughput['hand']):.3f}; "
+            f"    paired per repeat: {fmt(paired, '.3f')}; best run / best run: "
+            f"{max(throughput[arm]) / max(throughput['hand']):.3f}; "
             f"from the median step time over all timed steps: {step_median['hand'] / step_median[arm]:.3f}"
         )
     for arm in arms:
@@ -596,7 +609,8 @@ def main() -> None:
             f"minor page faults per step {fmt(faults[arm], '.0f')}"
         )
     print(
-        f"W&B service (child processes) CPU over each whole lightning fit: {fmt(helpers, '.2f')} s (beside the training threads)"
+        f"W&B service (child processes) CPU over each whole lightning fit: {fmt(helpers, '.2f')} s (beside the "
+        f"training threads)"
     )
     print_costs(arm_watches, step_ms)
 

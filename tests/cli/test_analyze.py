@@ -198,7 +198,8 @@ def test_invariance_defaults_follow_the_crop_size_and_unknown_transforms_are_ref
     cfg = compose_analyze("invariance", tmp_path / "b", tiny_checkpoint, ["~logger", "+invariance.amounts.shear=[1]"])
     with pytest.raises(
         ValueError,
-        match=r"invariance.amounts.shear: unknown key for invariance.amounts; allowed keys: rotation, scale, translation",
+        match=r"invariance.amounts.shear: unknown key for invariance.amounts; "
+        r"allowed keys: rotation, scale, translation",
     ):
         invariance(cfg)
     assert not (Path(cfg.paths.output_dir) / "invariance.png").exists()

@@ -71,7 +71,8 @@ def wait_for(phases: Path, wanted: list[str], process: subprocess.Popen, timeout
             return
         if process.poll() is not None:
             raise AssertionError(
-                f"the run ended ({process.returncode}) before {wanted}: {seen}\n{phases.with_suffix('.log').read_text()[-3000:]}"
+                f"the run ended ({process.returncode}) before {wanted}: "
+                f"{seen}\n{phases.with_suffix('.log').read_text()[-3000:]}"
             )
         time.sleep(0.02)
     raise AssertionError(f"no {wanted} within {timeout} s")

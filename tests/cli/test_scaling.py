@@ -179,14 +179,17 @@ flags = dict(re.findall(r"^#SBATCH --([\\w-]+)=(.*)$", open(script).read(), re.M
 job_id = os.environ["FAKE_SLURM_JOB_ID"]
 tasks_per_node, nodes = int(flags.get("ntasks-per-node", 1)), int(flags.get("nodes", 1))
 assert nodes == 1, "the fake SLURM has one node"
-env = dict(os.environ, SLURM_JOB_ID=job_id, SLURM_JOB_NAME=flags.get("job-name", "fake"), SLURM_NTASKS=str(tasks_per_node),
-           SLURM_NTASKS_PER_NODE=str(tasks_per_node), SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0",
+env = dict(os.environ, SLURM_JOB_ID=job_id, SLURM_JOB_NAME=flags.get("job-name", "fake"),
+           SLURM_NTASKS=str(tasks_per_node), SLURM_NTASKS_PER_NODE=str(tasks_per_node), SLURM_NNODES="1",
+           SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0",
            SLURM_NODELIST="127.0.0.1", SLURM_JOB_NODELIST="127.0.0.1")
 state = os.path.join(state_dir, job_id)
 open(state, "w").write("RUNNING")
-runner = "import subprocess, sys; rc = subprocess.call(['bash', sys.argv[1]]); open(sys.argv[2], 'w').write('COMPLETED' if rc == 0 else 'FAILED')"
+runner = ("import subprocess, sys; rc = subprocess.call(['bash', sys.argv[1]]); "
+          "open(sys.argv[2], 'w').write('COMPLETED' if rc == 0 else 'FAILED')")
 # in the background, but in zf-train's process group: a test that times out kills the job with it
-subprocess.Popen([sys.executable, "-c", runner, script, state], env=env, stdout=subprocess.DEVNULL, stderr=open(state + ".err", "w"))
+subprocess.Popen([sys.executable, "-c", runner, script, state], env=env, stdout=subprocess.DEVNULL,
+                 stderr=open(state + ".err", "w"))
 print(f"Submitted batch job {job_id}")
 """
     )

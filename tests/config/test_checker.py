@@ -213,7 +213,8 @@ def test_validate_sweep_composes_each_job_and_names_the_bad_ones():
         (
             ["trainer=ddp_cpu", "data.batch_size=21"],
             [
-                "data.batch_size=21: the global batch must divide across trainer.devices x trainer.num_nodes = 2 x 1 = 2 processes",
+                "data.batch_size=21: the global batch must divide across trainer.devices x trainer.num_nodes = 2 x 1 "
+                "= 2 processes",
                 "a multiple of 2, e.g. 20 or 22",
             ],
         ),
@@ -268,7 +269,8 @@ def test_other_apps_check_the_groups_they_have(tmp_path):
     # notes of one's own are the one free-form key; any other unknown key is refused, naming what the app takes
     assert problems_of(tmp_path, ["+notes=first try"]) == problems_of(tmp_path, ["+notes.lr_note=x"]) == []
     assert problems_of(tmp_path, ["+images.image_dir=x"], "visualize_top9") == [
-        "images: unknown top-level key (did you mean 'max_images'?); zf-visualize top9 takes: batch_size, ckpt_path, data, "
+        "images: unknown top-level key (did you mean 'max_images'?); zf-visualize top9 takes: batch_size, ckpt_path, "
+        "data, "
         "device, group, job_type, layers, logger, maps, maps_per_layer, max_images, method, notes, num_workers, paths, "
         "run_name, seed, split, tags, task_name, top_k"
     ]

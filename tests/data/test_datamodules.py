@@ -46,7 +46,7 @@ def test_batch_size_is_global_and_split_across_devices(tmp_path):
     assert datamodule.per_device_batch_size == 64
     datamodule.trainer = SimpleNamespace(world_size=3)
     with pytest.raises(ValueError, match=r"batch_size=128 \(global\) does not divide across 3 devices"):
-        datamodule.per_device_batch_size
+        _ = datamodule.per_device_batch_size
 
 
 def test_bad_options_are_refused(tmp_path):

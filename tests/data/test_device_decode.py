@@ -31,7 +31,8 @@ def _jpeg(image: Image.Image, **kwargs) -> bytes:
 
 
 def _without_segment(data: bytes, marker: int) -> bytes:
-    """The JPEG with every segment `marker` (e.g. 0xDB, its quantisation tables) removed: header intact, body undecodable."""
+    """The JPEG with every segment `marker` (e.g. 0xDB, its quantisation tables) removed: header intact, body
+    undecodable."""
     out, position = bytearray(data[:2]), 2
     while data[position + 1] != 0xDA:
         length = int.from_bytes(data[position + 2 : position + 4], "big")

@@ -149,7 +149,10 @@ def _object_xml(name: str, difficult: int | None, parts: bool) -> str:
     difficult_tag = "" if difficult is None else f"<difficult>{difficult}</difficult>"
     box = "<bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>25</ymax></bndbox>"
     part = f"<part><name>head</name>{box}</part><part><name>hand</name>{box}</part>" if parts else ""
-    return f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>{difficult_tag}{box}{part}</object>"
+    return (
+        f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+        f"{difficult_tag}{box}{part}</object>"
+    )
 
 
 def _expected_row(objects: list[tuple[str, int | None]]) -> list[int]:

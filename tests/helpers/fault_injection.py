@@ -1,4 +1,5 @@
-"""Callbacks that inject faults into a zf-train subprocess (`+callbacks.fault._target_=tests.helpers.fault_injection...`)."""
+"""Callbacks that inject faults into a zf-train subprocess
+(`+callbacks.fault._target_=tests.helpers.fault_injection...`)."""
 
 from __future__ import annotations
 

@@ -130,6 +130,7 @@ def test_pretrained_weights_of_another_variant_are_refused_with_the_differences(
     wider = ImageClassifier({"arch": "zfnet", "num_classes": 3, "input_size": 64, "width_multiplier": 0.25})
     with pytest.raises(
         ValueError,
-        match=r"does not fit the configured network.*features.0.weight: checkpoint \(12, 3, 7, 7\) vs model \(24, 3, 7, 7\)",
+        match=r"does not fit the configured network.*features.0.weight: "
+        r"checkpoint \(12, 3, 7, 7\) vs model \(24, 3, 7, 7\)",
     ):
         load_pretrained_weights(wider.net, path)

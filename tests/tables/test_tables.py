@@ -76,7 +76,8 @@ def write_killed_job(job_dir: Path, *, group: str, model: str) -> Path:
         "paths:\n  output_dir: ${hydra:runtime.output_dir}\n  log_dir: ${oc.env:ZF_LOG_DIR,logs}\n"
     )
     (job_dir / ".hydra" / "hydra.yaml").write_text(
-        f"hydra:\n  run:\n    dir: logs/${{now:%Y}}\n  runtime:\n    output_dir: {job_dir}\n    choices:\n      model: {model}\n"
+        f"hydra:\n  run:\n    dir: logs/${{now:%Y}}\n  runtime:\n    output_dir: {job_dir}\n    choices:\n      "
+        f"model: {model}\n"
     )
     return job_dir
 
@@ -174,8 +175,10 @@ def test_table3_every_row_present_failed_and_killed_jobs_marked_and_listed(tmp_p
     assert table.cell("zfnet_fc8192", "train_top1").ours() == "incomplete (no summary.json)"
 
     assert table.problems() == [  # each run once, under the table
-        f"failed: Adjust layers 6,7: 2048 units [alexnet_fc2048]: {sweep / '5'}: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
-        f"incomplete: Adjust layers 6,7: 8192 units [zfnet_fc8192]: {sweep / '9'}: no summary.json: killed, or still running",
+        f"failed: Adjust layers 6,7: 2048 units [alexnet_fc2048]: {sweep / '5'}: RuntimeError: CUDA out of memory. "
+        f"Tried to allocate 2.00 GiB",
+        f"incomplete: Adjust layers 6,7: 8192 units [zfnet_fc8192]: {sweep / '9'}: no summary.json: killed, or still "
+        f"running",
     ]
     markdown = to_markdown(table)
     assert "Not complete (2):" in markdown and markdown.count("| failed (RuntimeError: CUDA out of memory") == 3
@@ -196,7 +199,8 @@ def test_a_retried_job_replaces_its_failure_and_a_missing_row_is_marked(tmp_path
     assert table.cell("zfnet", "test_top5").status == "n/a"  # the ImageNet test set is not ours to evaluate
     assert table.cell("zfnet_conv512_1024_512", "val_top1").ours() == "missing"
     assert table.problems() == [
-        "missing: 1 convnet as per Fig. 3 but with layers 3,4,5: 512,1024,512 maps (b) [zfnet_conv512_1024_512]: no runs"
+        "missing: 1 convnet as per Fig. 3 but with layers 3,4,5: 512,1024,512 maps (b) [zfnet_conv512_1024_512]: no "
+        "runs"
     ]
     # The paper's ensembles and other papers' rows are there, with their numbers.
     assert (

@@ -47,7 +47,7 @@ import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ from torch import nn
 from zf_lightning.analysis.features import LayerFeatures
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.validation import check_int
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RANDOM = "random"
 
@@ -96,7 +99,7 @@ def sign_hamming_delta(eps: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------------------- boxes
-def _as_box(value, where: str) -> Box:
+def _as_box(value: object, where: str) -> Box:
     """`value` as a Box: 4 integers with 0 <= left < right and 0 <= top < bottom."""
     expected = "4 integers [left, top, right, bottom]"
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 4:
@@ -192,7 +195,7 @@ class CorrespondenceResult:
     def rows(self) -> list[str]:
         return [*self.parts, RANDOM]
 
-    def to_frame(self, per_pair: bool = False):
+    def to_frame(self, per_pair: bool = False) -> pd.DataFrame:
         """pandas DataFrame: rows parts then "random", columns (layer, "mean" | "std") over repeats."""
         import pandas as pd
 
@@ -268,7 +271,7 @@ class Correspondence:
         self.repeats, self.seed, self.batch_size = repeats, int(seed), batch_size
         self.fill, self.tolerance = float(fill), float(tolerance)
 
-    def _check(self, images, boxes) -> dict[str, dict[str, Box]]:
+    def _check(self, images: object, boxes: object) -> dict[str, dict[str, Box]]:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise InputError(f"Correspondence: images must be a 4-D (N, C, H, W) tensor, got {shape}")
@@ -278,7 +281,8 @@ class Correspondence:
         if isinstance(boxes, Mapping) or not isinstance(boxes, Sequence) or len(boxes) != count:
             got = f"{len(boxes)} entries" if isinstance(boxes, Sequence) else type(boxes).__name__
             raise InputError(
-                f"Correspondence: boxes must be a sequence with one {{part: box}} mapping per image; got {got} for {count} images"
+                f"Correspondence: boxes must be a sequence with one {{part: box}} mapping per image; got {got} for "
+                f"{count} images"
             )
         named = _check_boxes({str(i): parts for i, parts in enumerate(boxes)}, "Correspondence")
         # Inside the image also means a random box of the part's size fits somewhere.
@@ -299,7 +303,9 @@ class Correspondence:
                     out[repeat, image, index] = (new_left, new_top, new_left + box_width, new_top + box_height)
         return out
 
-    def _signs(self, images, originals, image_index: torch.Tensor, boxes: np.ndarray) -> dict[int, torch.Tensor]:
+    def _signs(
+        self, images: torch.Tensor, originals: Mapping[int, torch.Tensor], image_index: torch.Tensor, boxes: np.ndarray
+    ) -> dict[int, torch.Tensor]:
         """{layer: (copies, D) int8}: sign(x - x~) of the occluded copies, through the network in batches."""
         signs = {layer: torch.empty(len(boxes), originals[layer].shape[1], dtype=torch.int8) for layer in self.layers}
         for start in range(0, len(boxes), self.batch_size):
@@ -327,11 +333,11 @@ class Correspondence:
 
         with torch.no_grad():
             images = images.detach()
-            originals: dict[int, list] = {layer: [] for layer in self.layers}
+            chunks: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
             for start in range(0, count, self.batch_size):
                 for layer, values in self.extractor(images[start : start + self.batch_size]).features.items():
-                    originals[layer].append(values)
-            originals = {layer: torch.cat(values) for layer, values in originals.items()}
+                    chunks[layer].append(values)
+            originals = {layer: torch.cat(values) for layer, values in chunks.items()}
             # Copies in the order (image, part), then (repeat, image, part): the reshapes below undo it.
             all_boxes = np.concatenate([part_boxes.reshape(-1, 4), random_boxes.reshape(-1, 4)])
             image_index = torch.arange(count).repeat_interleave(len(parts)).repeat(1 + self.repeats)

@@ -2,8 +2,8 @@
 
 Layer numbering follows the paper (`models.layers.PaperLayers`): conv layers 1..C, whose feature vector is the
 rectified conv output (the map *before* pooling and normalisation, the map the deconvnet projects), flattened;
-then the hidden fully connected layers C+1, C+2 (fc6 and fc7 when C = 5); their feature vector is the rectified output (dropout
-is off: the network runs in eval mode). Every requested layer comes from one forward pass.
+then the hidden fully connected layers C+1, C+2 (fc6 and fc7 when C = 5); their feature vector is the rectified
+output (dropout is off: the network runs in eval mode). Every requested layer comes from one forward pass.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class LayerFeatures:
     """`LayerFeatures(model, layers=(1, 7))(images)` -> `LayerOutputs` with each layer's flattened features.
 
     Args:
-        model: a network with `features` and `classifier` nn.Sequential, `model(x) == classifier(features(x).flatten(1))`.
+        model: a network with `features` and `classifier` nn.Sequential,
+            `model(x) == classifier(features(x).flatten(1))`.
         layers: paper layer numbers (`PaperLayers`): 1..C for the conv layers, C+1 and C+2 for fc6 and fc7.
         channels_last: run the convolutions in channels-last memory format (faster on CPU).
     """
@@ -38,7 +39,8 @@ class LayerFeatures:
         features, classifier = getattr(model, "features", None), getattr(model, "classifier", None)
         if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Sequential):
             raise InputTypeError(
-                f"LayerFeatures needs a model with `features` and `classifier` nn.Sequential (a PaperConvNet), got {type(model).__name__}"
+                "LayerFeatures needs a model with `features` and `classifier` nn.Sequential (a PaperConvNet), "
+                f"got {type(model).__name__}"
             )
         self.model, self.channels_last = model, channels_last
         numbering = PaperLayers(model)

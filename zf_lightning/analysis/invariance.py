@@ -51,6 +51,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, SupportsFloat
 
 import numpy as np
 import torch
@@ -58,9 +59,12 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from zf_lightning.analysis.features import LayerFeatures
+from zf_lightning.analysis.features import LayerFeatures, LayerOutputs
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.validation import check_int
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TRANSFORMATIONS = ("translation", "scale", "rotation")
 IDENTITY = {"translation": 0.0, "scale": 1.0, "rotation": 0.0}
@@ -82,7 +86,7 @@ def default_amounts(image_size: int = 224) -> dict[str, list[float]]:
     }
 
 
-def _check_amount(kind, amount) -> float:
+def _check_amount(kind: str, amount: SupportsFloat) -> float:
     if kind not in TRANSFORMATIONS:
         raise InputError(f"Invariance: unknown transformation {kind!r}; expected one of {TRANSFORMATIONS}")
     try:
@@ -148,7 +152,7 @@ class InvarianceResult:
             arrays[f"reference_norm_layer{layer}"] = self.reference_norm[layer].cpu().numpy()
         return {prefix + name: value for name, value in arrays.items()}
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """Long-format pandas DataFrame: one row per (amount, image)."""
         import pandas as pd
 
@@ -195,7 +199,9 @@ class Invariance:
         self.batch_size, self.fill = batch_size, fill
 
     # ------------------------------------------------------------------ checks
-    def _check(self, images, targets, amounts) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    def _check(
+        self, images: object, targets: torch.Tensor | Sequence[int], amounts: object
+    ) -> tuple[torch.Tensor, dict[str, list[float]]]:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
             shape = (
                 f"{tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor) else type(images).__name__
@@ -223,7 +229,7 @@ class Invariance:
                 f"Invariance: amounts must be a non-empty mapping {{transformation: amounts}} with keys from "
                 f"{TRANSFORMATIONS}, got {amounts!r}"
             )
-        checked = {}
+        checked: dict[str, list[float]] = {}
         for kind, values in amounts.items():
             if kind not in TRANSFORMATIONS:
                 raise InputError(f"Invariance: unknown transformation {kind!r}; expected one of {TRANSFORMATIONS}")
@@ -236,7 +242,7 @@ class Invariance:
 
     # ------------------------------------------------------------------ public
     def compute(
-        self, images: torch.Tensor, targets, amounts: Mapping[str, Sequence[float]]
+        self, images: torch.Tensor, targets: torch.Tensor | Sequence[int], amounts: Mapping[str, Sequence[float]]
     ) -> dict[str, InvarianceResult]:
         """{kind: InvarianceResult} for normalised `images` (B, C, H, W) of correct classes `targets` (B,),
         each transformation `kind` applied by each of `amounts[kind]`."""
@@ -257,7 +263,15 @@ class Invariance:
 
     __call__ = compute
 
-    def _measure(self, images, targets, kind, values, reference, norms) -> InvarianceResult:
+    def _measure(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        kind: str,
+        values: Sequence[float],
+        reference: LayerOutputs,
+        norms: dict[int, torch.Tensor],
+    ) -> InvarianceResult:
         batch, count = images.shape[0], len(values)
         # Identity amounts are not run again: their copies are the originals, so the reference pass gives
         # them exactly (distance 0, the original probabilities) instead of up to float32 noise of another batch.

@@ -35,7 +35,9 @@ module's train/eval flag is restored afterwards.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -105,7 +107,8 @@ class OcclusionSensitivity:
         channels_last: bool = True,
     ) -> None:
         features = getattr(model, "features", None)
-        if not isinstance(features, nn.Sequential) or not isinstance(getattr(model, "classifier", None), nn.Module):
+        classifier = getattr(model, "classifier", None)
+        if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Module):
             raise InputTypeError(
                 "OcclusionSensitivity needs a model with a `features` nn.Sequential and a `classifier` "
                 f"(a PaperConvNet), got {type(model).__name__}"
@@ -130,12 +133,14 @@ class OcclusionSensitivity:
             )
         self.layer = layer
         self.map_index = conv_layers[layer - 1].rectified  # the rectified map, the one the deconvnet projects
-        last = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)]
+        last = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
         self.num_classes = last[-1].out_features if last else None
         self._deconvnet = Deconvnet(model) if self.project else None  # fails early on modules it cannot invert
 
     # ------------------------------------------------------------------ checks
-    def _check(self, images, targets) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def _check(
+        self, images: object, targets: torch.Tensor | Sequence[int]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise InputError(f"OcclusionSensitivity: images must be a 4-D (B, C, H, W) tensor, got {shape}")
@@ -169,15 +174,26 @@ class OcclusionSensitivity:
         """(rectified maps of the layer (N, maps, h, w), logits (N, classes)) from one pass."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        # __init__ checked that the model has a `features` nn.Sequential and a `classifier` module
+        features = cast(nn.Sequential, self.model.features)
+        classifier = cast(nn.Module, self.model.classifier)
         maps = None
-        for index, module in enumerate(self.model.features):
+        for index, module in enumerate(features):
             x = module(x)
             if index == self.map_index:
-                following = self.model.features[index + 1] if index + 1 < len(self.model.features) else None
+                following = features[index + 1] if index + 1 < len(features) else None
                 maps = x.clone() if getattr(following, "inplace", False) else x  # an in-place op would overwrite it
-        return maps, self.model.classifier(x.flatten(1))
+        assert maps is not None  # map_index is the index of a module of features
+        return maps, classifier(x.flatten(1))
 
-    def _occluded(self, images, pairs, rows, cols, positions_per_image) -> torch.Tensor:
+    def _occluded(
+        self,
+        images: torch.Tensor,
+        pairs: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        positions_per_image: int,
+    ) -> torch.Tensor:
         """Occluded copies for flat (image, position) indices `pairs`, built with one broadcasted op."""
         height, width = images.shape[2:]
         image = pairs // positions_per_image
@@ -193,7 +209,7 @@ class OcclusionSensitivity:
         return torch.where(mask, value, images.index_select(0, image))
 
     # ------------------------------------------------------------------ public
-    def compute(self, images: torch.Tensor, targets) -> OcclusionResult:
+    def compute(self, images: torch.Tensor, targets: torch.Tensor | Sequence[int]) -> OcclusionResult:
         """Occlusion maps of `images` (B, C, H, W), mean-subtracted, for correct classes `targets` (B,)."""
         targets, (rows, cols) = self._check(images, targets)
         batch = images.shape[0]
@@ -232,7 +248,10 @@ class OcclusionSensitivity:
 
         projection = None
         if self.project:
-            projection = self._deconvnet.project_strongest(images, self.layer, chosen).paste(tuple(images.shape[-2:]))
+            assert self._deconvnet is not None  # made in __init__ when project is set
+            projection = self._deconvnet.project_strongest(images, self.layer, chosen).paste(
+                (images.shape[-2], images.shape[-1])
+            )
         shape = (batch, n_rows, n_cols)
         return OcclusionResult(
             rows=rows,

@@ -37,7 +37,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -68,7 +68,8 @@ def best_across_ranks(values: torch.Tensor, images: torch.Tensor) -> tuple[torch
     """
     if values.dim() != 2 or images.shape[:2] != values.shape:
         raise InputError(
-            f"best_across_ranks: expected (world, K) values and (world, K, ...) images, got {tuple(values.shape)} and {tuple(images.shape)}"
+            "best_across_ranks: expected (world, K) values and (world, K, ...) images, "
+            f"got {tuple(values.shape)} and {tuple(images.shape)}"
         )
     rank = values.argmax(dim=0)  # the first maximum: the lowest rank wins ties
     maps = torch.arange(values.shape[1], device=values.device)
@@ -125,7 +126,8 @@ class FeatureEvolution(L.Callback):
         self.explicit_maps = None if maps is None else _check_maps(maps)
         if self.layers is not None and self.explicit_maps is not None and self.layers != sorted(self.explicit_maps):
             raise InputError(
-                f"FeatureEvolution: layers {self.layers} disagree with the layers of maps {sorted(self.explicit_maps)}; give one of them"
+                f"FeatureEvolution: layers {self.layers} disagree with the layers of maps "
+                f"{sorted(self.explicit_maps)}; give one of them"
             )
         self.maps_per_layer, self.seed, self.method = int(maps_per_layer), int(seed), method
         self.cell_size, self.log_key = int(cell_size), log_key
@@ -160,7 +162,8 @@ class FeatureEvolution(L.Callback):
             self._epochs = [epoch for epoch in self.snapshot_epochs if epoch <= max_epochs]
             if dropped and trainer.is_global_zero:
                 log.warning(
-                    "FeatureEvolution: snapshot epochs %s are past trainer.max_epochs=%d and are dropped; snapshots at %s",
+                    "FeatureEvolution: snapshot epochs %s are past trainer.max_epochs=%d and are dropped; "
+                    "snapshots at %s",
                     dropped,
                     max_epochs,
                     self._epochs,
@@ -178,7 +181,10 @@ class FeatureEvolution(L.Callback):
         self.columns = {}
         if trainer.is_global_zero and self.output_dir is not None and self.output_dir.is_dir():
             for path in sorted(self.output_dir.glob("epoch_*.npz")):
-                epoch = int(_SNAPSHOT_FILE.search(path.name).group(1))
+                match = _SNAPSHOT_FILE.search(path.name)
+                if match is None:
+                    continue  # epoch_<not a number>.npz: not a snapshot
+                epoch = int(match.group(1))
                 if epoch > trainer.current_epoch or epoch not in self.snapshot_epochs:
                     continue  # not part of the run being resumed
                 with np.load(path) as data:
@@ -228,6 +234,7 @@ class FeatureEvolution(L.Callback):
 
     def _start_tracking(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         deconvnet = self._deconvnet
+        assert deconvnet is not None, "setup() builds the deconvnet before training starts"
         # Hooks fire in forward order: the deepest tracked layer's hook completes a forward pass.
         self._last_layer = max(self.maps, key=deconvnet.feature_map_index)
         self._handles.append(deconvnet.features.register_forward_pre_hook(self._remember_input))
@@ -241,6 +248,7 @@ class FeatureEvolution(L.Callback):
         if self._tracking_epoch is None:
             return {}
         state: dict[str, Any] = {"epoch": self._tracking_epoch}
+        assert self._module is not None  # set with _tracking_epoch by _start_tracking
         best = self._gather(self._module)
         if best is not None:
             state["values"], state["images"] = (tensor.cpu() for tensor in best)
@@ -249,10 +257,14 @@ class FeatureEvolution(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict) or None
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._recording = bool(self._handles)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._recording, self._images, self._pending = False, None, {}
 
     def _remember_input(self, module: nn.Module, inputs: tuple) -> None:
@@ -281,9 +293,11 @@ class FeatureEvolution(L.Callback):
         per_image = torch.cat([self._pending[layer] for layer in self.maps], dim=1).float()  # (B, K_total)
         self._pending = {}
         batch_best, where = per_image.max(dim=0)  # first maximum: the earliest image wins ties
+        assert self._images is not None  # the hook calls this only with the batch's input recorded
         candidates = self._images.detach().index_select(0, where)  # (K_total, C, H, W)
         if self._values is None:
             self._values, self._stored = torch.full_like(batch_best, -torch.inf), torch.zeros_like(candidates)
+        assert self._stored is not None  # always set together with self._values
         better = batch_best > self._values  # strictly: an earlier batch keeps a tie
         self._values = torch.where(better, batch_best, self._values)
         self._stored = torch.where(better[:, None, None, None], candidates, self._stored)
@@ -293,10 +307,10 @@ class FeatureEvolution(L.Callback):
             handle.remove()
         self._handles, self._recording, self._images, self._pending = [], False, None, {}
 
-    def on_exception(self, trainer, pl_module, exception) -> None:
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
 
-    def teardown(self, trainer, pl_module, stage: str) -> None:
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._remove_hooks()
 
     # ----------------------------------------------------------------- snapshot
@@ -328,7 +342,7 @@ class FeatureEvolution(L.Callback):
         """
         device = pl_module.device
         shape = torch.tensor(tuple(self._stored.shape[1:]) if self._stored is not None else (0, 0, 0), device=device)
-        shapes = _with_world_dim(pl_module.all_gather(shape), shape)
+        shapes = _with_world_dim(cast(torch.Tensor, pl_module.all_gather(shape)), shape)
         if int(shapes.max()) == 0:
             return None
         values, images = self._values, self._stored
@@ -337,19 +351,23 @@ class FeatureEvolution(L.Callback):
             values = torch.full((total,), -torch.inf, device=device)
             dtype = getattr(pl_module, "dtype", torch.float32)  # the inputs' dtype under "*-true" precisions too
             images = torch.zeros((total, *(int(s) for s in shapes.max(dim=0).values)), dtype=dtype, device=device)
-        gathered_values = _with_world_dim(pl_module.all_gather(values), values)
-        gathered_images = _with_world_dim(pl_module.all_gather(images), images)
+        assert images is not None  # self._stored is set together with self._values
+        # all_gather returns what it is given, here a tensor
+        gathered_values = _with_world_dim(cast(torch.Tensor, pl_module.all_gather(values)), values)
+        gathered_images = _with_world_dim(cast(torch.Tensor, pl_module.all_gather(images)), images)
         values, images, _ = best_across_ranks(gathered_values, gathered_images)
         return values, images
 
     def _project(self, best: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, np.ndarray]:
         """Each map's strongest location in its image, with the current weights, projected on its window."""
         deconvnet = self._deconvnet
+        assert deconvnet is not None, "setup() builds the deconvnet before training starts"
         arrays: dict[str, np.ndarray] = {"layers": np.array(list(self.maps), dtype=np.int64)}
         for layer, (values, images) in best.items():
             maps = torch.tensor(self.maps[layer], device=images.device)
             projections = deconvnet.project_strongest(images, layer, maps, method=self.method)
             patches = projections.patches(images, torch.arange(len(maps), device=images.device))
+            assert projections.rows is not None and projections.cols is not None  # project_strongest locates them
             numpy = {
                 "maps": maps,
                 "values": values,
@@ -367,17 +385,23 @@ class FeatureEvolution(L.Callback):
         return arrays
 
     def _write(self, epoch: int) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        output_dir = self._output_dir()
+        output_dir.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        np.savez(buffer, epoch=np.int64(epoch), **self.columns[epoch])
-        atomic_write_bytes(buffer.getvalue(), self.output_dir / f"epoch_{epoch:03d}.npz")
+        # numpy's stub types **kwds as if they could be its allow_pickle: bool
+        np.savez(buffer, epoch=np.int64(epoch), **self.columns[epoch])  # type: ignore[arg-type]
+        atomic_write_bytes(buffer.getvalue(), output_dir / f"epoch_{epoch:03d}.npz")
         buffer = io.BytesIO()
         self.render().save(buffer, format="png", compress_level=1)  # fast: the image is small anyway
         atomic_write_bytes(buffer.getvalue(), self.figure_path)
 
     @property
     def figure_path(self) -> Path:
-        return self.output_dir / FIGURE_NAME
+        return self._output_dir() / FIGURE_NAME
+
+    def _output_dir(self) -> Path:
+        assert self.output_dir is not None, "setup() sets output_dir"
+        return self.output_dir
 
     def _log_image(self, trainer: L.Trainer) -> None:
         epochs = sorted(self.columns)

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -29,7 +30,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     and the cluster's scratch) that move is a copy, and a kill during it leaves a truncated checkpoint.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise InputTypeError(f"{type(self).__name__} takes no storage_options")
         atomic_torch_save(checkpoint, path)
@@ -87,8 +88,8 @@ class CheckpointOnSignal(Checkpoint):
 
     The previous handler of USR1/USR2 does the rest: Lightning's SLURM plugin (USR1 with `auto_requeue`) and
     submitit (USR2, `hydra/launcher=slurm`) requeue the job, which then resumes from that checkpoint. The run then
-    ends with `preempted` (raised by `zf-train`), whose exit code is 128 + the signal number. Under DDP the ranks agree at
-    every step whether any of them was signalled, so that they all stop at the same step.
+    ends with `preempted` (raised by `zf-train`), whose exit code is 128 + the signal number. Under DDP the ranks agree
+    at every step whether any of them was signalled, so that they all stop at the same step.
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class CheckpointOnSignal(Checkpoint):
         self._saved_at: int | None = None  # the global step of the checkpoint written for a stop
         self.preempted: Preempted | None = None  # set once the checkpoint of a stop signal is written
 
-    def _defer(self, signum: int, frame) -> None:
+    def _defer(self, signum: int, frame: FrameType | None) -> None:
         # Only noted here: a checkpoint written from inside a signal handler could catch the optimiser mid-update.
         log.warning(
             "received %s: the run stops after the current training step, with a checkpoint", signal.Signals(signum).name
@@ -143,8 +144,7 @@ class CheckpointOnSignal(Checkpoint):
         # A signal during the last epoch's checkpoints: no loop is left to stop, so the run stops here, before testing.
         if self.preempted is None and self._signalled(trainer):
             self._save(trainer)
-            self._hand_over()
-            raise self.preempted
+            raise self._hand_over()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):  # ours, or Lightning's own handler's before training started
@@ -158,7 +158,7 @@ class CheckpointOnSignal(Checkpoint):
         self._saved_at = trainer.global_step
         log.warning("wrote %s after step %d", self.path, trainer.global_step)
 
-    def _hand_over(self) -> None:
+    def _hand_over(self) -> Preempted:
         signum = self._received or signal.SIGTERM
         # Lightning's SIGTERM handler would only ask for the stop that has just happened.
         previous = self._previous.get(signum) if self._received is not None and signum != signal.SIGTERM else None
@@ -166,6 +166,7 @@ class CheckpointOnSignal(Checkpoint):
         if callable(previous):
             previous(signum, None)  # requeue (SLURM, submitit)
         self.preempted = Preempted(signum, self.path)
+        return self.preempted
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():

@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from typing import Any
 
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -78,7 +79,7 @@ class ResumableCSVLogger(CSVLogger):
             checkpoint a run resumes from, `checkpoint[LOGGED_ROWS]`) and drop the rest; 0 for a run that starts over.
     """
 
-    def __init__(self, *args, keep_rows: int | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, keep_rows: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.keep_rows = keep_rows
 
@@ -88,7 +89,8 @@ class ResumableCSVLogger(CSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir, keep_rows=self.keep_rows)
-        return self._experiment
+        # Lightning types the attribute as its private base writer; only an _AppendingWriter is ever put there
+        return self._experiment  # type: ignore[return-value]
 
     @property
     def rows_on_disk(self) -> int:
@@ -102,7 +104,7 @@ class LoggedRowsInCheckpoints(Callback):
     rows (`ResumableCSVLogger(keep_rows=...)`, set by zf-train from the checkpoint).
     """
 
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         for logger in trainer.loggers:
             logger.save()
         csv_loggers = [logger for logger in trainer.loggers if isinstance(logger, ResumableCSVLogger)]

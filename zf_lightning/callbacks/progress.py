@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar as LightningRichProgressBar
 from torch import Tensor
+
+_Metrics = dict[str, int | str | float | dict[str, float]]  # what Lightning's bars show
 
 
 class RichProgressBar(LightningRichProgressBar):
@@ -20,13 +24,13 @@ class RichProgressBar(LightningRichProgressBar):
     and of validation everything is read at once, so the bar ends on the epoch's values.
     """
 
-    def __init__(self, *args, step_metrics: Sequence[str] = ("train/loss",), **kwargs) -> None:
+    def __init__(self, *args: Any, step_metrics: Sequence[str] = ("train/loss",), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.step_metrics = list(step_metrics)
-        self._shown: dict | None = None
+        self._shown: _Metrics | None = None
         self._read_at = -math.inf
 
-    def get_metrics(self, trainer, pl_module) -> dict:
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> _Metrics:
         now = time.monotonic()
         if self._shown is None or not trainer.training or now - self._read_at >= 1.0 / self.refresh_rate:
             shown = super().get_metrics(trainer, pl_module)
@@ -38,10 +42,10 @@ class RichProgressBar(LightningRichProgressBar):
             self._shown, self._read_at = shown, now
         return self._shown
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._shown = None
         super().on_train_epoch_end(trainer, pl_module)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._shown = None
         super().on_validation_end(trainer, pl_module)

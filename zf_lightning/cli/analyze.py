@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torchvision.transforms.v2.functional import get_size
 
@@ -41,6 +41,13 @@ from zf_lightning.config.checker import validate_config
 from zf_lightning.data.user_images import UserImages
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_bytes, atomic_write_npz
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from zf_lightning.analysis.occlusion import OcclusionResult
+    from zf_lightning.data.base import ImageClassificationDataModule
+    from zf_lightning.models import ImageClassifier
 
 
 @dataclass
@@ -68,7 +75,9 @@ def check_source(images_cfg: DictConfig) -> None:
         raise InputError(f"images.max_images must be >= 1 or null, got {images_cfg.max_images}")
 
 
-def load_images(images_cfg: DictConfig, datamodule, model) -> AnalysisImages:
+def load_images(
+    images_cfg: DictConfig, datamodule: ImageClassificationDataModule, model: ImageClassifier
+) -> AnalysisImages:
     """Decode and check every image (and its label) up front; predicted labels where none are given."""
     check_source(images_cfg)
     transform, display_transform = datamodule.transforms()["val"], datamodule.display_transform()
@@ -76,7 +85,7 @@ def load_images(images_cfg: DictConfig, datamodule, model) -> AnalysisImages:
     if images_cfg.image_dir is not None:
         class_names = _class_names(datamodule)
         labels = images_cfg.labels
-        labels = OmegaConf.to_container(labels) if isinstance(labels, DictConfig) else labels
+        labels = cast(dict, OmegaConf.to_container(labels)) if isinstance(labels, DictConfig) else labels
         folder = UserImages(images_cfg.image_dir, labels, class_names, num_classes)
         chosen = range(min(len(folder), images_cfg.max_images or len(folder)))
         raw = [folder[i][0] for i in chosen]
@@ -87,7 +96,7 @@ def load_images(images_cfg: DictConfig, datamodule, model) -> AnalysisImages:
         split = images_cfg.split
         if split not in datamodule.stage_splits:
             raise InputError(f"images.split must be one of {list(datamodule.stage_splits)}, got {split!r}")
-        raw_split = datamodule.make_dataset(datamodule.stage_splits[split], None)
+        raw_split: Any = datamodule.make_dataset(datamodule.stage_splits[split], None)  # sized and indexable
         class_names = list(getattr(raw_split, "classes", []) or []) or None
         indices = (
             list(images_cfg.indices)
@@ -112,34 +121,35 @@ def load_images(images_cfg: DictConfig, datamodule, model) -> AnalysisImages:
     )
 
 
-def _class_names(datamodule) -> list[str] | None:
+def _class_names(datamodule: ImageClassificationDataModule) -> list[str] | None:
     try:
-        return list(datamodule.make_dataset(datamodule.stage_splits["val"], None).classes)
+        classes = getattr(datamodule.make_dataset(datamodule.stage_splits["val"], None), "classes", None)
     except (AttributeError, FileNotFoundError):
         return None
+    return list(classes) if classes is not None else None
 
 
-def load_model_and_images(cfg: DictConfig):
+def load_model_and_images(cfg: DictConfig) -> tuple[ImageClassifier, ImageClassificationDataModule, AnalysisImages]:
     """The checkpoint (checked against `arch` and the data) and the images, before any analysis work."""
     check_source(cfg.images)
     model, datamodule = load_checkpoint_with_data(cfg.ckpt_path, cfg.data)
-    arch = model.hparams.net.get("arch")
+    arch = model.hparams["net"].get("arch")
     if cfg.get("arch") is not None and arch != cfg.arch:
         raise InputError(f"checkpoint {cfg.ckpt_path} is a {arch!r} network but the config says arch={cfg.arch!r}")
     images = load_images(cfg.images, datamodule, model)
     return model, datamodule, images
 
 
-def _class_name(class_names, index: int) -> str:
+def _class_name(class_names: Sequence[str] | None, index: int) -> str:
     return class_names[index] if class_names and 0 <= index < len(class_names) else str(index)
 
 
-def _write_csv(frame, path: Path) -> Path:
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
     atomic_write_bytes(frame.to_csv(index=False).encode(), path)
     return path
 
 
-def _publish(loggers, figures: dict[str, Path], tables: dict[str, Any]) -> None:
+def _publish(loggers: list[Logger], figures: dict[str, Path], tables: dict[str, Any]) -> None:
     """Figures and tables (pandas) to W&B, then close the loggers: one W&B run per analysis."""
     log_images(loggers, figures)
     for logger in loggers:
@@ -149,7 +159,7 @@ def _publish(loggers, figures: dict[str, Path], tables: dict[str, Any]) -> None:
     finish_loggers(loggers)
 
 
-def occlusion_rows(result, images: AnalysisImages) -> list[dict[str, Any]]:
+def occlusion_rows(result: OcclusionResult, images: AnalysisImages) -> list[dict[str, Any]]:
     """One CSV row per image: its label, the tracked map, and where occlusion hurts the correct class most."""
     rows = []
     for b, name in enumerate(images.names):
@@ -249,11 +259,12 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
         kinds = list(settings.transformations or [])
-        given = OmegaConf.to_container(settings.amounts) if settings.amounts is not None else {}
+        given = cast(dict, OmegaConf.to_container(settings.amounts)) if settings.amounts is not None else {}
         unknown = sorted((set(kinds) | set(given)) - set(TRANSFORMATIONS))
         if unknown or not kinds:
             raise InputError(
-                f"invariance.transformations / invariance.amounts: {unknown or 'nothing'} given; expected some of {list(TRANSFORMATIONS)}"
+                f"invariance.transformations / invariance.amounts: {unknown or 'nothing'} given; expected some of "
+                f"{list(TRANSFORMATIONS)}"
             )
         model, datamodule, images = load_model_and_images(cfg)
         defaults = default_amounts(int(images.inputs.shape[-1]))
@@ -298,7 +309,9 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def part_boxes_in_input(boxes_file, images: AnalysisImages, datamodule) -> tuple[list[int], list[dict]]:
+def part_boxes_in_input(
+    boxes_file: str | Path, images: AnalysisImages, datamodule: ImageClassificationDataModule
+) -> tuple[list[int], list[dict]]:
     """The images named in the boxes file (their positions in `images`) and their boxes in input pixels."""
     from zf_lightning.analysis.correspondence import (
         Box,
@@ -347,7 +360,8 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
         device = resolve_device(cfg.device)
         if settings.boxes is None:
             raise InputError(
-                "correspondence.boxes is required: a .json/.yaml file of image name -> {part: [left, top, right, bottom]}"
+                "correspondence.boxes is required: a .json/.yaml file of image name -> "
+                "{part: [left, top, right, bottom]}"
             )
         model, datamodule, images = load_model_and_images(cfg)
         chosen, boxes = part_boxes_in_input(settings.boxes, images, datamodule)

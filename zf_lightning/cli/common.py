@@ -22,13 +22,16 @@ from zf_lightning.utils.io import atomic_write_json
 from zf_lightning.utils.secrets import redact_secrets
 
 if TYPE_CHECKING:
+    import torch
+
+    from zf_lightning.data.base import ImageClassificationDataModule
     from zf_lightning.models import ImageClassifier
 
 SUMMARY_FILE = "summary.json"
 WANDB_ID_FILE = "wandb_run_id.txt"
 
 
-def instantiate_group(group: DictConfig | None, **kwargs) -> list:
+def instantiate_group(group: DictConfig | None, **kwargs: Any) -> list:
     """Instantiate each entry of a config group such as `callbacks` or `logger` (null entries skipped)."""
     if not group:
         return []
@@ -40,7 +43,7 @@ def instantiate_loggers(cfg: DictConfig, output_dir: Path, resume: bool, csv_row
     metrics.csv from the `csv_rows` rows written before its checkpoint (None: all of them)."""
     wandb_id_file = output_dir / WANDB_ID_FILE
     loggers = []
-    for name, entry in (cfg.get("logger") or {}).items():
+    for entry in (cfg.get("logger") or {}).values():
         if entry is None:
             continue
         if entry._target_.endswith("WandbLogger") and resume and wandb_id_file.exists():
@@ -81,7 +84,7 @@ def finish_loggers(loggers: list[Logger], status: str = "success", error: BaseEx
 
 
 @contextmanager
-def job_loggers(cfg: DictConfig, output_dir: Path):
+def job_loggers(cfg: DictConfig, output_dir: Path) -> Iterator[list[Logger]]:
     """The job's loggers with the config logged; on an error they are finished as failed, so that the next
     job of a multirun does not write into this job's W&B run. The job finishes them itself on success."""
     loggers = instantiate_loggers(cfg, output_dir, resume=False)
@@ -101,7 +104,7 @@ def log_images(loggers: list[Logger], images: dict[str, Path]) -> None:
                 logger.log_image(key=key, images=[str(path)])
 
 
-def resolve_device(name: str):
+def resolve_device(name: str) -> torch.device:
     """ "auto" -> the GPU when there is one; otherwise the device named ("cpu", "cuda:1")."""
     import torch
 
@@ -116,7 +119,7 @@ def is_global_zero() -> bool:
     Under DDP every rank runs the whole job: files of the run are written by rank 0 alone. The rank comes from the
     environment (RANK, LOCAL_RANK, SLURM_PROCID) until a Trainer exists, which then sets the global rank.
     """
-    return rank_zero_only.rank == 0
+    return getattr(rank_zero_only, "rank", 0) == 0  # set by Lightning on the function object
 
 
 def output_dir_of(cfg: DictConfig) -> Path:
@@ -211,20 +214,23 @@ def _overrides() -> list[str]:
         return []
 
 
-def check_compatible(model: ImageClassifier, datamodule, ckpt_path: Path) -> None:
+def check_compatible(model: ImageClassifier, datamodule: ImageClassificationDataModule, ckpt_path: str | Path) -> None:
     """The data must have the checkpoint's classes and input size; say which differs."""
-    net = model.hparams.net
+    net = model.hparams["net"]
     if net.get("num_classes") != datamodule.num_classes:
         raise InputError(
             f"checkpoint {ckpt_path} has {net.get('num_classes')} classes but data.num_classes={datamodule.num_classes}"
         )
     if net.get("input_size") != datamodule.crop_size:
         raise InputError(
-            f"checkpoint {ckpt_path} was built for {net.get('input_size')}px inputs but data.crop_size={datamodule.crop_size}"
+            f"checkpoint {ckpt_path} was built for {net.get('input_size')}px inputs but "
+            f"data.crop_size={datamodule.crop_size}"
         )
 
 
-def load_checkpoint_with_data(ckpt_path: str | Path, data_cfg: DictConfig):
+def load_checkpoint_with_data(
+    ckpt_path: str | Path, data_cfg: DictConfig
+) -> tuple[ImageClassifier, ImageClassificationDataModule]:
     """(model, datamodule) from a zf-train checkpoint: weights only, checked against the data, with its mean image.
 
     The training run's mean image comes from the checkpoint, so inputs are normalised exactly as in training.

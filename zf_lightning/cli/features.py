@@ -9,6 +9,7 @@ splits of a multirun and later runs reuse them; each split then trains every (cl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import hydra
@@ -30,7 +31,7 @@ from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_bytes, check_checkpoint
 
 
-def parse_rows(rows) -> list[tuple[str, int]]:
+def parse_rows(rows: Sequence[str]) -> list[tuple[str, int]]:
     """["svm:1", "softmax:7", ...] -> [("svm", 1), ("softmax", 7), ...], checked."""
     from zf_lightning.transfer.feature_analysis import CLASSIFIERS, FEATURE_LAYERS
 
@@ -39,7 +40,8 @@ def parse_rows(rows) -> list[tuple[str, int]]:
         kind, _, layer = str(row).partition(":")
         if kind not in CLASSIFIERS or not layer.isdigit() or int(layer) not in FEATURE_LAYERS:
             raise InputError(
-                f"rows: {row!r} is not <classifier>:<layer> with classifier in {list(CLASSIFIERS)} and layer in {list(FEATURE_LAYERS)}"
+                f"rows: {row!r} is not <classifier>:<layer> with classifier in {list(CLASSIFIERS)} and layer in "
+                f"{list(FEATURE_LAYERS)}"
             )
         parsed.append((kind, int(layer)))
     return parsed
@@ -70,9 +72,10 @@ def feature_analysis(cfg: DictConfig) -> dict[str, Any]:
         check_checkpoint(cfg.ckpt_path)
         model = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
         datamodule = instantiate(cfg.data)
-        if model.hparams.net.get("input_size") != datamodule.crop_size:
+        if model.hparams["net"].get("input_size") != datamodule.crop_size:
             raise InputError(
-                f"checkpoint {cfg.ckpt_path} was built for {model.hparams.net.get('input_size')}px inputs but data.crop_size={datamodule.crop_size}"
+                f"checkpoint {cfg.ckpt_path} was built for {model.hparams['net'].get('input_size')}px inputs but "
+                f"data.crop_size={datamodule.crop_size}"
             )
         layers = sorted({layer for _, layer in rows})
         transform = datamodule.transforms()["val"]  # the centre crop, normalised with the checkpoint's mean image

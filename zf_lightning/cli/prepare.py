@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if counts.bad:
         shown = "\n  ".join(counts.bad_files[:20]) + ("\n  ..." if counts.bad > 20 else "")
         print(
-            f"zf-prepare: {counts.bad} unreadable files not copied (listed in {os.path.join(args.dst, BAD_IMAGE_LOG)}):\n  {shown}"
+            f"zf-prepare: {counts.bad} unreadable files not copied (listed in "
+            f"{os.path.join(args.dst, BAD_IMAGE_LOG)}):\n  {shown}"
         )
     return 0
 

@@ -64,7 +64,8 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> str | None:
         hint = ""
         if ckpt_path == "last":
             hint = (
-                " (the run stopped before its first checkpoint: run the same command without ckpt_path to start it again)"
+                " (the run stopped before its first checkpoint: run the same command without ckpt_path to start it "
+                "again)"
                 if earlier_attempt(output_dir)
                 else " (ckpt_path=last resumes the run in hydra.run.dir=<its output dir>)"
             )
@@ -104,17 +105,21 @@ def refuse_script_relaunch_in_multirun(trainer: L.Trainer) -> None:
     multirun that command line is the whole sweep, so rank 1 would run a sweep of its own (another sweep dir)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from lightning.pytorch.strategies import ParallelStrategy
     from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     strategy = trainer.strategy
     relaunch = (
-        isinstance(strategy.launcher, _SubprocessScriptLauncher)
+        isinstance(strategy, ParallelStrategy)
+        and isinstance(strategy.launcher, _SubprocessScriptLauncher)
+        and strategy.cluster_environment is not None
         and not strategy.cluster_environment.creates_processes_externally
     )
     if multirun and relaunch:
         raise RuntimeError(
-            f"{type(strategy).__name__} (trainer.strategy=ddp) would start the other ranks by re-running the command line, "
+            f"{type(strategy).__name__} (trainer.strategy=ddp) would start the other ranks by re-running the command "
+            f"line, "
             "which in a multirun (-m) is the whole sweep. In a multirun let SLURM start one process per device "
             "(hydra/launcher=slurm); on one machine, run each point of the sweep as a run of its own (without -m)"
         )
@@ -125,7 +130,7 @@ def log_to_a_file_per_rank() -> None:
     beside it, so that the run's log is rank 0's alone and another rank's lines can still be found."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    rank = rank_zero_only.rank
+    rank = getattr(rank_zero_only, "rank", 0)  # set by Lightning on the function object
     log.info("process rank %d", rank)  # before the switch: the shared log names every rank that joined
     if not rank:
         return

@@ -12,15 +12,16 @@ from __future__ import annotations
 import difflib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning as L
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Subset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from zf_lightning.cli.common import (
     finish_loggers,
@@ -70,7 +71,7 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
         dataset = datamodule.split_dataset(cfg.split)
         display = datamodule.split_dataset(cfg.split, display=True)
         if cfg.max_images is not None:
-            dataset = Subset(dataset, range(min(cfg.max_images, len(dataset))))
+            dataset = Subset(dataset, range(min(cfg.max_images, len(cast(Sized, dataset)))))
         loggers = instantiate_loggers(cfg, output_dir, resume=False)
         log_config(loggers, cfg, output_dir)
 
@@ -80,7 +81,7 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
         found = find_top_activations(deconv, batches, chosen, k=cfg.top_k)
         scan_s = time.perf_counter() - started
 
-        def load(source) -> Callable[[list[int]], torch.Tensor]:
+        def load(source: Dataset) -> Callable[[list[int]], torch.Tensor]:
             return lambda indices: torch.stack([source[i][0] for i in indices]).to(device)
 
         layers: dict[str, Any] = {}
@@ -104,7 +105,7 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
             {
                 "checkpoint": str(cfg.ckpt_path),
                 "split": cfg.split,
-                "num_images": len(dataset),
+                "num_images": len(cast(Sized, dataset)),
                 "method": cfg.method,
                 "layers": layers,
                 "timing_s": {"scan": round(scan_s, 3), "project": round(project_s, 3)},
@@ -150,8 +151,9 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
         for position, ((model, datamodule), path) in enumerate(zip(loaded, ckpt_paths)):
             net = model.net.to(device).eval()
             deconv = Deconvnet(net)
-            conv1 = net.features[deconv.conv_indices[0]]
-            title = f"{model.hparams.net.get('arch', '?')} conv1 {conv1.kernel_size[0]}x{conv1.kernel_size[1]}/{conv1.stride[0]} ({Path(path).stem})"
+            conv1 = cast(nn.Conv2d, deconv.features[deconv.conv_indices[0]])
+            kernel, stride = f"{conv1.kernel_size[0]}x{conv1.kernel_size[1]}", conv1.stride[0]
+            title = f"{model.hparams['net'].get('arch', '?')} conv1 {kernel}/{stride} ({Path(path).stem})"
             titles.append(title)
             filter_panels.append(filters_grid(conv1.weight))
             stats[path] = filter_statistics(conv1.weight)
@@ -161,7 +163,7 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
                 dataset = datamodule.split_dataset(cfg.split)
                 display = datamodule.split_dataset(cfg.split, display=True)
                 if cfg.max_images is not None:
-                    dataset = Subset(dataset, range(min(cfg.max_images, len(dataset))))
+                    dataset = Subset(dataset, range(min(cfg.max_images, len(cast(Sized, dataset)))))
                 maps = choose_maps(deconv, [2], cfg.layer2_maps, cfg.seed, owner="zf-visualize filters")[2]
                 loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
                 top = find_top_activations(deconv, _indexed_batches(loader, device), {2: maps}, k=1)[2]

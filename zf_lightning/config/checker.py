@@ -37,6 +37,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NoReturn, Union
 
+from hydra.experimental.callback import Callback as _HydraCallback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from zf_lightning.config.fields import Closed, Targeted
@@ -54,11 +55,6 @@ from zf_lightning.config.schemas import (
     TrainerSchema,
 )
 from zf_lightning.utils.errors import InputError
-
-try:  # Hydra's callback base class (hydra-core >= 1.1)
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover
-    _HydraCallback = object
 
 __all__ = ["ConfigError", "ValidateConfig", "allowed_keys", "app_of", "config_problems", "validate_config"]
 
@@ -222,11 +218,9 @@ def allowed_keys(target: str) -> frozenset[str] | None:
     keys = _signature_keys(obj)
     if keys is None and inspect.isclass(obj):
         # The W&B logger hands its **kwargs to wandb.init.
-        try:
-            from lightning.pytorch.loggers import WandbLogger
-        except ImportError:  # pragma: no cover
-            WandbLogger = None
-        if WandbLogger is not None and issubclass(obj, WandbLogger):
+        from lightning.pytorch.loggers import WandbLogger
+
+        if issubclass(obj, WandbLogger):
             import wandb
 
             own = set(inspect.signature(wandb.init).parameters)
@@ -261,7 +255,8 @@ class _Checker:
             return
         if not isinstance(node, DictConfig):
             self.add(
-                f"{path}={node!r}: expected a mapping ({schema.__name__.removesuffix('Schema')} settings), got {type(node).__name__}"
+                f"{path}={node!r}: expected a mapping ({schema.__name__.removesuffix('Schema')} settings), got "
+                f"{type(node).__name__}"
             )
             return
         fields = {f.name: f for f in dataclasses.fields(schema)}
@@ -291,7 +286,9 @@ class _Checker:
                 self.field(node, key, _hints(schema)[key], fields[key].metadata.get("checks", ()), _join(path, key))
 
     # one field: a nested schema or a typed, checked value
-    def field(self, node: DictConfig, key: Any, tp: Any, checks, path: str) -> None:
+    def field(
+        self, node: DictConfig, key: Any, tp: Any, checks: Iterable[Callable[[Any], str | None]], path: str
+    ) -> None:
         inner, optional = _strip_optional(tp)
         if _is_schema(inner):
             child = _node(node, key)
@@ -403,6 +400,7 @@ def config_problems(cfg: DictConfig, app: str | None = None) -> list[str]:
         if key in top_fields:
             check.field(cfg, key, _hints(TopSchema)[key], top_fields[key].metadata.get("checks", ()), str(key))
         elif key in own:
+            assert entry is not None  # `own` holds the fields of the entry point's schema
             check.field(cfg, key, _hints(entry.fields)[key], own[key].metadata.get("checks", ()), str(key))
         elif key in groups:
             node = _node(cfg, key)
@@ -420,9 +418,11 @@ def config_problems(cfg: DictConfig, app: str | None = None) -> list[str]:
         crop = _value(data, "crop_size") if "crop_size" in data else _UNRESOLVED
         resize_key = "resize_size" if "resize_size" in data else "image_size" if "image_size" in data else None
         resize = _value(data, resize_key) if resize_key else _UNRESOLVED
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in (crop, resize)) and crop > resize:
+        both_ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (crop, resize))
+        if both_ints and typing.cast(int, crop) > typing.cast(int, resize):
             check.add(
-                f"data.crop_size={crop}: must not exceed data.{resize_key}={resize} (crops are cut from the resized image)"
+                f"data.crop_size={crop}: must not exceed data.{resize_key}={resize} (crops are cut from the resized "
+                f"image)"
             )
 
     # the global batch is split evenly over the processes
@@ -467,9 +467,9 @@ def _sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
         return None
     params = OmegaConf.select(config, "hydra.sweeper.params")
-    params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
-    arguments = [f"{key}={value}" for key, value in (params or {}).items()]
-    arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    swept = typing.cast(dict, OmegaConf.to_container(params, resolve=True)) if params is not None else {}
+    arguments = [f"{key}={value}" for key, value in (swept or {}).items()]
+    arguments += typing.cast(list, OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     return [
         list(job) for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None) for job in batch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import field
 from typing import Any
 
@@ -11,7 +11,7 @@ from typing import Any
 
 
 def choices(source: Callable[[], Iterable[Any]]) -> Callable[[Any], str | None]:
-    def check(value):
+    def check(value: Any) -> str | None:
         allowed = list(source())
         return None if value in allowed else f"must be one of {allowed}"
 
@@ -22,20 +22,20 @@ def at_least(bound: float) -> Callable[[Any], str | None]:
     return lambda value: None if value >= bound else f"must be >= {bound}"
 
 
-def positive(value) -> str | None:
+def positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
 
-def probability(value) -> str | None:
+def probability(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
-def open_unit(value) -> str | None:
+def open_unit(value: float) -> str | None:
     return None if 0 < value < 1 else "must be in (0, 1)"
 
 
 def all_at_least(bound: int) -> Callable[[Any], str | None]:
-    def check(values):
+    def check(values: Sequence[float]) -> str | None:
         bad = [v for v in values if v < bound]
         return f"every entry must be >= {bound}, got {bad}" if bad else None
 
@@ -46,7 +46,7 @@ def length(n: int, what: str) -> Callable[[Any], str | None]:
     return lambda values: None if len(values) == n else f"must give {n} numbers ({what}), got {len(values)}"
 
 
-def snapshot_epochs(epochs) -> str | None:
+def snapshot_epochs(epochs: Sequence[int]) -> str | None:
     increasing = all(a < b for a, b in zip(epochs, epochs[1:]))
     if epochs and increasing and min(epochs) >= 1:
         return None
@@ -55,12 +55,12 @@ def snapshot_epochs(epochs) -> str | None:
     )
 
 
-def conv_layers(layers) -> str | None:
+def conv_layers(layers: Sequence[int]) -> str | None:
     bad = [layer for layer in layers if not 1 <= layer <= 5]
     return f"unknown layer(s) {bad}; allowed values: the conv layers 1..5" if bad else None
 
 
-def removable_layers(layers) -> str | None:
+def removable_layers(layers: Sequence[int]) -> str | None:
     from zf_lightning.models.convnet import REMOVABLE_LAYERS
 
     bad = [layer for layer in layers if layer not in REMOVABLE_LAYERS]
@@ -71,7 +71,7 @@ def removable_layers(layers) -> str | None:
     )
 
 
-def devices(value) -> str | None:
+def devices(value: int | str | list[int]) -> str | None:
     if isinstance(value, int) and (value == -1 or value >= 1):
         return None
     if isinstance(value, str) or (isinstance(value, list) and value and all(v >= 0 for v in value)):

@@ -3,6 +3,7 @@ paths, images) and each app's own keys (`APPS`). A field's type is its annotatio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -83,7 +84,7 @@ def _transformations():
     return list(TRANSFORMATIONS)
 
 
-def _each_in(values, allowed) -> str | None:
+def _each_in(values: Sequence[str], allowed: Sequence[str]) -> str | None:
     bad = [value for value in values if value not in allowed]
     return f"unknown value(s) {bad}; allowed values: {allowed}" if bad else None
 

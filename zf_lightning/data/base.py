@@ -6,7 +6,9 @@ import logging
 import os
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sized
 from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -40,7 +42,11 @@ def resume_point(position: dict, sampler: EpochSeededSampler) -> tuple[int, int]
         return epoch + 1, 0
     if done == 0:
         return epoch, 0
-    now = {"batch_size": sampler.batch_size, "world_size": sampler.num_replicas, "dataset_size": len(sampler.dataset)}
+    now = {
+        "batch_size": sampler.batch_size,
+        "world_size": sampler.num_replicas,
+        "dataset_size": len(cast(Sized, sampler.dataset)),  # map-style datasets have a length
+    }
     differs = [
         f"{key} {position[key]} then, {value} now"
         for key, value in now.items()
@@ -51,11 +57,13 @@ def resume_point(position: dict, sampler: EpochSeededSampler) -> tuple[int, int]
         raise InputError(
             f"{where}, in a training loader that differs from this run's ({'; '.join(differs)}; batch_size is per "
             "device): continuing there would train other samples than the interrupted run. Resume with the same "
-            "data.batch_size, trainer.devices/num_nodes and data, or from an end-of-epoch checkpoint (checkpoints/epochNNN.ckpt)"
+            "data.batch_size, trainer.devices/num_nodes and data, or from an end-of-epoch checkpoint "
+            "(checkpoints/epochNNN.ckpt)"
         )
     if done > sampler.num_batches:
         raise InputError(
-            f"{where}, but this run's epoch has only {sampler.num_batches} batches: it would train no batch of epoch {epoch + 1}"
+            f"{where}, but this run's epoch has only {sampler.num_batches} batches: it would train no batch of "
+            f"epoch {epoch + 1}"
         )
     return epoch, done
 
@@ -107,12 +115,12 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.datasets: dict[str, Dataset] = {}
-        self.mean_image = None
+        self.mean_image: torch.Tensor | None = None
         self.train_sampler: EpochSeededSampler | None = None
         self._resume_position: dict | None = None
 
     @abstractmethod
-    def make_dataset(self, split: str, transform) -> Dataset:
+    def make_dataset(self, split: str, transform: Callable[[Any], Any] | None) -> Dataset:
         """The dataset of `split`, yielding (image as PIL or uint8 tensor, label) through `transform`."""
 
     @abstractmethod
@@ -126,7 +134,7 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
             raise InputError(f"data.batch_size={self.batch_size} (global) does not divide across {world_size} devices")
         return self.batch_size // world_size
 
-    def load_mean_image(self):
+    def load_mean_image(self) -> torch.Tensor:
         if self.mean_image is None:
             key = f"{self.dataset_key()}|resize={self.resize_size}|max_images={self.mean_image_max_images}"
             train_images = self.make_dataset("train", paper_base(self.resize_size))
@@ -138,16 +146,17 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
     def state_dict(self) -> dict:
         # Saved in checkpoints: the mean image is part of the model's input normalisation; the position in the
         # training epoch (and the loader it was counted in) lets a run stopped mid-epoch continue with the next batch.
-        state = {"mean_image": self.mean_image} if self.mean_image is not None else {}
+        state: dict[str, Any] = {"mean_image": self.mean_image} if self.mean_image is not None else {}
         if self.train_sampler is not None and self.trainer is not None:
             sampler = self.train_sampler
             state["train_position"] = {
                 "epoch": sampler.epoch,
-                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                # Lightning types `current` as a _ReadyCompletedTracker; a batch progress's is a _ProcessedTracker
+                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,  # type: ignore[attr-defined]
                 "batches_per_epoch": sampler.num_batches,
                 "batch_size": sampler.batch_size,  # per device
                 "world_size": sampler.num_replicas,
-                "dataset_size": len(sampler.dataset),
+                "dataset_size": len(cast(Sized, sampler.dataset)),
             }
         return state
 
@@ -161,7 +170,8 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
             expected = (3, self.resize_size, self.resize_size)
             if tuple(state["mean_image"].shape) != expected:
                 raise InputError(
-                    f"the checkpoint's mean image is {tuple(state['mean_image'].shape)} but data.resize_size={self.resize_size} needs {expected}"
+                    f"the checkpoint's mean image is {tuple(state['mean_image'].shape)} but "
+                    f"data.resize_size={self.resize_size} needs {expected}"
                 )
             self.mean_image = state["mean_image"]
 
@@ -198,12 +208,17 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         happens on the device (`on_before_batch_transfer`)."""
         return self.transforms()
 
-    def collate_fn(self, name: str):
+    def collate_fn(self, name: str) -> Callable[[list[Any]], Any] | None:
         """The collate function of loader `name` (None: PyTorch's default)."""
         return None
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        wanted: dict[str | None, tuple[str, ...]] = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+        }
         transforms = self.loader_transforms()
         for name in wanted.get(stage, ("train", "val", "test")):
             if name not in self.datasets:
@@ -248,7 +263,8 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         elif (
             trainer is not None
         ):  # the epoch Lightning is about to train (0 in a fresh run), before any iterator exists
-            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+            # Lightning types `current` as a _ReadyCompletedTracker; an epoch progress's is a _ProcessedTracker
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
         return sampler
 
     def train_dataloader(self) -> DataLoader:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,7 +38,7 @@ class SyntheticDataModule(ImageClassificationDataModule):
         image_size: int = 72,
         crop_size: int = 64,
         seed: int = 0,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         # image_size and crop_size play the parts of the paper's 256 and 224.
         kwargs.setdefault("resize_size", image_size)
@@ -46,9 +48,12 @@ class SyntheticDataModule(ImageClassificationDataModule):
         SyntheticShapes(num_classes=num_classes, image_size=image_size, seed=seed)  # fail on bad options now
 
     def dataset_key(self) -> str:
-        return f"synthetic|classes={self.num_classes}|per_class={self.per_class['train']}|size={self.image_size}|seed={self.seed}"
+        return (
+            f"synthetic|classes={self.num_classes}|per_class={self.per_class['train']}|size={self.image_size}"
+            f"|seed={self.seed}"
+        )
 
-    def make_dataset(self, split: str, transform) -> SyntheticShapes:
+    def make_dataset(self, split: str, transform: Callable[[Any], Any] | None) -> SyntheticShapes:
         return SyntheticShapes(split, self.num_classes, self.per_class[split], self.image_size, self.seed, transform)
 
 
@@ -80,7 +85,7 @@ class ImageNetDataModule(ImageClassificationDataModule):
         on_bad_image: str = "skip",
         bad_image_log: str | Path | None = None,
         decode: str = "pil",
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
         if decode not in DECODE:
@@ -108,7 +113,7 @@ class ImageNetDataModule(ImageClassificationDataModule):
             self.make_dataset(split, None)  # scans once and writes the file-list cache
         super().prepare_data()
 
-    def make_dataset(self, split: str, transform) -> ImageNetFolder:
+    def make_dataset(self, split: str, transform: Callable[[Any], Any] | None) -> ImageNetFolder:
         on_device = isinstance(transform, PrepareForDevice)
         return ImageNetFolder(
             self.root,
@@ -129,10 +134,10 @@ class ImageNetDataModule(ImageClassificationDataModule):
             return super().loader_transforms()
         return {name: PrepareForDevice(self.resize_size, self.crop_size, name) for name in ("train", "val", "test")}
 
-    def collate_fn(self, name: str):
+    def collate_fn(self, name: str) -> Callable[[list[Any]], Any] | None:
         return partial(collate_for_device, split=name) if self.decode == "gpu" else None
 
-    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Still on the host: decode_jpeg reads the bytes from host memory and writes the pixels on the device.
         if not isinstance(batch, DeviceBatch):
             return batch

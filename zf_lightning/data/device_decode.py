@@ -16,9 +16,10 @@ by `load_rgb_tensor` with its conversion and skipping rules, and sent as pixels 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
@@ -43,7 +44,7 @@ class PrepareForDevice:
         self.resize_size, self.crop_size, self.split = resize_size, crop_size, split
         self.base = paper_base_uint8(resize_size)
 
-    def __call__(self, image) -> DeviceSample:
+    def __call__(self, image: EncodedJPEG | torch.Tensor | Image.Image) -> DeviceSample:
         if isinstance(image, EncodedJPEG):
             payload, path = image
         else:
@@ -139,7 +140,7 @@ class DeviceDecoder:
         for i in range(len(images)):  # a skipped file: the next readable image of the batch, as the datasets do
             if images[i] is None:
                 images[i] = images[next((j for j in readable if j > i), readable[0])]
-        return torch.stack(images)
+        return torch.stack(cast(list[torch.Tensor], images))  # every None was replaced above
 
     def _decode_jpegs(self, batch: DeviceBatch, indices: list[int], device: torch.device) -> list[torch.Tensor | None]:
         data = [batch.payloads[i] for i in indices]
@@ -152,9 +153,9 @@ class DeviceDecoder:
             try:
                 decoded.append(decode_jpeg(payload, mode=ImageReadMode.RGB, device=device))
             except RuntimeError:
-                image = load_rgb_tensor(
-                    batch.paths[i], self.on_bad_image, self.bad_image_log
-                )  # records, skips or raises
+                path = batch.paths[i]
+                assert path is not None  # a JPEG payload always comes with its file's path
+                image = load_rgb_tensor(path, self.on_bad_image, self.bad_image_log)  # records, skips or raises
                 if image is not None and not isinstance(image, torch.Tensor):
                     image = F.pil_to_tensor(image)  # a converted (non-RGB) image comes back from PIL
                 decoded.append(None if image is None else image.to(device))

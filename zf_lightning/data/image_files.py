@@ -19,7 +19,7 @@ import struct
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -101,7 +101,8 @@ class BadImageLog:
                     os.close(fd)
             except OSError as error:  # an unwritable log must not end the run either
                 warnings.warn(
-                    f"could not write the bad-image log {self.path} ({error}); bad images are only warned about from now on",
+                    f"could not write the bad-image log {self.path} ({error}); bad images are only warned about "
+                    "from now on",
                     stacklevel=3,
                 )
                 self.path = None
@@ -195,7 +196,7 @@ def load_rgb(
 
 def load_rgb_tensor(
     path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None, min_size: int | None = None
-):
+) -> torch.Tensor | Image.Image | None:
     """The image at `path` as a uint8 (3, H, W) tensor from torchvision's decoder (libjpeg-turbo, libpng): no
     PIL image in between, and no copy into a tensor afterwards.
 
@@ -244,7 +245,7 @@ def first_readable(load_item: Callable[[int], Any | None], index: int, length: i
 
 def read_for_device(
     path: str | Path, on_bad_image: str = "skip", log: BadImageLog | None = None, min_size: int | None = None
-):
+) -> EncodedJPEG | torch.Tensor | Image.Image | None:
     """An `EncodedJPEG` for a whole 8-bit, 3-channel baseline JPEG; otherwise what `load_rgb_tensor` returns
     (a decoded uint8 tensor or PIL image, or None for a skipped file)."""
     log = log if log is not None else BadImageLog(None)
@@ -286,14 +287,14 @@ class SkipBadImages:
         check_truncation_detected()
         if draft_size is not None and (tensor_decode or device_decode):
             raise InputError(
-                "draft_size (decode=reduced) is a PIL decode option; it cannot go with tensor_decode (decode=torchvision) "
-                "or device_decode (decode=gpu)"
+                "draft_size (decode=reduced) is a PIL decode option; it cannot go with tensor_decode "
+                "(decode=torchvision) or device_decode (decode=gpu)"
             )
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_image_log, self.min_size, self.draft_size = as_bad_image_log(bad_image_log), min_size, draft_size
         self.tensor_decode, self.device_decode = tensor_decode, device_decode
 
-    def read_image(self, path: str | Path):
+    def read_image(self, path: str | Path) -> EncodedJPEG | torch.Tensor | Image.Image | None:
         """RGB PIL image, a uint8 (3, H, W) tensor with `tensor_decode`, an `EncodedJPEG` to decode on the training
         device with `device_decode` (other files decoded as with `tensor_decode`); None for a skipped file."""
         if self.device_decode:
@@ -302,8 +303,12 @@ class SkipBadImages:
             return load_rgb_tensor(path, self.on_bad_image, self.bad_image_log, self.min_size)
         return load_rgb(path, self.on_bad_image, self.bad_image_log, self.min_size, self.draft_size)
 
-    def load_item(self, index: int):
+    def load_item(self, index: int) -> tuple[Any, Any] | None:
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # provided by the dataset class this is mixed into
+
+        def __len__(self) -> int: ...
 
     def __getitem__(self, index: int):
         return first_readable(self.load_item, index, len(self), type(self).__name__)
@@ -312,7 +317,12 @@ class SkipBadImages:
 class FolderSkipBadImages(SkipBadImages):
     """`SkipBadImages` for a torchvision `DatasetFolder` (`samples`, `transform`, `target_transform`)."""
 
-    def load_item(self, index: int):
+    # set by DatasetFolder.__init__
+    samples: list[tuple[str, int]]
+    transform: Callable[[Any], Any] | None
+    target_transform: Callable[[Any], Any] | None
+
+    def load_item(self, index: int) -> tuple[Any, Any] | None:
         """(transformed image, target) of sample `index`, or None if its file was skipped."""
         path, target = self.samples[index]
         image = self.read_image(path)
@@ -331,7 +341,11 @@ class ReadableSubset(Subset):
 
     def __getitem__(self, index: int):
         return first_readable(
-            lambda i: self.dataset.load_item(self.indices[i]), index, len(self), type(self.dataset).__name__
+            # a Subset of a SkipBadImages dataset
+            lambda i: cast(SkipBadImages, self.dataset).load_item(self.indices[i]),
+            index,
+            len(self),
+            type(self.dataset).__name__,
         )
 
     def __getitems__(self, indices: list[int]) -> list:

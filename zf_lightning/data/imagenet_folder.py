@@ -7,7 +7,9 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torchvision
 from torchvision.datasets.folder import DatasetFolder, has_file_allowed_extension
@@ -44,7 +46,7 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         self,
         root: str | Path,
         split: str = "train",
-        transform=None,
+        transform: Callable[[Any], Any] | None = None,
         cache_dir: str | Path | None = None,
         expected_num_classes: int | None = None,
         on_bad_image: str = "skip",
@@ -113,7 +115,14 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
             )
         return classes, {c: i for i, c in enumerate(classes)}
 
-    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+    def make_dataset(
+        self,
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
         classes = sorted(class_to_idx, key=class_to_idx.__getitem__)
         samples = self._read_cache(directory, classes)
         if samples is not None:
@@ -126,7 +135,7 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         self._write_cache(directory, classes, samples)
         return samples
 
-    def _read_cache(self, directory: str, classes: list[str]) -> list[tuple[str, int]] | None:
+    def _read_cache(self, directory: str | Path, classes: list[str]) -> list[tuple[str, int]] | None:
         try:
             with open(self.cache_path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -140,7 +149,7 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
         except (OSError, ValueError, KeyError, TypeError):
             return None  # missing or corrupt cache: rescan and rewrite
 
-    def _write_cache(self, directory: str, classes: list[str], samples: list[tuple[str, int]]) -> None:
+    def _write_cache(self, directory: str | Path, classes: list[str], samples: list[tuple[str, int]]) -> None:
         data = {
             "format": CACHE_FORMAT,
             "root": os.path.abspath(directory),

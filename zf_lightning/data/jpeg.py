@@ -22,7 +22,7 @@ class JpegFrame(NamedTuple):
     components: int
 
 
-def jpeg_frame(data: bytes) -> JpegFrame | None:
+def jpeg_frame(data: bytes | bytearray) -> JpegFrame | None:
     """The frame header of a whole JPEG (SOI at the start, EOI at the end), or None for anything else."""
     if len(data) < 4 or data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
         return None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sized
 from pathlib import Path
+from typing import Any, cast
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_torch_save
@@ -19,29 +21,31 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
 
 
 def compute_mean_image(
-    dataset, max_images: int | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0
+    dataset: Dataset, max_images: int | None = None, seed: int = 0, batch_size: int = 64, num_workers: int = 0
 ) -> torch.Tensor:
     """Average of `dataset`'s images, pixel by pixel, in float64; `dataset` must yield equal-size tensors.
 
     With `max_images`, the average is over a seeded random subset of that many images.
     """
-    if max_images is not None and max_images < len(dataset):
+    if max_images is not None and max_images < len(cast(Sized, dataset)):  # a map-style dataset
         generator = torch.Generator().manual_seed(seed)
-        dataset = Subset(dataset, torch.randperm(len(dataset), generator=generator)[:max_images].tolist())
+        dataset = Subset(dataset, torch.randperm(len(cast(Sized, dataset)), generator=generator)[:max_images].tolist())
     # Its own generator: iterating a DataLoader otherwise draws a seed from the global RNG, and a cold
     # cache would then train differently from a warm one.
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator())
-    total, count = None, 0
+    total: torch.Tensor | None = None
+    count = 0
     for images, _ in track(loader, description="Computing the mean image"):
         batch_sum = images.double().sum(dim=0)
         total = batch_sum if total is None else total + batch_sum
         count += len(images)
     if count == 0:
         raise InputError("cannot compute a mean image of an empty training set")
+    assert total is not None  # set by the first batch
     return (total / count).float()
 
 
-def load_or_compute_mean_image(key: str, dataset, cache_dir: str | Path, **options) -> torch.Tensor:
+def load_or_compute_mean_image(key: str, dataset: Dataset, cache_dir: str | Path, **options: Any) -> torch.Tensor:
     """The cached mean image for `key`, computing and caching it the first time."""
     path = cache_path(cache_dir, key)
     if path.exists():

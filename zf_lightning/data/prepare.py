@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
-def _write_atomically(target: Path, write) -> None:
+def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
@@ -134,7 +135,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core
 
 
-def _prepare_star(args) -> tuple[Path, str]:
+def _prepare_star(args: tuple[Path, Path, Path, int, int, Path | None]) -> tuple[Path, str]:
     return args[2], prepare_one(*args)
 
 

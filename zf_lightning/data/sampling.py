@@ -8,7 +8,8 @@ of worker processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import cast
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler
@@ -68,7 +69,7 @@ class SeededSamples(Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))  # a map-style dataset
 
     def __getitem__(self, key: tuple[int, int, int]):
         index, seed, epoch = key

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Callable, Sequence
+from typing import Any, SupportsInt
 
 import numpy as np
 import torch
@@ -28,13 +30,13 @@ _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _CLASS_TAG = 0xC1A55  # keeps the class-definition stream apart from the per-item streams
 
 
-def _polygon(r, th, n):
+def _polygon(r: np.ndarray, th: np.ndarray, n: int) -> np.ndarray:
     # Regular n-gon with circumradius 1, one vertex pointing up (image y grows downwards).
     sector = np.mod(th + np.pi / 2, 2 * np.pi / n) - np.pi / n
     return r * np.cos(sector) <= math.cos(math.pi / n)
 
 
-def _shape_mask(shape, u, v):
+def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Boolean mask of `shape` in object coordinates, where the shape spans roughly [-1, 1]^2."""
     r, th = np.sqrt(u * u + v * v), np.arctan2(v, u)
     if shape == "circle":
@@ -59,7 +61,7 @@ def _shape_mask(shape, u, v):
     raise AssertionError(shape)
 
 
-def _texture_mask(texture, x, y, period, phase):
+def _texture_mask(texture: str, x: np.ndarray, y: np.ndarray, period: float, phase: Sequence[float]) -> np.ndarray:
     """Boolean 'on' part of the fill pattern; x, y are (jitter-rotated) pixel coordinates."""
     a, b = 2 * np.pi * x / period + phase[0], 2 * np.pi * y / period + phase[1]
     if texture == "plain":
@@ -101,7 +103,7 @@ class SyntheticShapes(Dataset):
         images_per_class: int = 500,
         image_size: int = 72,
         seed: int = 0,
-        transform=None,
+        transform: Callable[[torch.Tensor], Any] | None = None,
     ):
         if split not in self.splits:
             raise InputError(f"split must be one of {self.splits}, got {split!r}")
@@ -135,7 +137,7 @@ class SyntheticShapes(Dataset):
     def __len__(self) -> int:
         return self.num_classes * self.images_per_class
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: SupportsInt) -> tuple[Any, int]:
         index = int(index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for dataset of length {len(self)}")
@@ -145,18 +147,19 @@ class SyntheticShapes(Dataset):
         image = torch.from_numpy(self._render(rng, *self._attrs[label]))
         return (self.transform(image) if self.transform is not None else image), label
 
-    def _render(self, rng, shape, texture, hue) -> np.ndarray:
+    def _render(self, rng: np.random.Generator, shape: int, texture: int, hue: int) -> np.ndarray:
         # float32 grids and channel-first layout: ~4x faster than float64 / channel-last.
         n, xx, yy = self.image_size, self._xx, self._yy
 
-        def colour(h, s, v):
+        def colour(h: float, s: float, v: float) -> np.ndarray:
             return np.array(colorsys.hsv_to_rgb(h % 1, s, v), dtype=np.float32)[:, None, None]
 
         # Background: muted colour + linear gradient + low-frequency waves.
         ang = rng.uniform(0, 2 * np.pi)
         shade = rng.uniform(-0.25, 0.25) * ((math.cos(ang) * xx + math.sin(ang) * yy) / n - 0.5)
         for _ in range(2):
-            f, a2, p = rng.uniform(1, 4) * 2 * np.pi / n, *rng.uniform(0, 2 * np.pi, 2).tolist()
+            f = rng.uniform(1, 4) * 2 * np.pi / n
+            a2, p = rng.uniform(0, 2 * np.pi, 2).tolist()
             wave = np.sin(f * (math.cos(a2) * xx + math.sin(a2) * yy) + p)
             shade += rng.uniform(0, 0.07) * wave
         img = colour(rng.random(), rng.uniform(0, 0.3), rng.uniform(0.3, 0.7)) + shade

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 from torchvision import tv_tensors
@@ -54,7 +56,7 @@ class RandomCropFlipSubtractMean(nn.Module):
 class StackCrops(nn.Module):
     """Tuple of crops from `v2.TenCrop` -> one (crops, C, H, W) tensor."""
 
-    def forward(self, crops) -> torch.Tensor:
+    def forward(self, crops: Iterable[torch.Tensor]) -> torch.Tensor:
         return torch.stack(list(crops))
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 from PIL import Image, UnidentifiedImageError
@@ -52,7 +53,7 @@ class UserImages(Dataset):
         labels: Mapping | None = None,
         class_names: Sequence[str] | None = None,
         num_classes: int | None = None,
-        transform=None,
+        transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
         self.files = list_images(image_dir)
         self.names = [p.name for p in self.files]
@@ -158,7 +159,8 @@ def box_in_input(
     left, top, right, bottom = box
     if not (0 <= left < right <= width and 0 <= top < bottom <= height):
         raise InputError(
-            f"box {list(box)} lies outside the {width}x{height} image; expected 0 <= left < right <= {width}, 0 <= top < bottom <= {height}"
+            f"box {list(box)} lies outside the {width}x{height} image; expected 0 <= left < right <= {width}, "
+            f"0 <= top < bottom <= {height}"
         )
     new_h, new_w = resized_size(height, width, resize_size)
     sy, sx = new_h / height, new_w / width
@@ -173,9 +175,10 @@ def box_in_input(
         math.ceil(right * sx) - dx,
         math.ceil(bottom * sy) - dy,
     )
-    l, t, r, b = max(mapped[0], 0), max(mapped[1], 0), min(mapped[2], crop_size), min(mapped[3], crop_size)
-    if l >= r or t >= b:
+    x0, y0, x1, y1 = max(mapped[0], 0), max(mapped[1], 0), min(mapped[2], crop_size), min(mapped[3], crop_size)
+    if x0 >= x1 or y0 >= y1:
         raise InputError(
-            f"box {list(box)} falls outside the centre {crop_size}x{crop_size} crop the network sees (at {list(mapped)})"
+            f"box {list(box)} falls outside the centre {crop_size}x{crop_size} crop the network sees "
+            f"(at {list(mapped)})"
         )
-    return l, t, r, b
+    return x0, y0, x1, y1

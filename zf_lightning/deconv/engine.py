@@ -38,8 +38,9 @@ as it was: no gradients, same weights, same train/eval mode of every module; the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,8 @@ MODES = ("max", "map")
 METHODS = ("deconvnet", "guided", "gradient")
 SUPPORTED_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.LocalResponseNorm)
 
+_Coordinate = TypeVar("_Coordinate", int, torch.Tensor)
+
 
 @dataclass(frozen=True)
 class ReceptiveField:
@@ -66,7 +69,7 @@ class ReceptiveField:
     stride: tuple[int, int]
     offset: tuple[int, int]
 
-    def window(self, row, col):
+    def window(self, row: _Coordinate, col: _Coordinate) -> tuple[_Coordinate, _Coordinate]:
         """(top, left) input coordinates of the window of the activation at (row, col) (ints or tensors)."""
         return self.offset[0] + row * self.stride[0], self.offset[1] + col * self.stride[1]
 
@@ -87,7 +90,7 @@ class Projections:
     rows: torch.Tensor | None = None  # (N,) int64: where in its map the activation is
     cols: torch.Tensor | None = None
 
-    def patches(self, images: torch.Tensor, image_index) -> torch.Tensor:
+    def patches(self, images: torch.Tensor, image_index: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """(N, C, H, W): the input under each window, cut from `images` (the projected inputs, or the same crops
         for display), image `image_index[n]` for window n; zero outside the image."""
         return cut_windows(images, image_index, self.top, self.left, self.receptive_field.size)
@@ -156,29 +159,32 @@ class Deconvnet:
 
     def num_maps(self, layer: int) -> int:
         """The number of feature maps of conv layer `layer`."""
-        self._check_layer(layer)
-        return self.features[self.conv_indices[as_int(layer) - 1]].out_channels
+        number = self._check_layer(layer)
+        # conv_indices are the indices of the Conv2d modules of features
+        return cast(nn.Conv2d, self.features[self.conv_indices[number - 1]]).out_channels
 
-    def _check_layer(self, layer) -> None:
-        if as_int(layer) is None or not 1 <= as_int(layer) <= self.num_layers:
+    def _check_layer(self, layer: object) -> int:
+        """`layer` as an int in 1..num_layers, or an InputError."""
+        number = as_int(layer)
+        if number is None or not 1 <= number <= self.num_layers:
             raise InputError(
                 f"Deconvnet: layer must be an int in 1..{self.num_layers} (the model has {self.num_layers} "
                 f"conv layers), got {layer!r}"
             )
+        return number
 
     def feature_map_index(self, layer: int) -> int:
         """Index in `features` of the module whose output is layer `layer`'s feature map (its ReLU, if any)."""
-        self._check_layer(layer)
-        return self._top_index(as_int(layer))
+        return self._top_index(self._check_layer(layer))
 
     def _top_index(self, layer: int) -> int:
         return self.layers.conv[layer - 1].rectified
 
     def receptive_field(self, layer: int) -> ReceptiveField:
         """The input window seen by one activation of layer `layer` (sizes follow from kernels, strides, padding)."""
-        self._check_layer(layer)
+        number = self._check_layer(layer)
         size, stride, offset = [1, 1], [1, 1], [0, 0]
-        for module in list(self.features)[: self.conv_indices[as_int(layer) - 1] + 1]:
+        for module in list(self.features)[: self.conv_indices[number - 1] + 1]:
             if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
                 kernel, step, pad, dilation = (
                     _pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation")
@@ -187,11 +193,11 @@ class Deconvnet:
                     offset[axis] -= pad[axis] * stride[axis]
                     size[axis] += dilation[axis] * (kernel[axis] - 1) * stride[axis]
                     stride[axis] *= step[axis]
-        return ReceptiveField(tuple(size), tuple(stride), tuple(offset))
+        return ReceptiveField((size[0], size[1]), (stride[0], stride[1]), (offset[0], offset[1]))
 
     def feature_maps(self, images: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """{layer: (B, maps, h, w)}: the rectified maps of each listed layer, from one forward pass."""
-        layers = sorted({as_int(layer) for layer in layers if self._check_layer(layer) is None})
+        layers = sorted({self._check_layer(layer) for layer in layers})
         tops = {self._top_index(layer): layer for layer in layers}
         out: dict[int, torch.Tensor] = {}
         with evaluating(self.features):
@@ -206,10 +212,10 @@ class Deconvnet:
         self,
         images: torch.Tensor,
         layer: int,
-        image_index,
-        maps,
-        rows,
-        cols,
+        image_index: torch.Tensor | Sequence[int],
+        maps: torch.Tensor | Sequence[int],
+        rows: torch.Tensor | Sequence[int],
+        cols: torch.Tensor | Sequence[int],
         method: str = "deconvnet",
     ) -> Projections:
         """Project single activations: entry n is map `maps[n]` at (`rows[n]`, `cols[n]`) of image `image_index[n]`.
@@ -218,21 +224,22 @@ class Deconvnet:
         field only (see the module docstring). Returns the windows, not whole images: `Projections.paste`
         places them in image-sized canvases.
         """
-        return self.project_activations_by_layer(images, {layer: (image_index, maps, rows, cols)}, method)[
-            as_int(layer)
-        ]
+        projections = self.project_activations_by_layer(images, {layer: (image_index, maps, rows, cols)}, method)
+        return projections[self._check_layer(layer)]
 
-    def project_strongest(self, images: torch.Tensor, layer: int, maps, method: str = "deconvnet") -> Projections:
+    def project_strongest(
+        self, images: torch.Tensor, layer: int, maps: torch.Tensor | Sequence[int], method: str = "deconvnet"
+    ) -> Projections:
         """Image n's strongest activation of map `maps[n]` (its first maximum in row-major order, as `argmax`),
         projected on its receptive-field window: what Fig. 4 (feature evolution) and Fig. 7(c) (occlusion) show.
         `Projections.rows`/`cols` say where the activation is, `paste` puts the windows in image-sized canvases."""
         self._check_images(images)
-        self._check_layer(layer)
-        layer = as_int(layer)
+        layer = self._check_layer(layer)
         maps = torch.as_tensor(maps, device=images.device, dtype=torch.long).reshape(-1)
         if maps.numel() != images.shape[0]:
             raise InputError(
-                f"Deconvnet: project_strongest takes one map per image, got {maps.numel()} maps for {images.shape[0]} images"
+                f"Deconvnet: project_strongest takes one map per image, got {maps.numel()} maps for "
+                f"{images.shape[0]} images"
             )
         self._check_map_tensor(layer, maps)
         activation = self.feature_maps(images, [layer])[layer]  # (N, maps, h, w)
@@ -252,10 +259,9 @@ class Deconvnet:
         if method not in METHODS:
             raise InputError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
         device = images.device
-        checked = {}
+        checked: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for layer, request in requests.items():
-            self._check_layer(layer)
-            layer = as_int(layer)
+            layer = self._check_layer(layer)
             image_index, maps, rows, cols = (
                 torch.as_tensor(v, device=device, dtype=torch.long).reshape(-1) for v in request
             )
@@ -270,7 +276,9 @@ class Deconvnet:
             return self._project_activations(images, checked, method)
 
     # ---------------------------------------------------------------- forward
-    def _forward(self, images: torch.Tensor, top: int, masks: bool = True, keep=()):
+    def _forward(
+        self, images: torch.Tensor, top: int, masks: bool = True, keep: Container[int] = ()
+    ) -> tuple[torch.Tensor, list[_Record], dict[int, torch.Tensor]]:
         """Run features[0..top] functionally, recording pooling switches (and ReLU masks if `masks`).
 
         Returns the output, the records, and {index: output} of the modules whose indices are in `keep`.
@@ -310,6 +318,7 @@ class Deconvnet:
                 if method == "deconvnet":
                     signal = F.relu(signal)
                 else:
+                    assert record.saved is not None  # ReLU masks are recorded for every method but "deconvnet"
                     mask = record.saved.index_select(0, rows)
                     if method == "guided":
                         signal = F.relu(signal)
@@ -317,6 +326,7 @@ class Deconvnet:
             elif isinstance(module, nn.MaxPool2d):
                 n, c, oh, ow = signal.shape
                 h, w = record.input_shape[2:]
+                assert record.saved is not None  # the switches are always recorded
                 switches = record.saved.index_select(0, rows).reshape(n, c, oh * ow)
                 unpooled = signal.new_zeros(n, c, h * w)
                 unpooled.scatter_add_(2, switches, signal.reshape(n, c, oh * ow))
@@ -327,7 +337,14 @@ class Deconvnet:
         return signal
 
     @staticmethod
-    def _down_windows(signal, top, left, records, rows, method):
+    def _down_windows(
+        signal: torch.Tensor,
+        top: torch.Tensor,
+        left: torch.Tensor,
+        records: list[_Record],
+        rows: torch.Tensor,
+        method: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Send windows down: `signal` (N, C, h, w) sits at (`top`, `left`) of the full map above `records`.
 
         Each step grows the window by exactly what the module below can reach and drops what falls in the
@@ -340,6 +357,7 @@ class Deconvnet:
                 if method == "deconvnet":
                     signal = F.relu(signal)
                 else:
+                    assert record.saved is not None  # ReLU masks are recorded for every method but "deconvnet"
                     mask = _gather_window(record.saved, rows, top, left, h, w)
                     if method == "guided":
                         signal = F.relu(signal)
@@ -349,6 +367,7 @@ class Deconvnet:
                 kernel, step, pad, dilation = (
                     _pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation")
                 )
+                assert record.saved is not None  # the switches are always recorded
                 switches = _gather_window(record.saved, rows, top, left, h, w)  # flat indices into the input map
                 top, left = top * step[0] - pad[0], left * step[1] - pad[1]
                 new_h = (h - 1) * step[0] + dilation[0] * (kernel[0] - 1) + 1
@@ -363,6 +382,7 @@ class Deconvnet:
                 signal = unpooled.reshape(n, c, new_h, new_w)
             elif isinstance(module, nn.Conv2d):
                 height, width = record.input_shape[2:]
+                assert not isinstance(module.padding, str)  # string padding is rejected in Deconvnet.__init__
                 signal = F.conv_transpose2d(
                     signal, module.weight, None, module.stride, 0, 0, module.groups, module.dilation
                 )
@@ -372,10 +392,15 @@ class Deconvnet:
             # LocalResponseNorm: identity
         return signal, top, left
 
-    def _project_activations(self, images, requests, method) -> dict[int, Projections]:
+    def _project_activations(
+        self,
+        images: torch.Tensor,
+        requests: Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+        method: str,
+    ) -> dict[int, Projections]:
         device = images.device
-        results = {}
-        for layer, (image_index, maps, rows, cols) in requests.items():
+        results: dict[int, Projections] = {}
+        for layer, (image_index, _maps, rows, cols) in requests.items():
             field = self.receptive_field(layer)
             windows = images.new_zeros(image_index.numel(), images.shape[1], *field.size)
             top, left = field.window(rows, cols)
@@ -425,7 +450,7 @@ class Deconvnet:
                     results[layer].windows[picked] = out
         return results
 
-    def _forward_elements(self, image_shape, top_index: int) -> int:
+    def _forward_elements(self, image_shape: Sequence[int], top_index: int) -> int:
         """Numbers `_forward` keeps per image up to features[top_index] (a memory estimate for chunking)."""
         channels, height, width = image_shape
         total = 0
@@ -453,7 +478,7 @@ class Deconvnet:
                 largest = max(largest, channels * h * w)
         return largest
 
-    def _project_max(self, images, layer, map_list, method) -> torch.Tensor:
+    def _project_max(self, images: torch.Tensor, layer: int, map_list: list[int], method: str) -> torch.Tensor:
         """mode="max": find each map's strongest location, then project those activations on their windows."""
         batch = images.shape[0]
         activation = self.feature_maps(images, [layer])[layer]
@@ -466,9 +491,9 @@ class Deconvnet:
         projections = self._project_activations(images, {layer: (image_index, maps, where // w, where % w)}, method)[
             layer
         ]
-        return projections.paste(tuple(images.shape[2:])).reshape(batch, k, *images.shape[1:])
+        return projections.paste((images.shape[2], images.shape[3])).reshape(batch, k, *images.shape[1:])
 
-    def _check_images(self, images) -> None:
+    def _check_images(self, images: object) -> None:
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise InputError(f"Deconvnet: images must be a 4-D (B, C, H, W) tensor, got {shape}")
@@ -504,28 +529,28 @@ class Deconvnet:
             (B, len(maps), C, H, W): out[b, k] is the projection of map maps[k] for image b.
         """
         self._check_images(images)
-        self._check_layer(layer)
-        layer = as_int(layer)
+        layer = self._check_layer(layer)
         if mode not in MODES:
             raise InputError(f"Deconvnet: unknown mode {mode!r}; allowed modes are {list(MODES)}")
         if method not in METHODS:
             raise InputError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
-        map_list = [maps] if as_int(maps) is not None else list(maps)
+        requested = [maps] if as_int(maps) is not None else list(cast(Sequence[int], maps))
         num_maps = self.num_maps(layer)
-        if not map_list:
+        if not requested:
             raise InputError("Deconvnet: maps is empty; give at least one feature map index")
-        bad = [m for m in map_list if as_int(m) is None or not 0 <= as_int(m) < num_maps]
+        numbers = [as_int(m) for m in requested]
+        bad = [m for m, number in zip(requested, numbers) if number is None or not 0 <= number < num_maps]
         if bad:
             raise InputError(
                 f"Deconvnet: map index(es) {bad} out of range: layer {layer} has {num_maps} maps "
                 f"(valid indices 0..{num_maps - 1})"
             )
-        map_list = [as_int(m) for m in map_list]
+        map_list = [number for number in numbers if number is not None]  # none is None after the check above
 
         with evaluating(self.features):
             return self._project(images, layer, map_list, mode, method)
 
-    def _project(self, images, layer, map_list, mode, method) -> torch.Tensor:
+    def _project(self, images: torch.Tensor, layer: int, map_list: list[int], mode: str, method: str) -> torch.Tensor:
         if mode == "max":
             return self._project_max(images, layer, map_list, method)
         top = self._top_index(layer)
@@ -559,7 +584,9 @@ class Deconvnet:
         return out.reshape(batch, k, *images.shape[1:])
 
 
-def _window_index(top, left, h: int, w: int, height: int, width: int):
+def _window_index(
+    top: torch.Tensor, left: torch.Tensor, h: int, w: int, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices into a (height, width) map of the (h, w) windows at (top, left), clamped, and which are inside."""
     ys = top[:, None] + torch.arange(h, device=top.device)
     xs = left[:, None] + torch.arange(w, device=left.device)
@@ -568,7 +595,9 @@ def _window_index(top, left, h: int, w: int, height: int, width: int):
     return flat, valid
 
 
-def _gather_window(tensor: torch.Tensor, rows, top, left, h: int, w: int) -> torch.Tensor:
+def _gather_window(
+    tensor: torch.Tensor, rows: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
     """(N, C, h, w) windows of `tensor` (B, C, H, W): image rows[n] at (top[n], left[n]); zero outside."""
     batch, channels, height, width = tensor.shape
     flat, valid = _window_index(top, left, h, w, height, width)
@@ -593,7 +622,13 @@ def _output_size(module: nn.Module, height: int, width: int) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-def cut_windows(images: torch.Tensor, image_index, top, left, size: tuple[int, int]) -> torch.Tensor:
+def cut_windows(
+    images: torch.Tensor,
+    image_index: torch.Tensor | Sequence[int],
+    top: torch.Tensor | Sequence[int],
+    left: torch.Tensor | Sequence[int],
+    size: tuple[int, int],
+) -> torch.Tensor:
     """(N, C, *size) windows of `images` (B, C, H, W): window n from image image_index[n] at (top[n], left[n]).
 
     Parts outside the image are zero, as in the receptive fields of the first layers' padding.
@@ -605,13 +640,14 @@ def cut_windows(images: torch.Tensor, image_index, top, left, size: tuple[int, i
     return _gather_window(images, image_index, top, left, size[0], size[1])
 
 
-def _pair(value) -> tuple[int, int]:
+def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def _conv_transpose(signal: torch.Tensor, conv: nn.Conv2d, input_size: Iterable[int]) -> torch.Tensor:
     """The transpose of `conv` (no bias), with an output exactly `input_size` wide."""
     out_h, out_w = signal.shape[2:]
+    assert not isinstance(conv.padding, str)  # string padding is rejected in Deconvnet.__init__
     output_padding = []
     for size, out, k, s, p, d in zip(
         input_size, (out_h, out_w), conv.kernel_size, conv.stride, conv.padding, conv.dilation

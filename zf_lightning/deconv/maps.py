@@ -37,28 +37,30 @@ def choose_maps(
     `layers` None means the layers `explicit` names, or else every conv layer. Every layer and map is checked
     against the network; errors start with `owner` (the option or callback that asked).
     """
-    explicit = {int(layer): [int(m) for m in maps] for layer, maps in (explicit or {}).items()}
+    listed = {int(layer): [int(m) for m in maps] for layer, maps in (explicit or {}).items()}
     available = list(range(1, deconv.num_layers + 1))
-    wanted = [int(layer) for layer in layers] if layers is not None else (sorted(explicit) or available)
+    wanted = [int(layer) for layer in layers] if layers is not None else (sorted(listed) or available)
     unknown = [layer for layer in wanted if layer not in available]
     if unknown:
         raise InputError(
-            f"{owner}: unknown layer(s) {unknown}: the model has {deconv.num_layers} conv layers (valid layers {available})"
+            f"{owner}: unknown layer(s) {unknown}: the model has {deconv.num_layers} conv layers "
+            f"(valid layers {available})"
         )
-    stray = sorted(set(explicit) - set(wanted))
+    stray = sorted(set(listed) - set(wanted))
     if stray:
         raise InputError(f"{owner}: maps are listed for layer(s) {stray}, which are not among the layers {wanted}")
     check_int(count, f"{owner}: maps_per_layer")
     chosen: dict[int, list[int]] = {}
     for layer in wanted:
         num_maps = deconv.num_maps(layer)
-        if layer in explicit:
-            bad = [m for m in explicit[layer] if not 0 <= m < num_maps]
+        if layer in listed:
+            bad = [m for m in listed[layer] if not 0 <= m < num_maps]
             if bad:
                 raise InputError(
-                    f"{owner}: map(s) {bad} of layer {layer} out of range: it has {num_maps} maps (valid indices 0..{num_maps - 1})"
+                    f"{owner}: map(s) {bad} of layer {layer} out of range: it has {num_maps} maps "
+                    f"(valid indices 0..{num_maps - 1})"
                 )
-            chosen[layer] = explicit[layer]
+            chosen[layer] = listed[layer]
         else:
             chosen[layer] = draw_maps(num_maps, count, seed, layer)
     return chosen

@@ -42,8 +42,10 @@ class RunningTopK:
             raise InputError(f"top-k needs k >= 1, got {k}")
         self.layer, self.k = layer, k
         self.maps = torch.as_tensor(list(maps), dtype=torch.long)
-        self.values = self.image_index = self.where = None
-        self.width = None
+        self.values: torch.Tensor | None = None  # (M, <=k) each, set together by `update`
+        self.image_index: torch.Tensor | None = None
+        self.where: torch.Tensor | None = None
+        self.width: int | None = None
 
     def update(self, activation: torch.Tensor, image_index: torch.Tensor) -> None:
         """activation: (B, M, h, w), the chosen maps only; image_index: (B,) dataset indices of the batch."""
@@ -54,6 +56,7 @@ class RunningTopK:
         value, where = activation.reshape(batch, maps, h * w).max(dim=2)  # first maximum on ties
         index = image_index.to(value.device).reshape(1, batch).expand(maps, batch)
         if self.values is not None:
+            assert self.where is not None and self.image_index is not None  # set together with values
             value = torch.cat([self.values, value.T], dim=1)
             where = torch.cat([self.where, where.T], dim=1)
             index = torch.cat([self.image_index, index], dim=1)
@@ -68,6 +71,8 @@ class RunningTopK:
     def result(self) -> TopActivations:
         if self.values is None:
             raise InputError("no data was seen: the dataset is empty")
+        # set together with values
+        assert self.image_index is not None and self.where is not None and self.width is not None
         return TopActivations(
             self.layer, self.maps, self.values, self.image_index, self.where // self.width, self.where % self.width
         )
@@ -87,6 +92,16 @@ def find_top_activations(
             chosen = feature_maps[layer].index_select(1, tracker.maps.to(images.device))
             tracker.update(chosen, image_index)
     return {layer: tracker.result() for layer, tracker in trackers.items()}
+
+
+@dataclass
+class _Slot:
+    """What `project_all_top_activations` fills in for one layer, chunk by chunk."""
+
+    top: torch.Tensor
+    left: torch.Tensor
+    projections: torch.Tensor | None = None
+    patches: torch.Tensor | None = None
 
 
 @dataclass
@@ -142,22 +157,18 @@ def project_all_top_activations(
     flat = {layer: top.image_index.reshape(-1) for layer, top in tops.items()}
     unique = torch.unique(torch.cat(list(flat.values()))).tolist()
     fields = {layer: deconv.receptive_field(layer) for layer in tops}
-    out = {}
+    out: dict[int, _Slot] = {}
     for layer, top in tops.items():
         n = top.values.numel()
-        out[layer] = {
-            "projections": None,
-            "patches": None,
-            "top": torch.zeros(n, dtype=torch.long),
-            "left": torch.zeros(n, dtype=torch.long),
-        }
+        out[layer] = _Slot(top=torch.zeros(n, dtype=torch.long), left=torch.zeros(n, dtype=torch.long))
     for start in range(0, len(unique), images_per_chunk):
         chunk = unique[start : start + images_per_chunk]
         images = load_images(chunk)
         display = load_display(chunk).to(images.device) if load_display is not None else None
         position = torch.full((max(unique) + 1,), -1, dtype=torch.long)
         position[torch.tensor(chunk)] = torch.arange(len(chunk))
-        requests, entries = {}, {}
+        requests: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        entries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for layer, top in tops.items():
             local = position[flat[layer]]
             entry = (local >= 0).nonzero().flatten()
@@ -175,32 +186,32 @@ def project_all_top_activations(
         for layer, result in results.items():
             entry, local = entries[layer]
             slot = out[layer]
-            if slot["projections"] is None:
-                slot["projections"] = result.windows.new_zeros(
+            if slot.projections is None:
+                slot.projections = result.windows.new_zeros(
                     flat[layer].numel(), result.windows.shape[1], *fields[layer].size
                 )
                 if display is not None:
-                    slot["patches"] = result.windows.new_zeros(
-                        flat[layer].numel(), display.shape[1], *fields[layer].size
-                    )
+                    slot.patches = result.windows.new_zeros(flat[layer].numel(), display.shape[1], *fields[layer].size)
             where = entry.to(result.windows.device)
-            slot["projections"][where] = result.windows
-            slot["top"][entry], slot["left"][entry] = result.top.cpu(), result.left.cpu()
+            slot.projections[where] = result.windows
+            slot.top[entry], slot.left[entry] = result.top.cpu(), result.left.cpu()
             if display is not None:
-                slot["patches"][where] = cut_windows(
+                assert slot.patches is not None  # made with the projections when there is a display
+                slot.patches[where] = cut_windows(
                     display, local.to(display.device), result.top, result.left, fields[layer].size
                 )
     projected = {}
     for layer, top in tops.items():
         maps, k = top.values.shape
         slot = out[layer]
-        patches = slot["patches"]
+        patches = slot.patches
+        assert slot.projections is not None  # every top-k image was in some chunk
         projected[layer] = TopProjections(
             top,
-            slot["projections"].reshape(maps, k, *slot["projections"].shape[1:]),
-            patches.reshape(maps, k, *patches.shape[1:]) if patches is not None else slot["projections"].new_zeros(0),
-            slot["top"].reshape(maps, k),
-            slot["left"].reshape(maps, k),
+            slot.projections.reshape(maps, k, *slot.projections.shape[1:]),
+            patches.reshape(maps, k, *patches.shape[1:]) if patches is not None else slot.projections.new_zeros(0),
+            slot.top.reshape(maps, k),
+            slot.left.reshape(maps, k),
             fields[layer],
         )
     return projected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from zf_lightning.models.convnet import ConvSpec, PaperConvNet, with_widths
 
@@ -17,7 +18,11 @@ ALEXNET_CONVS = (
 
 
 def alexnet(
-    num_classes: int = 1000, *, conv_widths: Sequence[int] | None = None, norm_position: str = "before_pool", **options
+    num_classes: int = 1000,
+    *,
+    conv_widths: Sequence[int] | None = None,
+    norm_position: str = "before_pool",
+    **options: Any,
 ) -> PaperConvNet:
     """AlexNet with response normalisation before pooling, as Krizhevsky et al.; options as `zfnet`."""
     convs = with_widths(ALEXNET_CONVS, conv_widths)

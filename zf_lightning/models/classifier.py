@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.types import LRSchedulerTypeUnion, OptimizerLRScheduler
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torch.optim import Optimizer
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from zf_lightning.models.finite_check import DeferredFiniteCheck
@@ -28,7 +30,7 @@ PAPER_LR_SCHEDULER = {
 }
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     """OmegaConf containers -> dicts and lists (checkpoints must unpickle with weights_only=True)."""
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
@@ -51,14 +53,16 @@ TRAIN_METRIC_STATES = "train_metric_states"  # checkpoint keys
 CALLBACK_METRICS = "callback_metrics"
 
 
-def _synced_state(metric) -> dict[str, torch.Tensor]:
+def _synced_state(metric: Metric) -> dict[str, torch.Tensor]:
     """A torchmetrics metric's states, reduced over ranks (a no-op on one process), on the CPU."""
     with metric.sync_context(should_unsync=True):
-        return {attr: value.detach().cpu().clone() for attr, value in metric.metric_state.items()}
+        # The training metrics' states are tensors; torchmetrics types them as tensors or lists.
+        return {attr: cast(torch.Tensor, value).detach().cpu().clone() for attr, value in metric.metric_state.items()}
 
 
 def average_crop_probabilities(logits: torch.Tensor, num_crops: int, multilabel: bool = False) -> torch.Tensor:
-    """(B * num_crops, K) logits -> (B, K) probabilities (softmax, or sigmoid per label) averaged over each image's crops."""
+    """(B * num_crops, K) logits -> (B, K) probabilities (softmax, or sigmoid per label) averaged over each
+    image's crops."""
     probabilities = logits.sigmoid() if multilabel else logits.softmax(dim=-1)
     return probabilities.unflatten(0, (-1, num_crops)).mean(dim=1)
 
@@ -97,7 +101,8 @@ def load_pretrained_weights(net: nn.Module, checkpoint: str | Path) -> list[str]
     unexpected = sorted(set(kept) - set(own))
     if missing or mismatched or unexpected:
         raise InputError(
-            f"transfer.checkpoint={str(path)!r} does not fit the configured network (model=...: use the variant it was trained as): "
+            f"transfer.checkpoint={str(path)!r} does not fit the configured network "
+            "(model=...: use the variant it was trained as): "
             f"missing {missing}, shape mismatches {mismatched}, unexpected {unexpected}"
         )
     net.load_state_dict(kept, strict=False)
@@ -148,7 +153,8 @@ class ImageClassifier(L.LightningModule):
             raise InputError(f"model.transfer.mode must be one of {list(TRANSFER_MODES)}, got {transfer['mode']!r}")
         if transfer["mode"] != "scratch" and not transfer["checkpoint"]:
             raise InputError(
-                f"model.transfer.mode={transfer['mode']!r} needs model.transfer.checkpoint=PATH (an ImageNet-trained zf-train checkpoint)"
+                f"model.transfer.mode={transfer['mode']!r} needs model.transfer.checkpoint=PATH "
+                "(an ImageNet-trained zf-train checkpoint)"
             )
         if task not in TASKS:
             raise InputError(f"model.task must be one of {list(TASKS)}, got {task!r}")
@@ -168,7 +174,10 @@ class ImageClassifier(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         self.multilabel = task == "multilabel"
-        num_classes = self.net.classifier[-1].out_features
+        last = self.net.classifier[-1]
+        assert isinstance(last, nn.Linear)  # PaperConvNet ends with its class layer
+        num_classes = last.out_features
+        metrics: dict[str, Metric | MetricCollection]  # the type MetricCollection takes
         if self.multilabel:
             from zf_lightning.models.metrics import VOCAveragePrecision
 
@@ -194,22 +203,22 @@ class ImageClassifier(L.LightningModule):
 
     def configure_model(self) -> None:
         # In place (nn.Module.compile): the parameter names, hence checkpoints, stay those of the plain network.
-        if self.hparams.compile and not getattr(self, "_compiled", False):
-            options = self.hparams.compile if isinstance(self.hparams.compile, dict) else {}
+        if self.hparams["compile"] and not getattr(self, "_compiled", False):
+            options = self.hparams["compile"] if isinstance(self.hparams["compile"], dict) else {}
             self.net.compile(**options)
             self._compiled = True
 
     @property
     def frozen(self) -> bool:
-        return self.hparams.transfer["mode"] == "pretrained"
+        return self.hparams["transfer"]["mode"] == "pretrained"
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(name, p) for name, p in self.net.named_parameters() if p.requires_grad]
 
     def setup(self, stage: str) -> None:
         # Before Lightning restores a resumed run's own checkpoint, which then overrides these weights.
-        if stage == "fit" and self.hparams.transfer["mode"] != "scratch":
-            fresh = load_pretrained_weights(self.net, self.hparams.transfer["checkpoint"])
+        if stage == "fit" and self.hparams["transfer"]["mode"] != "scratch":
+            fresh = load_pretrained_weights(self.net, self.hparams["transfer"]["checkpoint"])
             if self.frozen:
                 for name, parameter in self.net.named_parameters():
                     parameter.requires_grad_(name in fresh)
@@ -232,7 +241,8 @@ class ImageClassifier(L.LightningModule):
         return images.contiguous(memory_format=self.memory_format)
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (label probabilities when multilabel); for (B, crops, C, H, W) input, the average over each image's crops."""
+        """Class probabilities (label probabilities when multilabel); for (B, crops, C, H, W) input, the average
+        over each image's crops."""
         if images.ndim == 5:
             crops = self.laid_out(images.flatten(0, 1))  # one batch of B x crops
             return average_crop_probabilities(self.net(crops), images.shape[1], self.multilabel)
@@ -245,7 +255,7 @@ class ImageClassifier(L.LightningModule):
     # None: check the loss at once on a CPU, deferred on other devices (`DeferredFiniteCheck`); True/False forces it.
     defer_finite_check: bool | None = None
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.finite_check.raise_finished()  # earlier steps' flags that have reached the host
         images, labels = batch
         logits = self(images)
@@ -283,12 +293,12 @@ class ImageClassifier(L.LightningModule):
             if not finite:
                 raise FloatingPointError(message())
             return
-        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        flag = torch.isfinite(loss.detach()).to(torch.int32)
         if distributed:  # torch.distributed directly: Lightning's reduce adds a barrier, which waits for the device
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        self.finite_check.push(finite.bool(), message)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        self.finite_check.push(flag.bool(), message)
 
-    def on_before_optimizer_step(self, optimizer) -> None:
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         self.finite_check.guard(self.parameters())
 
     def on_validation_model_eval(self) -> None:
@@ -316,17 +326,18 @@ class ImageClassifier(L.LightningModule):
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             monitor = self.trainer.lr_scheduler_configs[0].monitor
-            value = self.trainer.callback_metrics.get(monitor)
+            value = self.trainer.callback_metrics.get(monitor) if monitor is not None else None
             if value is None:
                 raise InputError(
-                    f"model.lr_scheduler.monitor={monitor!r} was not logged by the end of epoch {self.current_epoch + 1}; "
-                    f"logged: {sorted(self.trainer.callback_metrics)}"
+                    f"model.lr_scheduler.monitor={monitor!r} was not logged by the end of epoch "
+                    f"{self.current_epoch + 1}; logged: {sorted(self.trainer.callback_metrics)}"
                 )
             scheduler.step(value)
         else:
+            assert not isinstance(scheduler, list)  # configure_optimizers gives one scheduler
             scheduler.step()
 
-    def lr_scheduler_step(self, scheduler, metric) -> None:
+    def lr_scheduler_step(self, scheduler: LRSchedulerTypeUnion, metric: Any | None) -> None:
         """Lightning's own step of the epoch scheduler, after the epoch's checkpoints: stepped in
         `on_train_epoch_end` instead."""
 
@@ -366,7 +377,7 @@ class ImageClassifier(L.LightningModule):
     def on_train_end(self) -> None:
         self.finite_check.raise_finished(block=True)
 
-    def _evaluate(self, stage: str, batch) -> None:
+    def _evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         images, labels = batch
         if images.ndim == 5:
             probabilities = self.predict_proba(images)
@@ -381,10 +392,10 @@ class ImageClassifier(L.LightningModule):
             self.metrics(stage).update(logits, labels)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(labels))
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate("val", batch)
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate("test", batch)
 
     def _errors(self, stage: str) -> dict[str, torch.Tensor]:
@@ -414,22 +425,22 @@ class ImageClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_errors("test")
 
-    def optimizer_step(self, *args, **kwargs) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.hparams.filter_rms_radius is not None and not self.frozen:  # fixed filters stay as loaded
-            renormalize_filters_(self.net, self.hparams.filter_rms_radius)
+        if self.hparams["filter_rms_radius"] is not None and not self.frozen:  # fixed filters stay as loaded
+            renormalize_filters_(self.net, self.hparams["filter_rms_radius"])
 
-    def configure_optimizers(self):
-        config = dict(self.hparams.optimizer)
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        config = dict(self.hparams["optimizer"])
         weight_decay = config.pop("weight_decay", 0.0)
         trainable = self.trainable_parameters()  # the new last layer only, when pretrained layers are fixed
         weights = [p for n, p in trainable if not n.endswith("bias")]
         biases = [p for n, p in trainable if n.endswith("bias")]
         groups = [{"params": weights, "weight_decay": weight_decay}, {"params": biases, "weight_decay": 0.0}]
         optimizer = instantiate(config, _partial_=True)(groups)  # partial: Hydra would wrap the tensors in a config
-        if not self.hparams.lr_scheduler:
+        if not self.hparams["lr_scheduler"]:
             return optimizer
-        scheduler_config = dict(self.hparams.lr_scheduler)
+        scheduler_config = dict(self.hparams["lr_scheduler"])
         monitor = scheduler_config.pop("monitor", "val/top1_err")
         scheduler = instantiate(scheduler_config, _partial_=True)(optimizer)
         return {

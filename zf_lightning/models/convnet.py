@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
 
 from zf_lightning.utils.errors import InputError
@@ -129,13 +130,23 @@ class PaperConvNet(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(module.weight, 0.0, std)
+                assert module.bias is not None  # every layer is built with a bias
                 nn.init.zeros_(module.bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
 
-def _check_options(name, convs, num_classes, fc_widths, removed, norm_position, width_multiplier, input_size) -> None:
+def _check_options(
+    name: str,
+    convs: Sequence[ConvSpec],
+    num_classes: int,
+    fc_widths: Sequence[int],
+    removed: Sequence[int],
+    norm_position: str,
+    width_multiplier: float,
+    input_size: int,
+) -> None:
     if len(convs) != len(CONV_LAYERS):
         raise InputError(f"{name}: expected {len(CONV_LAYERS)} conv layer specs, got {len(convs)}")
     if len(fc_widths) != len(DENSE_LAYERS):

@@ -33,7 +33,8 @@ class DeferredFiniteCheck:
         self._flag = finite if self._flag is None else self._flag & finite  # every accumulated batch's
 
     def guard(self, parameters: Iterable[torch.Tensor]) -> None:
-        """Zero every gradient, on the device, if a loss since the last optimiser step was not finite (call before it)."""
+        """Zero every gradient, on the device, if a loss since the last optimiser step was not finite (call before
+        it)."""
         if self._flag is None:
             return
         not_finite, self._flag = ~self._flag, None

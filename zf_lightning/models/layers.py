@@ -65,8 +65,8 @@ class PaperLayers:
         features = net if isinstance(net, nn.Sequential) else getattr(net, "features", None)
         if not isinstance(features, nn.Sequential):
             raise InputTypeError(
-                f"the paper's layer numbering needs a network whose `features` is an nn.Sequential (or an nn.Sequential "
-                f"itself), got {type(net).__name__} with features of type {type(features).__name__}"
+                "the paper's layer numbering needs a network whose `features` is an nn.Sequential (or an "
+                f"nn.Sequential itself), got {type(net).__name__} with features of type {type(features).__name__}"
             )
         classifier = None if isinstance(net, nn.Sequential) else getattr(net, "classifier", None)
         self.features = features

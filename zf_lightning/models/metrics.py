@@ -38,6 +38,7 @@ end of its tie group). E.g. ranking (negative, positive, positive): devkit 2/3, 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -117,8 +118,11 @@ class VOCAveragePrecision(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    # list states made by `add_state`
+    scores: list[Tensor]
+    targets: list[Tensor]
 
-    def __init__(self, num_classes: int, **kwargs) -> None:
+    def __init__(self, num_classes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise InputError(f"num_classes must be a positive int, got {num_classes!r}")

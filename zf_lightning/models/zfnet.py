@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from zf_lightning.models.convnet import ConvSpec, PaperConvNet, with_widths
 
@@ -17,7 +18,11 @@ ZFNET_CONVS = (
 
 
 def zfnet(
-    num_classes: int = 1000, *, conv_widths: Sequence[int] | None = None, norm_position: str = "after_pool", **options
+    num_classes: int = 1000,
+    *,
+    conv_widths: Sequence[int] | None = None,
+    norm_position: str = "after_pool",
+    **options: Any,
 ) -> PaperConvNet:
     """ZFNet; with a 224x224 input its maps are 110, 55, 26, 13, 13, 13, 13 and 6 wide.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,13 @@ def _table_spec(name: str, entry: dict[str, Any]) -> TableSpec:
     )
 
 
-def _paths(value) -> list[str] | None:
+def _paths(value: str | Iterable[str] | None) -> list[str] | None:
     if value is None:
         return None
     return [value] if isinstance(value, str) else list(value)
 
 
-def parse_paper_value(value) -> PaperValue | None:
+def parse_paper_value(value: str | float | None) -> PaperValue | None:
     """38.4 -> 38.4; "83.8 ± 0.5" -> 83.8 with std 0.5; null -> None."""
     if value is None:
         return None
@@ -139,7 +140,7 @@ def key_of(record: RunRecord, paths: list[str]) -> str | None:
     return "/".join(_as_key(value) for value in values)
 
 
-def _as_key(value) -> str:
+def _as_key(value: object) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # 15.0 from some loggers is the paper's 15
     return str(value)
@@ -191,7 +192,9 @@ class Cell:
         """The cell as shown: "38.4 ± 0.3 (n=5)", "failed (ValueError: ...)", "missing", ..."""
         status = self.status
         if status in ("ok", "partial"):
-            text = _number(self.mean) + (f" ± {_number(self.std)}" if self.std is not None else "")
+            mean, std = self.mean, self.std
+            assert mean is not None  # "ok" and "partial" cells have values
+            text = _number(mean) + (f" ± {_number(std)}" if std is not None else "")
             notes = ([f"n={self.n}"] if self.n > 1 else []) + (
                 [f"{len(self.failures)} failed"] if self.failures else []
             )
@@ -261,7 +264,9 @@ class Table:
     def problems(self) -> list[str]:
         """What is not a number in the table, and why: failed and incomplete runs (each once, with the cells
         it leaves empty), missing runs, and runs that fit no cell."""
-        lines, failed, without = [], {}, {}
+        lines: list[str] = []
+        failed: dict[str, tuple[RunRecord, list[Cell]]] = {}
+        without: dict[str, tuple[RunRecord, list[Cell]]] = {}
         for row in self.rows:
             cells = [self.cell(row.key, column.key) for column in self.columns if self.cell(row.key, column.key).metric]
             if not row.reference and cells and all(not cell.runs for cell in cells):
@@ -278,7 +283,7 @@ class Table:
             f"{run.status}: {self._where(cells)}: {run.source}: {run.error}" for run, cells in failed.values()
         ] + lines
         for run, cells in without.values():
-            metrics = ", ".join(dict.fromkeys(cell.metric for cell in cells))
+            metrics = ", ".join(dict.fromkeys(cell.metric for cell in cells if cell.metric is not None))  # all have one
             lines.append(f"missing: {self._where(cells)}: {run.source} completed without {metrics}")
         lines += [f"not placed: {record.source} ({record.status}): {why}" for record, why in self.unplaced]
         return lines
@@ -307,9 +312,11 @@ def build_table(spec: TableSpec, records: list[RunRecord]) -> Table:
     unplaced = []
     run_rows = [row.key for row in spec.rows if not row.reference]
     for record in records:
-        row_keys = [key_of(record, spec.rows_by)] if spec.rows_by else run_rows
-        column_keys = [key_of(record, spec.columns_by)] if spec.columns_by else [c.key for c in spec.columns]
-        if None in row_keys or None in column_keys:
+        found_rows = [key_of(record, spec.rows_by)] if spec.rows_by else run_rows
+        found_columns = [key_of(record, spec.columns_by)] if spec.columns_by else [c.key for c in spec.columns]
+        row_keys = [key for key in found_rows if key is not None]
+        column_keys = [key for key in found_columns if key is not None]
+        if len(row_keys) < len(found_rows) or len(column_keys) < len(found_columns):
             missing = [p for p in (spec.rows_by or []) + (spec.columns_by or []) if record.get(p) is None]
             unplaced.append((record, f"no {', '.join(missing)} in the run"))
             continue
@@ -345,7 +352,7 @@ def build_table(spec: TableSpec, records: list[RunRecord]) -> Table:
     return Table(spec, rows, columns, cells, unplaced)
 
 
-def _as_number(value) -> float | None:
+def _as_number(value: Any) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):  # absent, or not a number (a W&B summary can hold anything)
@@ -368,7 +375,7 @@ def latest_per_replicate(records: list[RunRecord], replicates_by: list[str]) -> 
 def build_tables(records: list[RunRecord], specs: dict[str, TableSpec] | None = None) -> dict[str, Table]:
     """Every table of the paper that some record belongs to (by its group), in the paper's order."""
     specs = load_paper() if specs is None else specs
-    by_group: dict[str, list[RunRecord]] = defaultdict(list)
+    by_group: dict[str | None, list[RunRecord]] = defaultdict(list)
     for record in records:
         by_group[record.group].append(record)
     return {name: build_table(spec, by_group[spec.group]) for name, spec in specs.items() if by_group.get(spec.group)}
@@ -446,7 +453,7 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _markdown_escape(text) -> str:
+def _markdown_escape(text: object) -> str:
     return str(text).replace("|", "\\|")
 
 

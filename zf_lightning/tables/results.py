@@ -74,9 +74,10 @@ def read_summary(path: Path) -> RunRecord:
         record.error = f"unreadable {SUMMARY_FILE}: {error}"
         return record
     # An interrupted run (stopped by a signal, resumable) has no final numbers yet: incomplete, not failed.
-    status = {COMPLETED: COMPLETED, "interrupted": INCOMPLETE}.get(data.get("status"), FAILED)
-    error = data.get("error") or (None if status == COMPLETED else f"status {data.get('status')!r}")
-    return RunRecord(str(path.parent), status, data, error, path.stat().st_mtime)
+    statuses: dict[Any, str] = {COMPLETED: COMPLETED, "interrupted": INCOMPLETE}  # keyed by whatever it logged
+    status = statuses.get(data.get("status"), FAILED)
+    message = data.get("error") or (None if status == COMPLETED else f"status {data.get('status')!r}")
+    return RunRecord(str(path.parent), status, data, message, path.stat().st_mtime)
 
 
 def incomplete_run(job_dir: Path) -> RunRecord:
@@ -100,14 +101,14 @@ def hydra_job_config(hydra_dir: Path) -> dict[str, Any]:
     except Exception:  # no or broken config: the job is still listed, just not placed in a table
         return {}
 
-    def resolve(node):
+    def resolve(node: Any) -> Any:
         if isinstance(node, DictConfig):
             return {key: resolve_item(node, key) for key in node.keys()}
         if isinstance(node, ListConfig):
             return [resolve_item(node, index) for index in range(len(node))]
         return node
 
-    def resolve_item(node, key):
+    def resolve_item(node: DictConfig | ListConfig, key: Any) -> Any:
         try:
             return resolve(node[key])
         except Exception:  # an interpolation that needs the running job
@@ -124,7 +125,7 @@ def hydra_job_config(hydra_dir: Path) -> dict[str, Any]:
 _WANDB_STATUS = {"finished": COMPLETED, "failed": FAILED, "crashed": FAILED, "killed": FAILED}
 
 
-def wandb_runs(project: str, groups: Iterable[str], api=None) -> list[RunRecord]:
+def wandb_runs(project: str, groups: Iterable[str], api: Any = None) -> list[RunRecord]:  # api: a wandb.Api
     """The runs of these groups in a W&B project ("entity/project"), as records."""
     if api is None:
         import wandb
@@ -136,7 +137,7 @@ def wandb_runs(project: str, groups: Iterable[str], api=None) -> list[RunRecord]
     return records
 
 
-def wandb_record(run, project: str = "") -> RunRecord:
+def wandb_record(run: Any, project: str = "") -> RunRecord:
     """A W&B run as summary.json would have it: config as logged (the resolved Hydra config), the metrics of
     the run's summary split by stage, the run state as status."""
     summary = run.summary
@@ -171,7 +172,7 @@ def _unflatten(config: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _timestamp(created_at) -> float:
+def _timestamp(created_at: object) -> float:
     try:
         return datetime.fromisoformat(str(created_at).replace("Z", "+00:00")).timestamp()
     except ValueError:

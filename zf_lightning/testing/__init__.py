@@ -1,1 +1,2 @@
-"""What tests and benchmarks share: small networks with lively activations, and independent reference implementations."""
+"""What tests and benchmarks share: small networks with lively activations, and independent reference
+implementations."""

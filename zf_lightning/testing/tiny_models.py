@@ -17,7 +17,10 @@ def lively_tiny_zfnet(num_classes: int = 10, size: int = 64, seed: int = 0) -> n
     for module in net.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(module.weight)
+            assert module.bias is not None  # zfnet's layers all have biases
             nn.init.normal_(module.bias, 0.0, 0.1)
+    last = net.classifier[-1]
+    assert isinstance(last, nn.Linear)  # fc8
     with torch.no_grad():
-        net.classifier[-1].weight.mul_(3)
+        last.weight.mul_(3)
     return net

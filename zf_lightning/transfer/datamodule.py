@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -15,8 +17,18 @@ from zf_lightning.data.image_files import (
 )
 from zf_lightning.utils.errors import InputError
 
+if TYPE_CHECKING:
+    from zf_lightning.transfer.splits import Split
+
 CALTECH = ("caltech101", "caltech256")
 DATASETS = (*CALTECH, "voc2012")
+
+
+class _ClassFolders(Protocol):
+    """A Caltech dataset (a torchvision ImageFolder) beyond `Dataset`: its class names and each image's label."""
+
+    classes: list[str]
+    targets: Sequence[int]
 
 
 def mean_image_from_checkpoint(path: str | Path) -> torch.Tensor:
@@ -63,7 +75,7 @@ class TransferDataModule(ImageClassificationDataModule):
         mean_image_checkpoint: str | Path | None = None,
         on_bad_image: str = "skip",
         bad_image_log: str | Path | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         if dataset not in DATASETS:
             raise InputError(f"data.dataset must be one of {list(DATASETS)}, got {dataset!r}")
@@ -78,34 +90,36 @@ class TransferDataModule(ImageClassificationDataModule):
             check_checkpoint(mean_image_checkpoint, "data.mean_image_checkpoint")
         self.mean_image_checkpoint = mean_image_checkpoint
         self.stage_splits = {"train": "train", "val": "test", "test": "test"}
-        self._split = None
+        self._split: Split | None = None
         full = self._full_dataset(None)  # checks the layout and class count now, before any training work
         if dataset in CALTECH:
             self._split = self._make_split(full)
 
-    def _bad_images(self) -> dict:
+    def _bad_images(self) -> dict[str, Any]:
         return {
             "on_bad_image": self.on_bad_image,
             "bad_image_log": BadImageLog(self.bad_image_log),
             "min_size": self.crop_size,
         }
 
-    def _full_dataset(self, transform) -> Dataset:
+    def _full_dataset(self, transform: Callable[[Any], Any] | None) -> Dataset:
         from zf_lightning.transfer.datasets import dataset_by_name
 
         if self.dataset == "voc2012":
             return dataset_by_name(self.dataset, self.root, split="train", transform=transform, **self._bad_images())
         dataset = dataset_by_name(self.dataset, self.root, transform=transform, **self._bad_images())
-        if len(dataset.classes) != self.num_classes:
+        classes = cast(_ClassFolders, dataset).classes
+        if len(classes) != self.num_classes:
             raise InputError(
-                f"{self.dataset} at {self.root} has {len(dataset.classes)} classes but data.num_classes={self.num_classes}"
+                f"{self.dataset} at {self.root} has {len(classes)} classes but data.num_classes={self.num_classes}"
             )
         return dataset
 
-    def _make_split(self, full):
+    def _make_split(self, full: Dataset) -> Split:
         from zf_lightning.transfer.splits import per_class_split
 
-        return per_class_split(full.targets, self.train_per_class, self.split_seed, self.max_test_per_class)
+        targets = cast(_ClassFolders, full).targets
+        return per_class_split(targets, self.train_per_class, self.split_seed, self.max_test_per_class)
 
     def dataset_key(self) -> str:
         split = (
@@ -113,13 +127,13 @@ class TransferDataModule(ImageClassificationDataModule):
         )
         return f"{self.dataset}|root={self.root.resolve()}{split}"
 
-    def load_mean_image(self):
+    def load_mean_image(self) -> torch.Tensor:
         if self.mean_image is None and self.mean_image_checkpoint:
             mean_image = mean_image_from_checkpoint(self.mean_image_checkpoint)
             self.load_state_dict({"mean_image": mean_image})  # checks its size against data.resize_size
         return super().load_mean_image()
 
-    def make_dataset(self, split: str, transform) -> Dataset:
+    def make_dataset(self, split: str, transform: Callable[[Any], Any] | None) -> Dataset:
         from zf_lightning.transfer.datasets import dataset_by_name
 
         if self.dataset == "voc2012":
@@ -130,6 +144,7 @@ class TransferDataModule(ImageClassificationDataModule):
                 transform=transform,
                 **self._bad_images(),
             )
+        assert self._split is not None  # made in __init__ for the Caltech sets
         indices = self._split.train if split == "train" else self._split.test
         # Substitutes for skipped images come from the same split: a test image never stands in for a training one.
         return ReadableSubset(
@@ -138,5 +153,5 @@ class TransferDataModule(ImageClassificationDataModule):
 
     def split_sizes(self) -> dict[str, int]:
         if self._split is None:
-            return {split: len(self.make_dataset(split, None)) for split in ("train", "test")}
+            return {split: len(cast(Sized, self.make_dataset(split, None))) for split in ("train", "test")}
         return {"train": len(self._split.train), "test": len(self._split.test)}

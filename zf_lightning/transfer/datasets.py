@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -74,7 +76,7 @@ class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
     def __init__(
         self,
         root: str | Path,
-        transform=None,
+        transform: Callable[[Any], Any] | None = None,
         expected_num_classes: int | None = None,
         on_bad_image: str = "skip",
         bad_image_log: BadImageLog | str | Path | None = None,
@@ -90,7 +92,10 @@ class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
 
     @classmethod
     def layout(cls, root: str | Path) -> str:
-        return f"Expected {cls.name} laid out as {Path(root).expanduser()}/{cls.folder}/{cls.categories}/<class>/{cls.file_pattern}."
+        return (
+            f"Expected {cls.name} laid out as "
+            f"{Path(root).expanduser()}/{cls.folder}/{cls.categories}/<class>/{cls.file_pattern}."
+        )
 
     @classmethod
     def check_layout(cls, root: str | Path) -> Path:
@@ -119,8 +124,16 @@ class _CaltechFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
             )
         return classes, {c: i for i, c in enumerate(classes)}
 
-    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        samples, empty = [], []
+    def make_dataset(
+        self,
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: str | tuple[str, ...] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        samples: list[tuple[str, int]] = []
+        empty: list[str] = []
         for class_name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
             class_dir = os.path.join(directory, class_name)
             files = sorted(e.name for e in os.scandir(class_dir) if _is_image(e))
@@ -162,7 +175,7 @@ class VOC2012Classification(SkipBadImages, Dataset):
         self,
         root: str | Path,
         image_set: str = "train",
-        transform=None,
+        transform: Callable[[Any], Any] | None = None,
         on_bad_image: str = "skip",
         bad_image_log: BadImageLog | str | Path | None = None,
         min_size: int | None = None,
@@ -237,7 +250,8 @@ class VOC2012Classification(SkipBadImages, Dataset):
             name = (obj.findtext("name") or "").strip()
             if name not in VOC_CLASSES:
                 raise InputError(
-                    f"PASCAL VOC 2012: {xml_path} has an object of unknown class {name!r}; expected one of {VOC_CLASSES}."
+                    f"PASCAL VOC 2012: {xml_path} has an object of unknown class {name!r}; "
+                    f"expected one of {VOC_CLASSES}."
                 )
             difficult = (obj.findtext("difficult") or "0").strip() == "1"  # a few VOC2012 objects have no <difficult>
             c = VOC_CLASSES.index(name)
@@ -250,7 +264,7 @@ class VOC2012Classification(SkipBadImages, Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def load_item(self, index: int):
+    def load_item(self, index: int) -> tuple[Any, torch.Tensor] | None:
         """(transformed image, targets) of item `index`, or None if its file was skipped."""
         image = self.read_image(self.voc_dir / "JPEGImages" / f"{self.image_ids[index]}.jpg")
         if image is None:
@@ -261,7 +275,13 @@ class VOC2012Classification(SkipBadImages, Dataset):
 DATASETS = ("caltech101", "caltech256", "voc2012")
 
 
-def dataset_by_name(name: str, root: str | Path, split: str | None = None, transform=None, **bad_images) -> Dataset:
+def dataset_by_name(
+    name: str,
+    root: str | Path,
+    split: str | None = None,
+    transform: Callable[[Any], Any] | None = None,
+    **bad_images: Any,
+) -> Dataset:
     """One of DATASETS under `root`. `split` is VOC's image set (default "train"); the Caltech sets have no
     predefined split (see `splits.per_class_split`), so it is ignored for them. `bad_images`: `on_bad_image`,
     `bad_image_log`, `min_size` (see `zf_lightning.data.image_files`)."""

@@ -17,9 +17,10 @@ accuracies (`balanced_accuracy_score`), the Caltech protocols' measure, in perce
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from zf_lightning.models.layers import PaperLayers
 from zf_lightning.utils.errors import InputError, InputTypeError
 from zf_lightning.utils.io import atomic_write_npz
 from zf_lightning.utils.modes import evaluating
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 FEATURE_LAYERS = (1, 2, 3, 4, 5, 7)
 PAPER_ROWS = (("svm", 1), ("svm", 2), ("svm", 3), ("svm", 4), ("svm", 5), ("svm", 7), ("softmax", 5), ("softmax", 7))
@@ -48,7 +52,8 @@ class BlockFeatures:
         features, classifier = getattr(net, "features", None), getattr(net, "classifier", None)
         if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Sequential):
             raise InputTypeError(
-                f"BlockFeatures needs a network with `features` and `classifier` nn.Sequential, got {type(net).__name__}"
+                "BlockFeatures needs a network with `features` and `classifier` nn.Sequential, "
+                f"got {type(net).__name__}"
             )
         if grid < 1:
             raise InputError(f"grid must be >= 1, got {grid}")
@@ -106,14 +111,17 @@ def extract_features(
 
 
 def cache_key(checkpoint: str | Path, dataset_key: str, layers: Sequence[int], grid: int, input_key: str) -> str:
-    """Identifies features: the checkpoint file (path, size, mtime), the images, the layers, the pooling, the input transform."""
+    """Identifies features: the checkpoint file (path, size, mtime), the images, the layers, the pooling, the input
+    transform."""
     path = Path(checkpoint).resolve()
     stat = path.stat()
     text = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{dataset_key}|{sorted(layers)}|grid={grid}|{input_key}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def cached_features(cache_file: Path, compute) -> tuple[dict[int, np.ndarray], np.ndarray, bool]:
+def cached_features(
+    cache_file: Path, compute: Callable[[], tuple[dict[int, np.ndarray], np.ndarray]]
+) -> tuple[dict[int, np.ndarray], np.ndarray, bool]:
     """Features from `cache_file`, or computed by `compute()` and written there (atomically). Third value: hit."""
     if cache_file.is_file():
         with np.load(cache_file) as stored:
@@ -124,7 +132,7 @@ def cached_features(cache_file: Path, compute) -> tuple[dict[int, np.ndarray], n
     return features, labels, False
 
 
-def make_classifier(kind: str, regularisation: float = 1.0, seed: int = 0):
+def make_classifier(kind: str, regularisation: float = 1.0, seed: int = 0) -> Pipeline:
     """A scikit-learn pipeline: standardisation, then a linear SVM or a multinomial softmax."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

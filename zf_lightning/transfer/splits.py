@@ -36,7 +36,8 @@ def per_class_split(
     labels = np.asarray(targets)
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise InputError(
-            f"targets must be a non-empty 1-D sequence of class indices >= 0, got {labels.dtype} of shape {labels.shape}"
+            "targets must be a non-empty 1-D sequence of class indices >= 0, "
+            f"got {labels.dtype} of shape {labels.shape}"
         )
     classes, counts = np.unique(labels, return_counts=True)
     too_small = [f"class {c} has {n}" for c, n in zip(classes, counts) if n < train_per_class + 1]

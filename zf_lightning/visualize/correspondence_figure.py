@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from zf_lightning.analysis.correspondence import CorrespondenceResult
+
 
 def correspondence_figure(
-    display: torch.Tensor, result, path: Path, names: Sequence[str], per_pair: bool = False
+    display: torch.Tensor, result: CorrespondenceResult, path: Path, names: Sequence[str], per_pair: bool = False
 ) -> Path:
     """Top: each image (B, 3, H, W in [0, 1]) with its part boxes (colours) and the first repeat's random
     boxes (dashed white). Bottom: Delta mean ± std over repeats, one bar group per layer."""
@@ -20,13 +24,13 @@ def correspondence_figure(
     import matplotlib.pyplot as plt
 
     count = display.shape[0]
-    palette = plt.get_cmap("tab10").colors
+    palette = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]  # a ListedColormap; the stub says Colormap
     figure = plt.figure(figsize=(max(2.2 * count, 6), 5.6))
     grid = figure.add_gridspec(2, count, height_ratios=[1, 1.2])
     for i in range(count):
         axis = figure.add_subplot(grid[0, i])
         axis.imshow(display[i].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
-        for p, part in enumerate(result.parts):
+        for p, _part in enumerate(result.parts):
             left, top, right, bottom = result.part_boxes[i, p]
             axis.add_patch(
                 plt.Rectangle(

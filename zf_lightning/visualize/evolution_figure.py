@@ -20,7 +20,8 @@ Cells = tuple[torch.Tensor, list[tuple[int, int, float]], list[tuple[int, float]
 
 
 def evolution_grid(columns: Mapping[int, Mapping[str, np.ndarray]], cell_size: int = 48) -> Cells:
-    """The cells of `columns` ({1-based epoch: a snapshot's arrays}): pixels (3, H, W) in [0, 1], rows as (layer, map, y centre), columns as (epoch, x centre).
+    """The cells of `columns` ({1-based epoch: a snapshot's arrays}): pixels (3, H, W) in [0, 1], rows as
+    (layer, map, y centre), columns as (epoch, x centre).
 
     One `make_grid` block per layer (rows: its maps, columns: the snapshot epochs so far), blocks stacked
     with white space between layers. Every cell is contrast-normalised on its own (`figures.contrast_stretch`)
@@ -31,7 +32,9 @@ def evolution_grid(columns: Mapping[int, Mapping[str, np.ndarray]], cell_size: i
         return torch.ones(3, cell_size, cell_size), [], []
     first = columns[epochs[0]]
     size, pad, gap = cell_size, _PAD, cell_size // 3
-    blocks, rows, top = [], [], 0
+    blocks: list[torch.Tensor] = []
+    rows: list[tuple[int, int, float]] = []
+    top = 0
     for layer in (int(x) for x in first["layers"]):
         maps = first[f"maps_layer{layer}"].tolist()
         cells = [

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zf_lightning.analysis.invariance import TRANSFORMATIONS, InvarianceResult
 from zf_lightning.utils.errors import InputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 X_LABELS = {
     "translation": "Vertical translation (pixels)",
@@ -17,7 +22,7 @@ X_LABELS = {
 
 def build_invariance_figure(
     results: Mapping[str, InvarianceResult], image_labels: Sequence[str] | None = None, title: str = ""
-):
+) -> Figure:
     """A matplotlib Figure: one row per transformation present (translation, scale, rotation), one column per
     layer (distance) and a last column P(true class); one line per image. The caller closes it."""
     import matplotlib
@@ -65,7 +70,10 @@ def build_invariance_figure(
 
 
 def invariance_figure(
-    results: Mapping[str, InvarianceResult], path, image_labels: Sequence[str] | None = None, title: str = ""
+    results: Mapping[str, InvarianceResult],
+    path: str | os.PathLike[str],
+    image_labels: Sequence[str] | None = None,
+    title: str = "",
 ) -> Path:
     """Save the Fig. 5 layout of `results` ({kind: InvarianceResult}) as a PNG at `path` (folder created)."""
     figure = build_invariance_figure(results, image_labels, title)  # selects the Agg backend first

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 
 from zf_lightning.visualize.figures import contrast_stretch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from zf_lightning.analysis.occlusion import OcclusionResult
 
 PANELS = (
     "(a) input",
@@ -18,14 +24,48 @@ PANELS = (
 )
 
 
+@overload
 def occlusion_figure(
     display: torch.Tensor,
-    result,
+    result: OcclusionResult,
+    path: Path,
+    names: Sequence[str],
+    class_names: Sequence[str] | None = None,
+    return_figure: Literal[False] = False,
+) -> Path: ...
+
+
+@overload
+def occlusion_figure(
+    display: torch.Tensor,
+    result: OcclusionResult,
+    path: Path,
+    names: Sequence[str],
+    class_names: Sequence[str] | None = None,
+    *,
+    return_figure: Literal[True],
+) -> Figure: ...
+
+
+@overload
+def occlusion_figure(
+    display: torch.Tensor,
+    result: OcclusionResult,
     path: Path,
     names: Sequence[str],
     class_names: Sequence[str] | None = None,
     return_figure: bool = False,
-):
+) -> Path | Figure: ...
+
+
+def occlusion_figure(
+    display: torch.Tensor,
+    result: OcclusionResult,
+    path: Path,
+    names: Sequence[str],
+    class_names: Sequence[str] | None = None,
+    return_figure: bool = False,
+) -> Path | Figure:
     """Draw an `OcclusionResult` for images `display` (B, 3, H, W) in [0, 1] and save it as PNG.
 
     Maps are drawn over the image area, each occluder position at the centre of its square, so that (b),
@@ -51,7 +91,7 @@ def occlusion_figure(
         float(rows[0]) + window_h / 2 - step_h / 2,
     )
     figure, axes = plt.subplots(batch, len(PANELS), figsize=(3.2 * len(PANELS), 3.0 * batch), squeeze=False)
-    palette = plt.get_cmap("tab20").colors
+    palette = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]  # a ListedColormap; the stub says Colormap
     for b in range(batch):
         chosen = int(result.chosen_map[b])
         target = int(result.targets[b])
