@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from zf_lightning.models.finite_check import DeferredFiniteCheck
-from zf_lightning.models.registry import build_network
+from zf_lightning.models.pretrained import load_transfer_weights, network_from_hparams
 from zf_lightning.utils.errors import InputError
 
 PAPER_OPTIMIZER = {"_target_": "torch.optim.SGD", "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4}
@@ -117,11 +117,14 @@ class ImageClassifier(L.LightningModule):
         optimizer: a Hydra `_target_` dict; `weight_decay` applies to weights only, not biases.
         lr_scheduler: a Hydra `_target_` dict with a `monitor` key (plateau schedulers), or None for a constant lr.
         filter_rms_radius: radius of the filter RMS renormalisation after each step; None turns it off.
-        transfer: `{"mode": "scratch" | "pretrained" | "finetune", "checkpoint": PATH}`. "pretrained" (the
-            paper's transfer): the checkpoint's layers 1-7 are loaded and kept fixed (eval mode, no
-            gradients), and a new last layer is trained; "finetune": loaded, then every layer trains;
-            "scratch" (default): random initial weights. Weights are loaded when fitting starts, so a
-            checkpoint of this module later loads without the ImageNet checkpoint.
+        transfer: `{"mode": "scratch" | "pretrained" | "finetune", "checkpoint": PATH, "pretrained": SPEC}`.
+            "pretrained" (the paper's transfer): the starting network's layers 1-7 are loaded and kept fixed (eval
+            mode, no gradients), and a new last layer is trained; "finetune": loaded, then every layer trains;
+            "scratch" (default): random initial weights. The starting network is a zf-train checkpoint
+            (`checkpoint`) or a network trained elsewhere (`pretrained`: a spec of `models.pretrained.load_network`
+            whose network has the paper's layout; the network trained is then its architecture, with a new class
+            layer of `net.num_classes` outputs). Weights are loaded when fitting starts, so a checkpoint of this
+            module later loads without the starting network's weights.
         task: "multiclass" (softmax, top-1/top-5 and mean per-class accuracy) or "multilabel" (a sigmoid per
             label, targets 1 / 0 / -1 for present / absent / ignored, VOC average precision per class).
         channels_last: keep the network's weights and the batches in channels-last memory layout (faster
@@ -148,13 +151,15 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         net, optimizer, lr_scheduler, transfer = (_plain(x) for x in (net, optimizer, lr_scheduler, transfer))
         optimizer, lr_scheduler = dict(optimizer), dict(lr_scheduler) if lr_scheduler else None
-        transfer = {"mode": "scratch", "checkpoint": None, **(transfer or {})}
+        transfer = {"mode": "scratch", "checkpoint": None, "pretrained": None, **(transfer or {})}
         if transfer["mode"] not in TRANSFER_MODES:
             raise InputError(f"model.transfer.mode must be one of {list(TRANSFER_MODES)}, got {transfer['mode']!r}")
-        if transfer["mode"] != "scratch" and not transfer["checkpoint"]:
+        if transfer["checkpoint"] and transfer["pretrained"]:
+            raise InputError("model.transfer: give one starting network, checkpoint=PATH or pretrained=..., not both")
+        if transfer["mode"] != "scratch" and not (transfer["checkpoint"] or transfer["pretrained"]):
             raise InputError(
                 f"model.transfer.mode={transfer['mode']!r} needs model.transfer.checkpoint=PATH "
-                "(an ImageNet-trained zf-train checkpoint)"
+                "(an ImageNet-trained zf-train checkpoint) or a network trained elsewhere (pretrained=...)"
             )
         if task not in TASKS:
             raise InputError(f"model.task must be one of {list(TASKS)}, got {task!r}")
@@ -170,7 +175,7 @@ class ImageClassifier(L.LightningModule):
                 "compile": _plain(compile),
             }
         )
-        self.net = build_network(**net)
+        self.net = network_from_hparams({"net": net, "transfer": transfer})
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         self.multilabel = task == "multilabel"
@@ -217,8 +222,12 @@ class ImageClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # Before Lightning restores a resumed run's own checkpoint, which then overrides these weights.
-        if stage == "fit" and self.hparams["transfer"]["mode"] != "scratch":
-            fresh = load_pretrained_weights(self.net, self.hparams["transfer"]["checkpoint"])
+        transfer = self.hparams["transfer"]
+        if stage == "fit" and transfer["mode"] != "scratch":
+            if transfer.get("pretrained"):
+                fresh = load_transfer_weights(self.net, transfer["pretrained"])
+            else:
+                fresh = load_pretrained_weights(self.net, transfer["checkpoint"])
             if self.frozen:
                 for name, parameter in self.net.named_parameters():
                     parameter.requires_grad_(name in fresh)

@@ -20,6 +20,9 @@ CONV_LAYERS = (1, 2, 3, 4, 5)
 DENSE_LAYERS = (6, 7)
 REMOVABLE_LAYERS = (3, 4, 6, 7)  # the paper's Table 3 removes conv3, conv4, fc6 and fc7
 NORM_POSITIONS = ("after_pool", "before_pool")
+# Where fc6 and fc7 drop out: on their outputs (Caffe's relu -> drop, the paper's) or on their inputs (torchvision's
+# AlexNet: dropout -> linear -> relu). The same function in eval mode; kept so that converted networks train alike.
+DROPOUT_POSITIONS = ("after_relu", "before_linear")
 
 POOL_KERNEL, POOL_STRIDE = 3, 2
 
@@ -38,7 +41,9 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _pool_out(size: int) -> int:
+def _pool_out(size: int, ceil_mode: bool = True) -> int:
+    if not ceil_mode:  # torchvision's AlexNet
+        return (size - POOL_KERNEL) // POOL_STRIDE + 1
     # ceil_mode, as Caffe and cuda-convnet pool: this is what makes ZFNet's maps 55 and 13 wide.
     out = math.ceil((size - POOL_KERNEL) / POOL_STRIDE) + 1
     if (out - 1) * POOL_STRIDE >= size:  # PyTorch drops a last window that starts outside the input
@@ -47,7 +52,14 @@ def _pool_out(size: int) -> int:
 
 
 class PaperConvNet(nn.Module):
-    """`features` (conv/ReLU/pool/LRN) -> flatten -> `classifier` (dropout/linear/ReLU)."""
+    """`features` (conv/ReLU/pool/LRN) -> flatten -> `classifier` (dropout/linear/ReLU).
+
+    Besides the options of `zfnet`, a few that networks trained elsewhere need to be built here with their own
+    function (`zf_lightning.models.pretrained.to_paper_network`): `lrn` (the constants of `nn.LocalResponseNorm`),
+    `pool_ceil_mode` (False: PyTorch's default flooring of the pooled size), `dropout_position` ("after_relu" or
+    "before_linear") and `adaptive_pool` (an `nn.AdaptiveAvgPool2d(n)` between features and classifier, as
+    torchvision's AlexNet has; None: none).
+    """
 
     def __init__(
         self,
@@ -65,10 +77,19 @@ class PaperConvNet(nn.Module):
         dropout: float = 0.5,
         init_std: float | None = 0.01,
         name: str = "convnet",
+        pool_ceil_mode: bool = True,
+        dropout_position: str = "after_relu",
+        adaptive_pool: int | None = None,
     ) -> None:
         super().__init__()
         removed = sorted({int(layer) for layer in removed_layers})
         _check_options(name, convs, num_classes, fc_widths, removed, norm_position, width_multiplier, input_size)
+        if dropout_position not in DROPOUT_POSITIONS:
+            raise InputError(
+                f"{name}: dropout_position must be one of {list(DROPOUT_POSITIONS)}, got {dropout_position!r}"
+            )
+        if adaptive_pool is not None and adaptive_pool < 1:
+            raise InputError(f"{name}: adaptive_pool must be >= 1 or None, got {adaptive_pool}")
         # Krizhevsky's LRN: b = a / (k + alpha * sum a^2)^beta with alpha=1e-4 over n=5 maps;
         # torch divides alpha by n, so alpha is given as n * 1e-4.
         lrn_options = {"size": 5, "alpha": 5e-4, "beta": 0.75, "k": 2.0, **(lrn or {})}
@@ -103,13 +124,17 @@ class PaperConvNet(nn.Module):
                         f"{name}: pool{index} (after {conv_name}) gets a {size}x{size} map, smaller than its "
                         f"{POOL_KERNEL}x{POOL_KERNEL} window (input_size={input_size} is too small)"
                     )
-                pool = nn.MaxPool2d(POOL_KERNEL, POOL_STRIDE, ceil_mode=True)
-                size = _pool_out(size)
+                pool = nn.MaxPool2d(POOL_KERNEL, POOL_STRIDE, ceil_mode=pool_ceil_mode)
+                size = _pool_out(size, pool_ceil_mode)
                 self.feature_sizes[f"pool{index}"] = size
                 layers += [pool, *norm] if norm_position == "after_pool" else [*norm, pool]
             else:
                 layers += norm
         self.features = nn.Sequential(*layers)
+        # No module (and no state-dict entry) unless asked for: the paper's networks keep their checkpoint keys.
+        self.avgpool = nn.AdaptiveAvgPool2d(adaptive_pool) if adaptive_pool is not None else None
+        if adaptive_pool is not None:
+            size = adaptive_pool
         self.out_channels, self.out_size = channels, size
 
         dense: list[nn.Module] = []
@@ -117,8 +142,9 @@ class PaperConvNet(nn.Module):
         for layer, width in zip(DENSE_LAYERS, fc_widths):
             if layer in removed:
                 continue
-            # Dropout on the outputs of fc6 and fc7, as in the paper (Caffe's relu -> drop order).
-            dense += [nn.Linear(in_features, scaled(width)), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            linear, relu, drop = nn.Linear(in_features, scaled(width)), nn.ReLU(inplace=True), nn.Dropout(dropout)
+            # Dropout on the outputs of fc6 and fc7, as in the paper (Caffe's relu -> drop order), by default.
+            dense += [linear, relu, drop] if dropout_position == "after_relu" else [drop, linear, relu]
             in_features = scaled(width)
         dense.append(nn.Linear(in_features, num_classes))
         self.classifier = nn.Sequential(*dense)
@@ -134,7 +160,10 @@ class PaperConvNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        x = self.features(x)
+        if self.avgpool is not None:
+            x = self.avgpool(x)
+        return self.classifier(x.flatten(1))
 
 
 def _check_options(
