@@ -387,10 +387,25 @@ def test_images_not_4d(deconv, shape):
         deconv.project(torch.randn(*shape), 1, [0])
 
 
-def test_unsupported_module():
-    features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
-    with pytest.raises(TypeError, match=r"features\[1\] is a BatchNorm2d.*Conv2d, ReLU, MaxPool2d, LocalResponseNorm"):
-        Deconvnet(features)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_module_the_fast_path_cannot_invert_goes_the_general_way(method):
+    torch.manual_seed(3)
+    features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3))
+    features.append(nn.ReLU())
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        features[1].running_mean.uniform_(-0.5, 0.5)
+        features[1].running_var.uniform_(0.5, 2.0)
+    features.eval()
+    deconv = Deconvnet(features)
+    assert not deconv.fast
+    assert "features[1] is a BatchNorm2d" in deconv.fast_path_problem
+    image = torch.randn(1, 3, 20, 20)
+    out = deconv.project(image, 2, [1, 3], mode="map", method=method)[0]
+
+    def seeds(top):
+        return [torch.where(torch.arange(5)[:, None, None] == m, top, 0) for m in (1, 3)]
+
+    torch.testing.assert_close(out, autograd_projections(features, image[0], 5, seeds, method), rtol=1e-5, atol=1e-6)
 
 
 def test_model_without_features():

@@ -172,9 +172,10 @@ class FeatureEvolution(L.Callback):
             self.output_dir = Path(trainer.default_root_dir) / "feature_evolution"
 
     def _choose_maps(self, deconvnet: Deconvnet) -> dict[int, list[int]]:
-        return choose_maps(
+        chosen = choose_maps(
             deconvnet, self.layers, self.maps_per_layer, self.seed, self.explicit_maps, owner="FeatureEvolution"
         )
+        return {int(layer): maps for layer, maps in chosen.items()}  # paper layer numbers: the schema allows no names
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A resumed run starts after some epochs: read their snapshots back so the figure stays complete."""
@@ -237,7 +238,7 @@ class FeatureEvolution(L.Callback):
         assert deconvnet is not None, "setup() builds the deconvnet before training starts"
         # Hooks fire in forward order: the deepest tracked layer's hook completes a forward pass.
         self._last_layer = max(self.maps, key=deconvnet.feature_map_index)
-        self._handles.append(deconvnet.features.register_forward_pre_hook(self._remember_input))
+        self._handles.append(deconvnet.fast_features.register_forward_pre_hook(self._remember_input))
         for layer in self.maps:
             self._handles.append(_top_module(deconvnet, layer).register_forward_hook(self._tracker(layer)))
         self._tracking_epoch, self._module = trainer.current_epoch, pl_module
@@ -432,7 +433,7 @@ def _network_of(pl_module: nn.Module) -> nn.Module:
 
 def _top_module(deconvnet: Deconvnet, layer: int) -> nn.Module:
     """The module whose output is layer `layer`'s rectified map, as the deconvnet defines it."""
-    return deconvnet.features[deconvnet.feature_map_index(layer)]
+    return deconvnet.fast_features[deconvnet.feature_map_index(layer)]
 
 
 def _with_world_dim(gathered: torch.Tensor, local: torch.Tensor) -> torch.Tensor:

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zf_lightning.models.layers import PaperLayers
+from zf_lightning.deconv.general import GeneralDeconvnet
+from zf_lightning.models.layers import PaperLayers, numbered_layers, resolve_layer
 from zf_lightning.utils.errors import InputError, InputTypeError
 from zf_lightning.utils.modes import evaluating
 from zf_lightning.utils.validation import as_int
@@ -116,52 +117,79 @@ class _Record:
 
 
 class Deconvnet:
-    """Project feature activations of a conv net's `features` back to the input (see the module docstring).
+    """Project feature activations of any conv net back to the input (see the module docstring).
 
     Args:
-        model: a model with a `features` nn.Sequential made of Conv2d, ReLU, MaxPool2d and
-            LocalResponseNorm modules (or that nn.Sequential itself).
+        model: any nn.Module taking one (B, C, H, W) tensor. Networks whose `features` is an nn.Sequential of
+            Conv2d, ReLU, MaxPool2d and LocalResponseNorm modules (or that nn.Sequential itself) take the fast
+            windowed path for their paper layers; every other network or layer takes the general path
+            (`zf_lightning.deconv.general`).
         max_batch_elements: memory budget of the downward pass, in tensor elements: (image, map) pairs
             are sent down in chunks whose largest intermediate signal holds at most this many numbers
             (at least one pair per chunk). None sends all pairs at once.
+
+    A `layer` is the paper's number (conv layer 1..num_layers, `models.layers.numbered_layers`), or the name of a
+    module as in `model.named_modules()` ("layer4.1", "features.29"), whose output is then the feature map; also
+    "fc6"/"fc7" where the network has those hidden dense layers. A name that is a paper layer of the fast path
+    ("features.29" of VGG-16 is conv5_3's ReLU, layer 13) takes the fast path.
     """
 
     def __init__(self, model: nn.Module, max_batch_elements: int | None = 2**25) -> None:
+        if not isinstance(model, nn.Module):
+            raise InputTypeError(f"Deconvnet: model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
         try:
-            self.layers = PaperLayers(model)
-        except TypeError as error:
-            raise InputTypeError(f"Deconvnet: {error}") from None
-        self.features = self.layers.features
-        supported = ", ".join(cls.__name__ for cls in SUPPORTED_MODULES)
-        for index, module in enumerate(self.features):
-            if type(module) not in SUPPORTED_MODULES:
-                raise InputTypeError(
-                    f"Deconvnet: features[{index}] is a {type(module).__name__}, which the deconvnet cannot "
-                    f"invert; supported modules are {supported}"
-                )
-            if isinstance(module, nn.Conv2d):
-                if module.padding_mode != "zeros" or isinstance(module.padding, str):
-                    raise InputTypeError(
-                        f"Deconvnet: features[{index}] is a Conv2d with padding={module.padding!r}, "
-                        f"padding_mode={module.padding_mode!r}; only explicit zero padding is supported"
-                    )
-        self.conv_indices = [layer.weights for layer in self.layers.conv]
-        if not self.conv_indices:
+            layers: PaperLayers | None = PaperLayers(model)
+        except TypeError:
+            layers = None
+        self.layers = layers
+        self.features = layers.features if layers is not None else None
+        self.conv_indices = [layer.weights for layer in layers.conv] if layers is not None else []
+        if layers is not None and not self.conv_indices:
             raise InputError("Deconvnet: the features contain no Conv2d layer")
+        if layers is None and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+            raise InputTypeError(
+                f"Deconvnet: {type(model).__name__} has no nn.Conv2d module: the deconvnet projects the feature maps "
+                "of a conv net (one with an nn.Sequential `features` of conv layers, or any nn.Module with Conv2d "
+                "modules)"
+            )
         if max_batch_elements is not None and max_batch_elements < 1:
             raise InputError(f"Deconvnet: max_batch_elements must be >= 1 or None, got {max_batch_elements}")
         self.max_batch_elements = max_batch_elements
+        # Why the fast path cannot take this network (None: it can): any other module goes the general way.
+        self.fast_path_problem = (
+            _fast_path_problem(self.features)
+            if self.features is not None
+            else (f"{type(model).__name__} has no nn.Sequential `features`")
+        )
+        self.fast = self.fast_path_problem is None
+        self._numbered = numbered_layers(model)
+        self._convs = [layer for layer in self._numbered if layer.kind == "conv"]
+        # Module names that are exactly a fast paper layer's feature map: "features.29" -> 13 on VGG-16.
+        self._fast_names = {layer.output: layer.number for layer in self._convs if self.fast and layer.number}
+        self.general = GeneralDeconvnet(model, max_batch_elements)
+
+    @property
+    def fast_features(self) -> nn.Sequential:
+        """The `features` nn.Sequential that the fast path walks (only fast-path layers ask for it)."""
+        if self.features is None:
+            raise InputError(f"Deconvnet: {type(self.model).__name__} has no nn.Sequential `features`")
+        return self.features
 
     @property
     def num_layers(self) -> int:
-        """The number of conv layers (valid `layer` values are 1..num_layers)."""
-        return len(self.conv_indices)
+        """The number of conv layers (valid integer `layer` values are 1..num_layers)."""
+        return len(self.conv_indices) if self.layers is not None else len(self._convs)
 
-    def num_maps(self, layer: int) -> int:
-        """The number of feature maps of conv layer `layer`."""
-        number = self._check_layer(layer)
+    def num_maps(self, layer: int | str) -> int:
+        """The number of feature maps of `layer` (a module's: its output channels, from a probe forward)."""
+        target = self._target(layer)
+        if target.number is None:
+            assert target.name is not None  # a target is one or the other
+            return self.general.num_maps(target.name)
         # conv_indices are the indices of the Conv2d modules of features
-        return cast(nn.Conv2d, self.features[self.conv_indices[number - 1]]).out_channels
+        assert self.features is not None  # fast targets exist only with features
+        return cast(nn.Conv2d, self.features[self.conv_indices[target.number - 1]]).out_channels
 
     def _check_layer(self, layer: object) -> int:
         """`layer` as an int in 1..num_layers, or an InputError."""
@@ -169,22 +197,56 @@ class Deconvnet:
         if number is None or not 1 <= number <= self.num_layers:
             raise InputError(
                 f"Deconvnet: layer must be an int in 1..{self.num_layers} (the model has {self.num_layers} "
-                f"conv layers), got {layer!r}"
+                f"conv layers) or a module name, got {layer!r}"
             )
         return number
 
+    def _target(self, layer: object) -> _Target:
+        """Where `layer` is computed: a paper conv layer of the fast path, or a module of the general path."""
+        if isinstance(layer, str):
+            try:
+                named = resolve_layer(self.model, layer)
+            except InputError as error:
+                raise InputError(f"Deconvnet: {error}") from None
+            if named.kind != "dense" and named.output in self._fast_names:
+                return _Target(layer, self._fast_names[named.output], None)
+            return _Target(layer, None, named.output)
+        number = self._check_layer(layer)
+        if self.fast:
+            return _Target(number, number, None)
+        return _Target(number, None, self._convs[number - 1].output)
+
     def feature_map_index(self, layer: int) -> int:
         """Index in `features` of the module whose output is layer `layer`'s feature map (its ReLU, if any)."""
+        if self.layers is None:
+            raise InputError(
+                f"Deconvnet: feature_map_index needs a network with an nn.Sequential `features`; "
+                f"{type(self.model).__name__} has none"
+            )
         return self._top_index(self._check_layer(layer))
 
     def _top_index(self, layer: int) -> int:
+        assert self.layers is not None  # only fast-path layers get here
         return self.layers.conv[layer - 1].rectified
 
-    def receptive_field(self, layer: int) -> ReceptiveField:
-        """The input window seen by one activation of layer `layer` (sizes follow from kernels, strides, padding)."""
-        number = self._check_layer(layer)
+    def receptive_field(self, layer: int | str, image_size: tuple[int, int] | None = None) -> ReceptiveField:
+        """The input window seen by one activation of layer `layer` (sizes follow from kernels, strides, padding).
+
+        On the general path the window is the whole image (`image_size`, which it needs): its projections are not
+        cut.
+        """
+        target = self._target(layer)
+        if target.number is None:
+            if image_size is None:
+                raise InputError(
+                    f"Deconvnet: layer {layer!r} takes the general path, whose projections cover the whole image; "
+                    "give image_size to get that window"
+                )
+            return _full_field(image_size)
+        number = target.number
+        assert self.features is not None  # fast targets exist only with features
         size, stride, offset = [1, 1], [1, 1], [0, 0]
-        for module in list(self.features)[: self.conv_indices[number - 1] + 1]:
+        for module in list(self.fast_features)[: self.conv_indices[number - 1] + 1]:
             if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
                 kernel, step, pad, dilation = (
                     _pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation")
@@ -195,14 +257,30 @@ class Deconvnet:
                     stride[axis] *= step[axis]
         return ReceptiveField((size[0], size[1]), (stride[0], stride[1]), (offset[0], offset[1]))
 
-    def feature_maps(self, images: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """{layer: (B, maps, h, w)}: the rectified maps of each listed layer, from one forward pass."""
-        layers = sorted({self._check_layer(layer) for layer in layers})
+    def feature_maps(self, images: torch.Tensor, layers: Sequence[int | str]) -> dict[Any, torch.Tensor]:
+        """{layer: (B, maps, h, w)}: the maps of each listed layer, from one forward pass per path.
+
+        Keys are the layers as given (integers as ints); a paper layer's map is the rectified conv output.
+        """
+        targets = [self._target(layer) for layer in layers]
+        out: dict[Any, torch.Tensor] = {}
+        numbers = sorted({t.number for t in targets if t.number is not None})
+        if numbers:
+            fast = self._fast_feature_maps(images, numbers)
+            out.update({t.key: fast[t.number] for t in targets if t.number is not None})
+        names = sorted({t.name for t in targets if t.name is not None})
+        if names:
+            general = self.general.feature_maps(images, names)
+            out.update({t.key: general[t.name] for t in targets if t.name is not None})
+        return out
+
+    def _fast_feature_maps(self, images: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        assert self.features is not None  # only fast-path layers get here
         tops = {self._top_index(layer): layer for layer in layers}
         out: dict[int, torch.Tensor] = {}
         with evaluating(self.features):
             x = images
-            for index, module in enumerate(list(self.features)[: max(tops) + 1]):
+            for index, module in enumerate(list(self.fast_features)[: max(tops) + 1]):
                 x = F.relu(x) if isinstance(module, nn.ReLU) else module(x)
                 if index in tops:
                     out[tops[index]] = x
@@ -211,7 +289,7 @@ class Deconvnet:
     def project_activations(
         self,
         images: torch.Tensor,
-        layer: int,
+        layer: int | str,
         image_index: torch.Tensor | Sequence[int],
         maps: torch.Tensor | Sequence[int],
         rows: torch.Tensor | Sequence[int],
@@ -220,60 +298,91 @@ class Deconvnet:
     ) -> Projections:
         """Project single activations: entry n is map `maps[n]` at (`rows[n]`, `cols[n]`) of image `image_index[n]`.
 
-        Each image goes forward once however many entries use it; each entry goes down on its receptive
-        field only (see the module docstring). Returns the windows, not whole images: `Projections.paste`
-        places them in image-sized canvases.
+        Each image goes forward once however many entries use it; on the fast path each entry goes down on its
+        receptive field only (see the module docstring), on the general path on the whole image. Returns the
+        windows, not whole images: `Projections.paste` places them in image-sized canvases.
         """
         projections = self.project_activations_by_layer(images, {layer: (image_index, maps, rows, cols)}, method)
-        return projections[self._check_layer(layer)]
+        return projections[self._target(layer).key]
 
     def project_strongest(
-        self, images: torch.Tensor, layer: int, maps: torch.Tensor | Sequence[int], method: str = "deconvnet"
+        self, images: torch.Tensor, layer: int | str, maps: torch.Tensor | Sequence[int], method: str = "deconvnet"
     ) -> Projections:
         """Image n's strongest activation of map `maps[n]` (its first maximum in row-major order, as `argmax`),
         projected on its receptive-field window: what Fig. 4 (feature evolution) and Fig. 7(c) (occlusion) show.
         `Projections.rows`/`cols` say where the activation is, `paste` puts the windows in image-sized canvases."""
         self._check_images(images)
-        layer = self._check_layer(layer)
+        target = self._target(layer)
         maps = torch.as_tensor(maps, device=images.device, dtype=torch.long).reshape(-1)
         if maps.numel() != images.shape[0]:
             raise InputError(
                 f"Deconvnet: project_strongest takes one map per image, got {maps.numel()} maps for "
                 f"{images.shape[0]} images"
             )
-        self._check_map_tensor(layer, maps)
-        activation = self.feature_maps(images, [layer])[layer]  # (N, maps, h, w)
+        self._check_map_tensor(target, maps, images)
         own = torch.arange(len(maps), device=images.device)
+        if target.number is None:
+            assert target.name is not None  # a target is one or the other
+            self._check_method(method)
+            values, rows, cols, windows = self.general.project(images, target.name, own, maps, None, None, method)
+            return _full_projections(windows, values, rows, cols, images)
+        number = target.number
+        activation = self.feature_maps(images, [number])[number]  # (N, maps, h, w)
         where = activation[own, maps].flatten(1).argmax(dim=1)
         width = activation.shape[3]
-        return self.project_activations(images, layer, own, maps, where // width, where % width, method=method)
+        return self.project_activations(images, number, own, maps, where // width, where % width, method=method)
 
     def project_activations_by_layer(
-        self, images: torch.Tensor, requests: Mapping[int, tuple], method: str = "deconvnet"
-    ) -> dict[int, Projections]:
+        self, images: torch.Tensor, requests: Mapping[Any, tuple], method: str = "deconvnet"
+    ) -> dict[Any, Projections]:
         """`project_activations` for several layers at once: {layer: (image_index, maps, rows, cols)}.
 
-        An image used by several layers goes forward once, up to the deepest of them.
+        An image used by several fast-path layers goes forward once, up to the deepest of them; each
+        general-path layer has its own forward. Keys are the layers as given (integers as ints).
         """
         self._check_images(images)
-        if method not in METHODS:
-            raise InputError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
+        self._check_method(method)
         device = images.device
-        checked: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        fast: dict[int, list[tuple[Any, tuple[torch.Tensor, ...]]]] = {}
+        general: list[tuple[_Target, tuple[torch.Tensor, ...]]] = []
         for layer, request in requests.items():
-            layer = self._check_layer(layer)
+            target = self._target(layer)
             image_index, maps, rows, cols = (
                 torch.as_tensor(v, device=device, dtype=torch.long).reshape(-1) for v in request
             )
             if not len({image_index.numel(), maps.numel(), rows.numel(), cols.numel()}) == 1:
                 raise InputError("Deconvnet: image_index, maps, rows and cols must have the same length")
-            self._check_map_tensor(layer, maps)
+            self._check_map_tensor(target, maps, images)
             if image_index.numel() and (image_index.min() < 0 or image_index.max() >= images.shape[0]):
                 raise InputError(f"Deconvnet: image_index out of range for {images.shape[0]} images")
-            checked[layer] = (image_index, maps, rows, cols)
+            if target.number is not None:
+                fast.setdefault(target.number, []).append((target.key, (image_index, maps, rows, cols)))
+            else:
+                self.general.check_method(method)
+                general.append((target, (image_index, maps, rows, cols)))
 
-        with evaluating(self.features):
-            return self._project_activations(images, checked, method)
+        results: dict[Any, Projections] = {}
+        if fast:
+            # Two keys of one paper layer (13 and "features.29") go down together and are split afterwards.
+            checked = {
+                number: tuple(torch.cat([request[i] for _, request in listed]) for i in range(4))
+                for number, listed in fast.items()
+            }
+            assert self.features is not None  # fast targets exist only with features
+            with evaluating(self.features):
+                projected = self._project_activations(images, checked, method)  # type: ignore[arg-type]
+            for number, listed in fast.items():
+                start = 0
+                for key, request in listed:
+                    results[key] = _slice_projections(projected[number], start, start + request[0].numel())
+                    start += request[0].numel()
+        for target, (image_index, maps, rows, cols) in general:
+            assert target.name is not None  # general targets have a module name
+            values, rows, cols, windows = self.general.project(
+                images, target.name, image_index, maps, rows, cols, method
+            )
+            results[target.key] = _full_projections(windows, values, rows, cols, images)
+        return results
 
     # ---------------------------------------------------------------- forward
     def _forward(
@@ -286,7 +395,7 @@ class Deconvnet:
         records: list[_Record] = []
         kept: dict[int, torch.Tensor] = {}
         x = images
-        for index, module in enumerate(list(self.features)[: top + 1]):
+        for index, module in enumerate(list(self.fast_features)[: top + 1]):
             record = _Record(module, tuple(x.shape))
             if isinstance(module, nn.ReLU):
                 record.saved = (x > 0) if masks else None
@@ -454,7 +563,7 @@ class Deconvnet:
         """Numbers `_forward` keeps per image up to features[top_index] (a memory estimate for chunking)."""
         channels, height, width = image_shape
         total = 0
-        for module in list(self.features)[: top_index + 1]:
+        for module in list(self.fast_features)[: top_index + 1]:
             if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
                 height, width = _output_size(module, height, width)
                 channels = module.out_channels if isinstance(module, nn.Conv2d) else channels
@@ -466,7 +575,7 @@ class Deconvnet:
         h = w = 1
         channels = self.num_maps(layer)
         largest = channels
-        for module in reversed(list(self.features)[: self.conv_indices[layer - 1] + 1]):
+        for module in reversed(list(self.fast_features)[: self.conv_indices[layer - 1] + 1]):
             if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
                 kernel, step, _, dilation = (
                     _pair(getattr(module, name)) for name in ("kernel_size", "stride", "padding", "dilation")
@@ -498,29 +607,40 @@ class Deconvnet:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise InputError(f"Deconvnet: images must be a 4-D (B, C, H, W) tensor, got {shape}")
 
-    def _check_map_tensor(self, layer: int, maps: torch.Tensor) -> None:
-        num_maps = self.num_maps(layer)
+    def _check_map_tensor(self, target: _Target | int, maps: torch.Tensor, images: torch.Tensor | None = None) -> None:
+        if isinstance(target, int):
+            target = _Target(target, target, None)
+        num_maps = self._num_maps_of(target, images)
         bad = maps[(maps < 0) | (maps >= num_maps)]
         if bad.numel():
             raise InputError(
-                f"Deconvnet: map index(es) {bad.tolist()} out of range: layer {layer} has {num_maps} maps "
+                f"Deconvnet: map index(es) {bad.tolist()} out of range: layer {target.key} has {num_maps} maps "
                 f"(valid indices 0..{num_maps - 1})"
             )
+
+    def _num_maps_of(self, target: _Target, images: torch.Tensor | None) -> int:
+        if target.name is not None:
+            return self.general.num_maps(target.name, images)  # probed on these images, not a 224 dummy
+        return self.num_maps(target.key)
+
+    def _check_method(self, method: str) -> None:
+        if method not in METHODS:
+            raise InputError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
 
     # ------------------------------------------------------------------ public
     def project(
         self,
         images: torch.Tensor,
-        layer: int,
+        layer: int | str,
         maps: int | Sequence[int],
         mode: str = "max",
         method: str = "deconvnet",
     ) -> torch.Tensor:
-        """Project the chosen feature maps of conv layer `layer` down to the input.
+        """Project the chosen feature maps of `layer` down to the input.
 
         Args:
             images: (B, C, H, W) input batch, on the model's device and in its dtype.
-            layer: 1-based index of the conv layer among the Conv2d modules of `features`.
+            layer: the paper's conv layer number (1-based, among the Conv2d modules) or a module name.
             maps: the feature map(s) of that layer to project (0-based channel indices).
             mode: "max" (only the strongest activation of each map) or "map" (the whole map).
             method: "deconvnet", "guided" or "gradient" (see the module docstring).
@@ -529,26 +649,36 @@ class Deconvnet:
             (B, len(maps), C, H, W): out[b, k] is the projection of map maps[k] for image b.
         """
         self._check_images(images)
-        layer = self._check_layer(layer)
+        target = self._target(layer)
         if mode not in MODES:
             raise InputError(f"Deconvnet: unknown mode {mode!r}; allowed modes are {list(MODES)}")
-        if method not in METHODS:
-            raise InputError(f"Deconvnet: unknown method {method!r}; allowed methods are {list(METHODS)}")
+        self._check_method(method)
         requested = [maps] if as_int(maps) is not None else list(cast(Sequence[int], maps))
-        num_maps = self.num_maps(layer)
+        num_maps = self._num_maps_of(target, images)
         if not requested:
             raise InputError("Deconvnet: maps is empty; give at least one feature map index")
         numbers = [as_int(m) for m in requested]
         bad = [m for m, number in zip(requested, numbers) if number is None or not 0 <= number < num_maps]
         if bad:
             raise InputError(
-                f"Deconvnet: map index(es) {bad} out of range: layer {layer} has {num_maps} maps "
+                f"Deconvnet: map index(es) {bad} out of range: layer {target.key} has {num_maps} maps "
                 f"(valid indices 0..{num_maps - 1})"
             )
         map_list = [number for number in numbers if number is not None]  # none is None after the check above
 
+        if target.number is None:
+            assert target.name is not None  # a target is one or the other
+            self.general.check_method(method)
+            batch, k = images.shape[0], len(map_list)
+            image_index = torch.arange(batch, device=images.device).repeat_interleave(k)
+            chosen = torch.tensor(map_list, device=images.device).repeat(batch)
+            *_, out = self.general.project(
+                images, target.name, image_index, chosen, None, None, method, whole_map=mode == "map"
+            )
+            return out.reshape(batch, k, *images.shape[1:])
+        assert self.features is not None  # fast targets exist only with features
         with evaluating(self.features):
-            return self._project(images, layer, map_list, mode, method)
+            return self._project(images, target.number, map_list, mode, method)
 
     def _project(self, images: torch.Tensor, layer: int, map_list: list[int], mode: str, method: str) -> torch.Tensor:
         if mode == "max":
@@ -582,6 +712,56 @@ class Deconvnet:
             below = records[: self.conv_indices[layer - 1] + 1]
             out[start:stop] = self._down(signal, below, rows_all[start:stop], method)
         return out.reshape(batch, k, *images.shape[1:])
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A layer as the engine computes it: `number` on the fast path, or the module `name` on the general path."""
+
+    key: Any  # what the caller gets results under: the layer as given, integers as ints
+    number: int | None
+    name: str | None
+
+
+def _fast_path_problem(features: nn.Sequential) -> str | None:
+    """Why the fast windowed path cannot invert `features` (a module it does not know, string padding), or None."""
+    supported = ", ".join(cls.__name__ for cls in SUPPORTED_MODULES)
+    for index, module in enumerate(features):
+        if type(module) not in SUPPORTED_MODULES:
+            return f"features[{index}] is a {type(module).__name__} (the fast path inverts {supported})"
+        if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+            return (
+                f"features[{index}] is a Conv2d with padding={module.padding!r}, padding_mode={module.padding_mode!r} "
+                "(the fast path needs explicit zero padding)"
+            )
+    return None
+
+
+def _full_field(image_size: tuple[int, int]) -> ReceptiveField:
+    """The window of a general-path projection: the whole image, at (0, 0) whatever the activation's place."""
+    return ReceptiveField((int(image_size[0]), int(image_size[1])), (0, 0), (0, 0))
+
+
+def _full_projections(
+    windows: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, images: torch.Tensor
+) -> Projections:
+    zeros = torch.zeros(windows.shape[0], dtype=torch.long, device=windows.device)
+    field = _full_field((images.shape[2], images.shape[3]))
+    return Projections(windows, zeros, zeros.clone(), values, field, rows, cols)
+
+
+def _slice_projections(projections: Projections, start: int, stop: int) -> Projections:
+    if start == 0 and stop == projections.windows.shape[0]:
+        return projections
+    return Projections(
+        projections.windows[start:stop],
+        projections.top[start:stop],
+        projections.left[start:stop],
+        projections.values[start:stop],
+        projections.receptive_field,
+        None if projections.rows is None else projections.rows[start:stop],
+        None if projections.cols is None else projections.cols[start:stop],
+    )
 
 
 def _window_index(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from zf_lightning.utils.errors import InputError
 class TopActivations:
     """The top-k of each chosen map of one layer: row m is map `maps[m]`, best first."""
 
-    layer: int
+    layer: int | str  # a paper layer number or a module name (see `Deconvnet`)
     maps: torch.Tensor  # (M,)
     values: torch.Tensor  # (M, k)
     image_index: torch.Tensor  # (M, k) dataset index of the image
@@ -37,7 +38,7 @@ class TopActivations:
 class RunningTopK:
     """A running top-k per map over streamed batches of one layer's feature maps."""
 
-    def __init__(self, layer: int, maps: Sequence[int], k: int = 9) -> None:
+    def __init__(self, layer: int | str, maps: Sequence[int], k: int = 9) -> None:
         if k < 1:
             raise InputError(f"top-k needs k >= 1, got {k}")
         self.layer, self.k = layer, k
@@ -81,10 +82,14 @@ class RunningTopK:
 def find_top_activations(
     deconv: Deconvnet,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    maps_by_layer: Mapping[int, Sequence[int]],
+    maps_by_layer: Mapping[Any, Sequence[int]],
     k: int = 9,
-) -> dict[int, TopActivations]:
-    """One pass over `batches` of (images, dataset indices): the top-k of every listed map of every layer."""
+) -> dict[Any, TopActivations]:
+    """One pass over `batches` of (images, dataset indices): the top-k of every listed map of every layer.
+
+    Layers are paper numbers or module names (any network); each batch goes forward once per path, only up to
+    the deepest layer.
+    """
     trackers = {layer: RunningTopK(layer, maps, k) for layer, maps in maps_by_layer.items()}
     for images, image_index in batches:
         feature_maps = deconv.feature_maps(images, list(trackers))
@@ -146,17 +151,20 @@ def project_top_activations(
 
 def project_all_top_activations(
     deconv: Deconvnet,
-    tops: Mapping[int, TopActivations],
+    tops: Mapping[Any, TopActivations],
     load_images: Callable[[list[int]], torch.Tensor],
     load_display: Callable[[list[int]], torch.Tensor] | None = None,
     method: str = "deconvnet",
     images_per_chunk: int = 64,
-) -> dict[int, TopProjections]:
-    """`project_top_activations` for several layers: an image in the top-k of several layers is loaded and
-    sent forward once (up to the deepest of them)."""
+) -> dict[Any, TopProjections]:
+    """`project_top_activations` for several layers: an image in the top-k of several layers is loaded once and
+    sent forward once per path (up to the deepest of its fast-path layers).
+
+    General-path layers (module names off the fast path) give whole-image windows (their receptive field is the
+    image)."""
     flat = {layer: top.image_index.reshape(-1) for layer, top in tops.items()}
     unique = torch.unique(torch.cat(list(flat.values()))).tolist()
-    fields = {layer: deconv.receptive_field(layer) for layer in tops}
+    fields: dict[Any, ReceptiveField] = {}  # from the first projections: general-path windows need the image size
     out: dict[int, _Slot] = {}
     for layer, top in tops.items():
         n = top.values.numel()
@@ -186,6 +194,7 @@ def project_all_top_activations(
         for layer, result in results.items():
             entry, local = entries[layer]
             slot = out[layer]
+            fields.setdefault(layer, result.receptive_field)
             if slot.projections is None:
                 slot.projections = result.windows.new_zeros(
                     flat[layer].numel(), result.windows.shape[1], *fields[layer].size
