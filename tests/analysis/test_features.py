@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from zf_lightning.analysis.features import LayerFeatures
@@ -59,6 +60,29 @@ def test_removed_dense_layers_are_named_in_the_error():
     assert LayerFeatures(model, layers=(5,)).layers == [5]
 
 
-def test_a_model_without_features_and_classifier_is_refused():
-    with pytest.raises(TypeError, match="features"):
+def test_layer_numbers_of_a_model_without_conv_layers_are_refused_naming_what_to_give():
+    with pytest.raises(ValueError, match=r"layer\(s\) \[1, 7\] not in this network.*Linear has no Conv2d module"):
         LayerFeatures(nn.Linear(3, 3))
+
+
+def test_any_network_by_module_name_gives_each_modules_output_and_the_logits():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=7).eval()
+    images = torch.randn(2, 3, 64, 64)
+    outputs = LayerFeatures(net, layers=("layer2", 1, "layer4.1.bn2"), channels_last=False)(images)
+    # the same numbers by hand, written out from torchvision's forward
+    with torch.no_grad():
+        conv1 = net.conv1(images)
+        x = net.maxpool(net.relu(net.bn1(conv1)))
+        layer2 = net.layer2(net.layer1(x))
+        block = net.layer4[1]
+        entering = net.layer4[0](net.layer3(layer2))
+        bn2 = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(entering)))))
+        logits = net(images)
+    assert list(outputs.features) == ["layer2", 1, "layer4.1.bn2"]  # as given: names keep their order
+    torch.testing.assert_close(outputs.features["layer2"], layer2.flatten(1))
+    torch.testing.assert_close(outputs.features[1], conv1.flatten(1))  # conv layer 1: the first Conv2d's output
+    torch.testing.assert_close(outputs.features["layer4.1.bn2"], bn2.flatten(1))
+    torch.testing.assert_close(outputs.logits, logits)
+    with pytest.raises(ValueError, match=r"'layer5' is not a module of this ResNet"):
+        LayerFeatures(net, layers=("layer5",))

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from zf_lightning.analysis.features import LayerFeatures
+from zf_lightning.models.layers import LayerKey
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.validation import check_int
 
@@ -179,10 +180,10 @@ class CorrespondenceResult:
     """Delta per row (each part, then "random") and layer, for each repeat."""
 
     parts: list[str]
-    layers: tuple[int, ...]
+    layers: tuple[LayerKey, ...]
     repeats: int
     num_images: int
-    deltas: dict[str, dict[int, np.ndarray]]  # {row: {layer: (repeats,)}}, rows: parts then "random"
+    deltas: dict[str, dict[LayerKey, np.ndarray]]  # {row: {layer: (repeats,)}}, rows: parts then "random"
     part_boxes: np.ndarray  # (N, parts, 4) int64: the fixed boxes (left, top, right, bottom)
     random_boxes: np.ndarray  # (repeats, N, parts, 4) int64: the drawn control boxes
 
@@ -251,7 +252,7 @@ class Correspondence:
     def __init__(
         self,
         model: nn.Module,
-        layers: Sequence[int] = (5, 7),
+        layers: Sequence[LayerKey] = (5, 7),
         repeats: int = 5,
         seed: int = 0,
         batch_size: int = 64,
@@ -304,8 +305,12 @@ class Correspondence:
         return out
 
     def _signs(
-        self, images: torch.Tensor, originals: Mapping[int, torch.Tensor], image_index: torch.Tensor, boxes: np.ndarray
-    ) -> dict[int, torch.Tensor]:
+        self,
+        images: torch.Tensor,
+        originals: Mapping[LayerKey, torch.Tensor],
+        image_index: torch.Tensor,
+        boxes: np.ndarray,
+    ) -> dict[LayerKey, torch.Tensor]:
         """{layer: (copies, D) int8}: sign(x - x~) of the occluded copies, through the network in batches."""
         signs = {layer: torch.empty(len(boxes), originals[layer].shape[1], dtype=torch.int8) for layer in self.layers}
         for start in range(0, len(boxes), self.batch_size):
@@ -333,7 +338,7 @@ class Correspondence:
 
         with torch.no_grad():
             images = images.detach()
-            chunks: dict[int, list[torch.Tensor]] = {layer: [] for layer in self.layers}
+            chunks: dict[LayerKey, list[torch.Tensor]] = {layer: [] for layer in self.layers}
             for start in range(0, count, self.batch_size):
                 for layer, values in self.extractor(images[start : start + self.batch_size]).features.items():
                     chunks[layer].append(values)
@@ -344,7 +349,7 @@ class Correspondence:
             signs = self._signs(images, originals, image_index, all_boxes)
 
         fixed = count * len(parts)
-        deltas: dict[str, dict[int, np.ndarray]] = {row: {} for row in [*parts, RANDOM]}
+        deltas: dict[str, dict[LayerKey, np.ndarray]] = {row: {} for row in [*parts, RANDOM]}
         for layer, values in signs.items():
             part_signs = values[:fixed].reshape(count, len(parts), -1)
             random_signs = values[fixed:].reshape(self.repeats, count, len(parts), -1)

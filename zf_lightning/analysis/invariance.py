@@ -60,6 +60,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from zf_lightning.analysis.features import LayerFeatures, LayerOutputs
+from zf_lightning.models.layers import LayerKey
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.validation import check_int
 
@@ -128,13 +129,13 @@ class InvarianceResult:
 
     kind: str
     amounts: torch.Tensor  # (T,) float64
-    layers: tuple[int, ...]
+    layers: tuple[LayerKey, ...]
     targets: torch.Tensor  # (B,) int64: the correct classes
-    distances: dict[int, torch.Tensor]  # {layer: (B, T)}: ||f(T x) - f(x)|| / ||f(x)||, NaN where ||f(x)|| = 0
+    distances: dict[LayerKey, torch.Tensor]  # {layer: (B, T)}: ||f(T x) - f(x)|| / ||f(x)||, NaN where ||f(x)|| = 0
     true_class_prob: torch.Tensor  # (B, T): probability of targets[b]
     top_class: torch.Tensor  # (B, T) int64: most probable class
     top_class_prob: torch.Tensor  # (B, T): its probability
-    reference_norm: dict[int, torch.Tensor]  # {layer: (B,)}: ||f(x)|| of the untransformed images
+    reference_norm: dict[LayerKey, torch.Tensor]  # {layer: (B,)}: ||f(x)|| of the untransformed images
 
     def as_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         """Flat {name: array} for `np.savez`; `prefix` (e.g. "scale_") keeps several results apart in one file."""
@@ -185,7 +186,7 @@ class Invariance:
     def __init__(
         self,
         model: nn.Module,
-        layers: Sequence[int] = (1, 7),
+        layers: Sequence[LayerKey] = (1, 7),
         batch_size: int = 64,
         fill: float = 0.0,
         channels_last: bool = True,
@@ -218,7 +219,7 @@ class Invariance:
             raise InputError(
                 f"Invariance: got {targets.numel()} targets for {batch} images; expected one class per image"
             )
-        classes = self.extract.num_classes
+        classes = self.extract.num_classes(images)
         bad = targets[(targets < 0) | (targets >= classes)]
         if bad.numel():
             raise InputError(
@@ -270,7 +271,7 @@ class Invariance:
         kind: str,
         values: Sequence[float],
         reference: LayerOutputs,
-        norms: dict[int, torch.Tensor],
+        norms: dict[LayerKey, torch.Tensor],
     ) -> InvarianceResult:
         batch, count = images.shape[0], len(values)
         # Identity amounts are not run again: their copies are the originals, so the reference pass gives

@@ -26,10 +26,9 @@ still starts inside the image). `include_partial=False` keeps only squares that 
 Efficiency
 ----------
 Occluded copies of all images are built with one broadcasted `torch.where` per batch (no loop over
-positions) and go through the network in batches of `batch_size` copies; each batch goes forward once:
-`features` up to the chosen layer's ReLU (where the map sums are taken), the rest of `features`,
-flatten, `classifier`. The model runs in eval mode (dropout off) under `torch.no_grad`; each
-module's train/eval flag is restored afterwards.
+positions) and go through the network in batches of `batch_size` copies; each batch goes forward once,
+the chosen layer's output kept by a forward hook (`models.layers.forward_with_layers`). The model runs
+in eval mode (dropout off) under `torch.no_grad`; each module's train/eval flag is restored afterwards.
 """
 
 from __future__ import annotations
@@ -43,10 +42,10 @@ import torch
 from torch import nn
 
 from zf_lightning.deconv.engine import Deconvnet
-from zf_lightning.models.layers import PaperLayers
+from zf_lightning.models.layers import forward_with_layers, numbered_layers, resolve_layer
 from zf_lightning.utils.errors import InputError, InputTypeError
 from zf_lightning.utils.modes import evaluating
-from zf_lightning.utils.validation import check_int, int_pair
+from zf_lightning.utils.validation import as_int, check_int, int_pair
 
 
 @dataclass
@@ -57,7 +56,7 @@ class OcclusionResult:
     cols: torch.Tensor  # (nW,) int64: left column of the occluder at each horizontal position
     window: tuple[int, int]
     stride: tuple[int, int]
-    layer: int
+    layer: int | str  # a paper layer number or a module name
     targets: torch.Tensor  # (B,) int64: the correct classes
     chosen_map: torch.Tensor  # (B,) int64: the layer's strongest map on the unoccluded image
     layer_activation: torch.Tensor  # (B, nH, nW): total (summed) activation of chosen_map, occluded
@@ -77,12 +76,12 @@ def occluder_positions(size: int, window: int, stride: int, include_partial: boo
 
 
 class OcclusionSensitivity:
-    """Occlusion sensitivity maps of a `PaperConvNet`-like classifier (see the module docstring).
+    """Occlusion sensitivity maps of any classifier network (see the module docstring).
 
     Args:
-        model: a network with a `features` nn.Sequential (conv layers counted as in `Deconvnet`) and a
-            `classifier`, with `model(x) == classifier(features(x).flatten(1))`.
-        layer: 1-based conv layer whose strongest map is tracked (5 in the paper).
+        model: a network whose output is (B, classes) scores.
+        layer: the layer whose strongest map is tracked: a 1-based conv layer number (5 in the paper; numbered
+            as in `Deconvnet`) or a module name ("layer4"), whose output is the map.
         window: side of the occluding square in pixels (int, or (height, width)).
         stride: step between occluder positions in pixels (int, or (rows, cols)).
         occluder_value: the value pasted into the square (0 = the mean pixel of mean-subtracted inputs).
@@ -97,7 +96,7 @@ class OcclusionSensitivity:
     def __init__(
         self,
         model: nn.Module,
-        layer: int = 5,
+        layer: int | str = 5,
         window: int | tuple[int, int] = 32,
         stride: int | tuple[int, int] = 8,
         occluder_value: float = 0.0,
@@ -106,13 +105,8 @@ class OcclusionSensitivity:
         project: bool = True,
         channels_last: bool = True,
     ) -> None:
-        features = getattr(model, "features", None)
-        classifier = getattr(model, "classifier", None)
-        if not isinstance(features, nn.Sequential) or not isinstance(classifier, nn.Module):
-            raise InputTypeError(
-                "OcclusionSensitivity needs a model with a `features` nn.Sequential and a `classifier` "
-                f"(a PaperConvNet), got {type(model).__name__}"
-            )
+        if not isinstance(model, nn.Module):
+            raise InputTypeError(f"OcclusionSensitivity needs an nn.Module classifier, got {type(model).__name__}")
         self.model = model
         self.window = int_pair(window, "OcclusionSensitivity: window")
         self.stride = int_pair(stride, "OcclusionSensitivity: stride")
@@ -125,15 +119,23 @@ class OcclusionSensitivity:
         self.include_partial = bool(include_partial)
         self.project = bool(project)
         self.channels_last = bool(channels_last)
-        conv_layers = PaperLayers(model).conv
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= len(conv_layers):
-            raise InputError(
-                f"OcclusionSensitivity: layer must be an int in 1..{len(conv_layers)} (the model has "
-                f"{len(conv_layers)} conv layers), got {layer!r}"
-            )
-        self.layer = layer
-        self.map_index = conv_layers[layer - 1].rectified  # the rectified map, the one the deconvnet projects
-        last = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
+        number = as_int(layer)
+        if isinstance(layer, str):
+            named = resolve_layer(model, layer)  # an InputError naming close module names
+        else:
+            convs = [entry for entry in numbered_layers(model) if entry.kind == "conv"]
+            if number is None or not 1 <= number <= len(convs):
+                raise InputError(
+                    f"OcclusionSensitivity: layer must be an int in 1..{len(convs)} (the model has "
+                    f"{len(convs)} conv layers) or a module name, got {layer!r}"
+                )
+            named = convs[number - 1]
+        self.layer: int | str = layer if isinstance(layer, str) else cast(int, number)
+        self.map_module = named.output  # the rectified map of a conv layer: the one the deconvnet projects
+        classifier = getattr(model, "classifier", None)
+        last = (
+            [m for m in classifier.modules() if isinstance(m, nn.Linear)] if isinstance(classifier, nn.Module) else []
+        )
         self.num_classes = last[-1].out_features if last else None
         self._deconvnet = Deconvnet(model) if self.project else None  # fails early on modules it cannot invert
 
@@ -174,17 +176,16 @@ class OcclusionSensitivity:
         """(rectified maps of the layer (N, maps, h, w), logits (N, classes)) from one pass."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        # __init__ checked that the model has a `features` nn.Sequential and a `classifier` module
-        features = cast(nn.Sequential, self.model.features)
-        classifier = cast(nn.Module, self.model.classifier)
-        maps = None
-        for index, module in enumerate(features):
-            x = module(x)
-            if index == self.map_index:
-                following = features[index + 1] if index + 1 < len(features) else None
-                maps = x.clone() if getattr(following, "inplace", False) else x  # an in-place op would overwrite it
-        assert maps is not None  # map_index is the index of a module of features
-        return maps, classifier(x.flatten(1))
+        kept, logits = forward_with_layers(self.model, x, {"map": self.map_module})
+        maps = kept["map"]
+        if maps.dim() == 2:  # a dense layer: F maps of 1x1, as the deconvnet counts them
+            maps = maps[:, :, None, None]
+        if maps.dim() != 4 or logits.dim() != 2:
+            raise InputError(
+                f"OcclusionSensitivity: layer {self.layer!r} gives {tuple(maps.shape)} and the network "
+                f"{tuple(logits.shape)}; expected (B, maps, h, w) maps and (B, classes) scores"
+            )
+        return maps, logits
 
     def _occluded(
         self,
