@@ -47,9 +47,9 @@ TYPOS = [
     ),
     (
         "zf-visualize",
-        ["top9", "ckpt_path=x.ckpt", "+images.image_dir=x"],
-        "images: unknown top-level key",
-        "zf-visualize top9 takes:",
+        ["top9", "ckpt_path=x.ckpt", "+images.image_dri=x"],
+        "images.image_dri: unknown key",
+        "'image_dir'",
     ),
     (
         "zf-visualize",

@@ -113,9 +113,7 @@ def test_filters_side_by_side_for_alexnet_and_zfnet(tiny_alexnet_checkpoint, tin
     summary = filters(cfg)
     out = Path(cfg.paths.output_dir)
     assert summary["status"] == "completed"
-    assert summary["titles"][0].startswith("alexnet conv1 11x11/4") and summary["titles"][1].startswith(
-        "zfnet conv1 7x7/2"
-    )
+    assert summary["titles"] == ["alexnet (epoch000.ckpt): conv1 11x11/4", "zfnet (epoch000.ckpt): conv1 7x7/2"]
     for name in ("filters_layer1.png", "layer2_projections.png"):
         assert (out / name).stat().st_size > 5000
     arrays = np.load(out / "filters.npz")
@@ -142,7 +140,7 @@ def test_filter_statistics_counts_dead_filters():
 
 
 def test_filters_errors(tiny_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match=r"ckpt_paths=\[\]: must list at least one checkpoint"):
+    with pytest.raises(ValueError, match=r"ckpt_paths / pretrained: give exactly one network \(neither given\)"):
         filters(compose_config("visualize_filters", tmp_path / "a", ["ckpt_paths=[]", "~logger"]))
     missing = tmp_path / "missing.ckpt"
     cfg = compose_config("visualize_filters", tmp_path / "b", [f"ckpt_paths=[{tiny_checkpoint},{missing}]", "~logger"])

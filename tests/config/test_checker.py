@@ -34,7 +34,11 @@ def problems_of(tmp_path: Path, overrides: list[str], name: str = "train") -> li
 # ------------------------------------------------------------------------------------ no false alarms
 
 
-REQUIRED = {"eval": ["ckpt_path=x.ckpt"], "features": ["ckpt_path=x.ckpt"]}
+REQUIRED = {
+    **{app: ["ckpt_path=x.ckpt"] for app in ("eval", "features", "visualize_top9")},
+    **{app: ["ckpt_path=x.ckpt"] for app in ("analyze_occlusion", "analyze_invariance", "analyze_correspondence")},
+    "visualize_filters": ["ckpt_paths=[x.ckpt]"],
+}
 
 
 @pytest.mark.parametrize(
@@ -268,11 +272,14 @@ def test_other_apps_check_the_groups_they_have(tmp_path):
     )
     # notes of one's own are the one free-form key; any other unknown key is refused, naming what the app takes
     assert problems_of(tmp_path, ["+notes=first try"]) == problems_of(tmp_path, ["+notes.lr_note=x"]) == []
-    assert problems_of(tmp_path, ["+images.image_dir=x"], "visualize_top9") == [
-        "images: unknown top-level key (did you mean 'max_images'?); zf-visualize top9 takes: batch_size, ckpt_path, "
-        "data, "
-        "device, group, job_type, layers, logger, maps, maps_per_layer, max_images, method, notes, num_workers, paths, "
-        "run_name, seed, split, tags, task_name, top_k"
+    assert problems_of(tmp_path, ["ckpt_path=x.ckpt", "+image_dir=x"], "visualize_top9") == [
+        "image_dir: unknown top-level key (did you mean 'images'?); zf-visualize top9 takes: batch_size, ckpt_path, "
+        "data, device, group, images, job_type, layers, logger, maps, maps_per_layer, max_images, method, notes, "
+        "num_workers, paths, pretrained, run_name, seed, split, tags, task_name, top_k"
+    ]
+    assert problems_of(tmp_path, ["ckpt_path=x.ckpt", "+images.image_dirr=x"], "visualize_top9") == [
+        "images.image_dirr: unknown key for images (did you mean 'image_dir'?); allowed keys: image_dir, indices, "
+        "labels, max_images, require_labels, split"
     ]
     assert (
         "occlusion.windw: unknown key for occlusion (did you mean 'window'?)"

@@ -135,3 +135,37 @@ def test_zf_features_refuses_bad_input(tiny_checkpoint, tmp_path, overrides, mat
     with pytest.raises(ValueError, match=match):
         feature_analysis(cfg)
     assert not (tmp_path / "run" / "feature_analysis.csv").exists()
+
+
+def test_zf_features_of_a_pretrained_network_uses_its_own_input_recipe(tmp_path):
+    root = tmp_path / "data"
+    make_caltech101(root)
+    weights = tmp_path / "tiny.pth"
+    net = lively_tiny_zfnet(num_classes=5, size=64, seed=3)
+    torch.save({"model": net.state_dict()}, weights)
+    pretrained = [
+        "pretrained=module",
+        "pretrained.target=zf_lightning.testing.tiny_models.lively_tiny_zfnet",
+        "+pretrained.kwargs={num_classes:5,size:64}",
+        f"pretrained.weights={weights}",
+        "pretrained.resize_size=72",
+        "pretrained.crop_size=64",
+        "pretrained.mean=[0.5,0.4,0.3]",
+        "pretrained.std=[0.2,0.25,0.3]",
+    ]
+    cfg = compose_features(tmp_path, "run", root, Path("unused"), ["ckpt_path=null", "~logger", *pretrained])
+    summary = feature_analysis(cfg)
+    assert summary["status"] == "completed" and summary["checkpoint"] is None
+    assert "lively_tiny_zfnet" in summary["network"] and "tiny.pth" in summary["network"]
+    cached = np.load(summary["feature_cache"]["file"])
+    # The first Caltech image by hand: PIL resize of the short side to 72, centre 64 crop, mean/std normalised.
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    from zf_lightning.transfer.datasets import dataset_by_name
+
+    first = dataset_by_name("caltech101", root).samples[0][0]
+    image = Image.open(first).convert("RGB")
+    x = TF.normalize(TF.to_tensor(TF.center_crop(TF.resize(image, 72), 64)), [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
+    expected = BlockFeatures(net, [5], grid=6)(x[None])[5][0].numpy()
+    np.testing.assert_allclose(cached["layer5"][0], expected, rtol=1e-4, atol=1e-5)

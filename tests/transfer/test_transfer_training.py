@@ -166,3 +166,79 @@ def test_bad_transfer_input_fails_before_training(tiny_checkpoint, caltech_root,
     with pytest.raises(error, match=match):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def pretrained_module(weights: Path) -> list[str]:
+    """A network trained elsewhere, of the paper's layout: a tiny ZFNet of the user's, from a state-dict file."""
+    return [
+        "pretrained=module",
+        "pretrained.target=zf_lightning.testing.tiny_models.lively_tiny_zfnet",
+        "+pretrained.kwargs={num_classes:5,size:64}",
+        f"pretrained.weights={weights}",
+        "pretrained.resize_size=72",  # the input recipe of a network built for 64 px
+        "pretrained.crop_size=64",
+        "model.transfer.checkpoint=null",
+        "data.preset=torchvision",
+    ]
+
+
+def test_a_network_trained_elsewhere_transfers_its_layers_1_to_7(caltech_root, tmp_path):
+    from zf_lightning.testing.tiny_models import lively_tiny_zfnet
+
+    source = lively_tiny_zfnet(num_classes=5, size=64, seed=9)
+    weights = tmp_path / "elsewhere.pth"
+    torch.save({"state_dict": source.state_dict()}, weights)
+    summary, out = run_transfer(
+        tmp_path,
+        "from_elsewhere",
+        "caltech101",
+        caltech_root,
+        ["data.num_classes=3", "data.train_per_class=3", *pretrained_module(weights)],
+    )
+    assert summary["status"] == "completed" and summary["epochs"] == 2
+    transferred = net_weights(out / "checkpoints" / "last.ckpt")
+    assert set(transferred) == set(source.state_dict())
+    for name, value in source.state_dict().items():
+        if name.startswith(LAST_LAYER):
+            assert transferred[name].shape[0] == 3  # a new 3-class layer, trained
+        else:
+            assert torch.equal(transferred[name], value), f"{name} moved although layers 1-7 are fixed"
+    # The checkpoint reloads without the source: its network is rebuilt from the spec's architecture.
+    from zf_lightning.models import load_network
+
+    loaded = load_network(ckpt_path=out / "checkpoints" / "last.ckpt")
+    assert loaded.num_classes == 3 and loaded.preprocessing.mean is not None  # mean/std inputs, no mean image
+
+
+ELSEWHERE = "elsewhere.pth"
+RESNET = ["pretrained=torchvision", "pretrained.name=resnet18", "pretrained.weights=null"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (
+            [*pretrained_module(Path(ELSEWHERE)), "data.preset=paper"],
+            r"data.preset='paper': .* data.preset=torchvision",
+        ),
+        ([*pretrained_module(Path(ELSEWHERE)), "model.transfer.checkpoint=x.ckpt"], r"give one starting network"),
+        ([*RESNET, "model.transfer.checkpoint=null", "data.preset=torchvision"], "paper's layout"),
+    ],
+    ids=["paper preset", "two starting networks", "not of the paper's layout"],
+)
+def test_a_transfer_from_elsewhere_refuses_what_cannot_work(caltech_root, tmp_path, overrides, match):
+    cfg = compose_config(
+        "train",
+        tmp_path / "run",
+        [
+            "experiment=caltech101",
+            f"data.root={caltech_root}",
+            *TINY_TRANSFER,
+            "data.num_classes=3",
+            "data.train_per_class=3",
+            *overrides,
+        ],
+    )
+    with pytest.raises((ValueError, InstantiationException), match=match):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -29,13 +29,13 @@ from torchvision.transforms.v2.functional import get_size
 from zf_lightning.cli.common import (
     finish_loggers,
     job_loggers,
-    load_checkpoint_with_data,
     log_images,
     output_dir_of,
     resolve_device,
     run_app,
     run_summary,
 )
+from zf_lightning.cli.sources import NetworkSource, network_source
 from zf_lightning.config import config_dir
 from zf_lightning.config.checker import validate_config
 from zf_lightning.data.user_images import UserImages
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from zf_lightning.analysis.occlusion import OcclusionResult
-    from zf_lightning.data.base import ImageClassificationDataModule
-    from zf_lightning.models import ImageClassifier
 
 
 @dataclass
@@ -58,7 +56,8 @@ class AnalysisImages:
     inputs: torch.Tensor  # (N, C, h, w), normalised as in training
     display: torch.Tensor  # (N, 3, h, w) in [0, 1], the same crop
     targets: torch.Tensor  # (N,) int64
-    label_source: str  # "labels" (given), "dataset" (the split's) or "predicted" (the model's top class)
+    # "labels" (given), "folders" (class sub-folders), "dataset" (the split's) or "predicted" (the model's top class)
+    label_source: str
     original_sizes: list[tuple[int, int]]  # (height, width) before resizing, the frame of part boxes
     class_names: list[str] | None
 
@@ -75,29 +74,35 @@ def check_source(images_cfg: DictConfig) -> None:
         raise InputError(f"images.max_images must be >= 1 or null, got {images_cfg.max_images}")
 
 
-def load_images(
-    images_cfg: DictConfig, datamodule: ImageClassificationDataModule, model: ImageClassifier
-) -> AnalysisImages:
+def load_images(images_cfg: DictConfig, source: NetworkSource) -> AnalysisImages:
     """Decode and check every image (and its label) up front; predicted labels where none are given."""
     check_source(images_cfg)
-    transform, display_transform = datamodule.transforms()["val"], datamodule.display_transform()
-    num_classes = datamodule.num_classes
+    datamodule = source.datamodule
+    transform, display_transform = source.transform, source.display_transform
+    num_classes = source.num_classes
     if images_cfg.image_dir is not None:
-        class_names = _class_names(datamodule)
+        class_names = source.class_names
         labels = images_cfg.labels
         labels = cast(dict, OmegaConf.to_container(labels)) if isinstance(labels, DictConfig) else labels
-        folder = UserImages(images_cfg.image_dir, labels, class_names, num_classes)
+        folder = UserImages(images_cfg.image_dir, labels, class_names, num_classes, recursive=True)
         chosen = range(min(len(folder), images_cfg.max_images or len(folder)))
         raw = [folder[i][0] for i in chosen]
         names, sizes = [folder.names[i] for i in chosen], [folder.sizes[i] for i in chosen]
         targets = [folder.targets[i] for i in chosen]
-        label_source = "labels" if labels is not None else "predicted"
+        if labels is not None:
+            label_source = "labels"
+        else:  # sub-folders named after the network's classes label their images (an ImageFolder layout)
+            label_source = "folders" if targets and min(targets) >= 0 else "predicted"
     else:
         split = images_cfg.split
         if split not in datamodule.stage_splits:
             raise InputError(f"images.split must be one of {list(datamodule.stage_splits)}, got {split!r}")
         raw_split: Any = datamodule.make_dataset(datamodule.stage_splits[split], None)  # sized and indexable
-        class_names = list(getattr(raw_split, "classes", []) or []) or None
+        class_names = (
+            source.class_names
+            if source.model is None and source.class_names
+            else list(getattr(raw_split, "classes", []) or []) or None
+        )
         indices = (
             list(images_cfg.indices)
             if images_cfg.indices is not None
@@ -115,29 +120,23 @@ def load_images(
     display = torch.stack([display_transform(image) for image in raw])
     if label_source == "predicted":
         with torch.no_grad():
-            targets = model.net.eval()(inputs).argmax(dim=1).tolist()
+            targets = source.net.eval()(inputs).argmax(dim=1).tolist()
     return AnalysisImages(
         names, inputs, display, torch.tensor(targets, dtype=torch.long), label_source, sizes, class_names
     )
 
 
-def _class_names(datamodule: ImageClassificationDataModule) -> list[str] | None:
-    try:
-        classes = getattr(datamodule.make_dataset(datamodule.stage_splits["val"], None), "classes", None)
-    except (AttributeError, FileNotFoundError):
-        return None
-    return list(classes) if classes is not None else None
-
-
-def load_model_and_images(cfg: DictConfig) -> tuple[ImageClassifier, ImageClassificationDataModule, AnalysisImages]:
-    """The checkpoint (checked against `arch` and the data) and the images, before any analysis work."""
+def load_model_and_images(cfg: DictConfig) -> tuple[NetworkSource, AnalysisImages]:
+    """The network (a checkpoint checked against `arch` and the data, or a pretrained one) and the images,
+    before any analysis work."""
     check_source(cfg.images)
-    model, datamodule = load_checkpoint_with_data(cfg.ckpt_path, cfg.data)
-    arch = model.hparams["net"].get("arch")
-    if cfg.get("arch") is not None and arch != cfg.arch:
-        raise InputError(f"checkpoint {cfg.ckpt_path} is a {arch!r} network but the config says arch={cfg.arch!r}")
-    images = load_images(cfg.images, datamodule, model)
-    return model, datamodule, images
+    source = network_source(cfg)
+    if source.model is not None and cfg.get("arch") is not None:
+        arch = source.model.hparams["net"].get("arch")
+        if arch != cfg.arch:
+            raise InputError(f"checkpoint {cfg.ckpt_path} is a {arch!r} network but the config says arch={cfg.arch!r}")
+    images = load_images(cfg.images, source)
+    return source, images
 
 
 def _class_name(class_names: Sequence[str] | None, index: int) -> str:
@@ -198,9 +197,9 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
     with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
-        model, datamodule, images = load_model_and_images(cfg)
+        source, images = load_model_and_images(cfg)
         engine = OcclusionSensitivity(
-            model.net.to(device),
+            source.net.to(device),
             layer=settings.layer,
             window=settings.window,
             stride=settings.stride,
@@ -228,7 +227,7 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
             _publish(loggers, {"occlusion/figure": png}, {"occlusion/images": frame.astype({"classes_in_map": str})})
         summary.update(
             {
-                "checkpoint": str(cfg.ckpt_path),
+                **source.summary(),
                 "num_images": len(images.names),
                 "label_source": images.label_source,
                 "positions": [len(result.rows), len(result.cols)],
@@ -266,10 +265,10 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
                 f"invariance.transformations / invariance.amounts: {unknown or 'nothing'} given; expected some of "
                 f"{list(TRANSFORMATIONS)}"
             )
-        model, datamodule, images = load_model_and_images(cfg)
+        source, images = load_model_and_images(cfg)
         defaults = default_amounts(int(images.inputs.shape[-1]))
         amounts = {kind: defaults[kind] if given.get(kind) is None else list(given[kind]) for kind in kinds}
-        engine = Invariance(model.net.to(device), layers=list(settings.layers), batch_size=settings.batch_size)
+        engine = Invariance(source.net.to(device), layers=list(settings.layers), batch_size=settings.batch_size)
         with job_loggers(cfg, output_dir) as loggers:
             results = engine.compute(images.inputs.to(device), images.targets.to(device), amounts)
             labels = [
@@ -297,7 +296,7 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
         }
         summary.update(
             {
-                "checkpoint": str(cfg.ckpt_path),
+                **source.summary(),
                 "num_images": len(images.names),
                 "label_source": images.label_source,
                 "layers": list(engine.layers),
@@ -310,7 +309,7 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
 
 
 def part_boxes_in_input(
-    boxes_file: str | Path, images: AnalysisImages, datamodule: ImageClassificationDataModule
+    boxes_file: str | Path, images: AnalysisImages, source: NetworkSource
 ) -> tuple[list[int], list[dict]]:
     """The images named in the boxes file (their positions in `images`) and their boxes in input pixels."""
     from zf_lightning.analysis.correspondence import (
@@ -336,9 +335,7 @@ def part_boxes_in_input(
         for part, box in parts.items():
             try:
                 converted[part] = Box(
-                    *box_in_input(
-                        box, images.original_sizes[position[name]], datamodule.resize_size, crop, datamodule.preset
-                    )
+                    *box_in_input(box, images.original_sizes[position[name]], source.resize_size, crop, source.preset)
                 )
             except ValueError as error:
                 raise InputError(f"correspondence.boxes: part {part!r} of {name}: {error}") from None
@@ -363,10 +360,10 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
                 "correspondence.boxes is required: a .json/.yaml file of image name -> "
                 "{part: [left, top, right, bottom]}"
             )
-        model, datamodule, images = load_model_and_images(cfg)
-        chosen, boxes = part_boxes_in_input(settings.boxes, images, datamodule)
+        source, images = load_model_and_images(cfg)
+        chosen, boxes = part_boxes_in_input(settings.boxes, images, source)
         engine = Correspondence(
-            model.net.to(device),
+            source.net.to(device),
             layers=list(settings.layers),
             repeats=settings.repeats,
             seed=cfg.seed,
@@ -389,7 +386,7 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
             _publish(loggers, {"correspondence/figure": png}, {"correspondence/table": frame})
         summary.update(
             {
-                "checkpoint": str(cfg.ckpt_path),
+                **source.summary(),
                 "images": names,
                 "parts": result.parts,
                 "pairs": result.pairs,

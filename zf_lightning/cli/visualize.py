@@ -1,6 +1,7 @@
 """zf-visualize: the paper's feature figures from a checkpoint.
 
     zf-visualize top9 ckpt_path=PATH [split=val] [layers=[1,5]] [maps_per_layer=16] [+maps={5:[3,17]}]
+    zf-visualize top9 pretrained=torchvision pretrained.name=resnet18 layers=[layer4] images.image_dir=DIR
     zf-visualize filters ckpt_paths=[ALEXNET.ckpt,ZFNET.ckpt]
 
 Each command is a Hydra app (conf/visualize_<command>.yaml): overrides, multiruns and run directories
@@ -13,7 +14,6 @@ import difflib
 import sys
 import time
 from collections.abc import Callable, Sized
-from pathlib import Path
 from typing import Any, cast
 
 import hydra
@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from zf_lightning.cli.common import (
     finish_loggers,
     instantiate_loggers,
-    load_checkpoint_with_data,
     log_config,
     log_images,
     output_dir_of,
@@ -34,6 +33,7 @@ from zf_lightning.cli.common import (
     run_app,
     run_summary,
 )
+from zf_lightning.cli.sources import NetworkSource, indexed_batches, network_source
 from zf_lightning.config import config_dir
 from zf_lightning.config.checker import validate_config
 from zf_lightning.deconv import Deconvnet
@@ -48,8 +48,8 @@ from zf_lightning.visualize.figures import (
     blocks_grid,
     contrast_stretch,
     filters_grid,
-    save_png,
     side_by_side,
+    titled_figure,
     top9_figure,
 )
 
@@ -62,22 +62,20 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
     with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
-        model, datamodule = load_checkpoint_with_data(cfg.ckpt_path, cfg.data)
-        net = model.net.to(device).eval()
+        source = network_source(cfg)
+        net = source.net.to(device).eval()
         deconv = Deconvnet(net)
         chosen = choose_maps(
-            deconv, cfg.layers, cfg.maps_per_layer, cfg.seed, cfg.get("maps"), owner="zf-visualize top9"
+            deconv, list(cfg.layers), cfg.maps_per_layer, cfg.seed, cfg.get("maps"), owner="zf-visualize top9"
         )
-        dataset = datamodule.split_dataset(cfg.split)
-        display = datamodule.split_dataset(cfg.split, display=True)
-        if cfg.max_images is not None:
-            dataset = Subset(dataset, range(min(cfg.max_images, len(cast(Sized, dataset)))))
+        dataset, display, scanned = scan_datasets(cfg, source)
         loggers = instantiate_loggers(cfg, output_dir, resume=False)
         log_config(loggers, cfg, output_dir)
 
         started = time.perf_counter()
         loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-        batches = _indexed_batches(loader, device)
+        total = len(cast(Sized, dataset))
+        batches = indexed_batches(loader, device, total, "zf-visualize top9: scanning")
         found = find_top_activations(deconv, batches, chosen, k=cfg.top_k)
         scan_s = time.perf_counter() - started
 
@@ -89,11 +87,18 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
         pngs = {}
         all_projected = project_all_top_activations(deconv, found, load(dataset), load(display), method=cfg.method)
         for layer, projected in all_projected.items():
-            png = save_png(top9_figure(projected.projections, projected.patches), output_dir / f"top9_layer{layer}.png")
+            maps = projected.top.maps.tolist()
+            title = (
+                f"{source.description}: layer {layer}, top-{cfg.top_k} activations of maps {_shorten(maps)} "
+                f"(projections | image patches)"
+            )
+            grid = top9_figure(projected.projections, projected.patches)
+            png = titled_figure(grid, title, output_dir / f"top9_layer{layer}.png")
             npz = atomic_write_npz(projected.as_arrays(), output_dir / f"top9_layer{layer}.npz")
             pngs[f"top9/layer{layer}"] = png
             layers[str(layer)] = {
-                "maps": projected.top.maps.tolist(),
+                "title": title,
+                "maps": maps,
                 "receptive_field": list(projected.receptive_field.size),
                 "png": str(png),
                 "npz": str(npz),
@@ -103,9 +108,9 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
         finish_loggers(loggers)
         summary.update(
             {
-                "checkpoint": str(cfg.ckpt_path),
-                "split": cfg.split,
-                "num_images": len(cast(Sized, dataset)),
+                **source.summary(),
+                **scanned,
+                "num_images": total,
                 "method": cfg.method,
                 "layers": layers,
                 "timing_s": {"scan": round(scan_s, 3), "project": round(project_s, 3)},
@@ -115,12 +120,28 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _indexed_batches(loader: DataLoader, device: torch.device):
-    """(images, dataset indices) per batch of a sequential loader."""
-    seen = 0
-    for images, _ in loader:
-        yield images.to(device), torch.arange(seen, seen + len(images))
-        seen += len(images)
+def scan_datasets(cfg: DictConfig, source: NetworkSource) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """What a figure scans: the user's folder (images.image_dir, searched recursively) or the split, as the network's
+    inputs and as figures show them, cut to `max_images`; and what it was, for summary.json."""
+    from zf_lightning.data.user_images import UserImages
+
+    image_dir = cfg.images.image_dir if cfg.get("images") is not None else None
+    if image_dir is not None:
+        dataset: Dataset = UserImages(image_dir, transform=source.transform, recursive=True, decode_up_front=False)
+        display: Dataset = UserImages(
+            image_dir, transform=source.display_transform, recursive=True, decode_up_front=False
+        )
+        scanned: dict[str, Any] = {"image_dir": str(image_dir)}
+    else:
+        dataset, display = source.split_dataset(cfg.split), source.split_dataset(cfg.split, display=True)
+        scanned = {"split": cfg.split}
+    if cfg.max_images is not None:
+        dataset = Subset(dataset, range(min(cfg.max_images, len(cast(Sized, dataset)))))
+    return dataset, display, scanned
+
+
+def _shorten(values: list[int], shown: int = 8) -> str:
+    return str(values) if len(values) <= shown else f"[{', '.join(map(str, values[:shown]))}, ... {len(values)} maps]"
 
 
 def filter_statistics(weight: torch.Tensor) -> dict[str, float]:
@@ -138,35 +159,35 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
     """Fig. 6: layer-1 filters of one or more checkpoints side by side, and their layer-2 projections."""
     validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
     output_dir = output_dir_of(cfg)
-    ckpt_paths = [str(path) for path in cfg.ckpt_paths]
+    ckpt_paths = [str(path) for path in cfg.ckpt_paths or []]
 
     with run_summary(cfg) as summary:
         L.seed_everything(cfg.seed, workers=True)
         device = resolve_device(cfg.device)
-        # Load and check every checkpoint before drawing anything.
-        loaded = [load_checkpoint_with_data(path, cfg.data) for path in ckpt_paths]
+        # Load and check every network before drawing anything.
+        sources = [network_source(cfg, path) for path in ckpt_paths] if ckpt_paths else [network_source(cfg)]
         loggers = instantiate_loggers(cfg, output_dir, resume=False)
         log_config(loggers, cfg, output_dir)
         titles, filter_panels, projection_panels, arrays, stats = [], [], [], {}, {}
-        for position, ((model, datamodule), path) in enumerate(zip(loaded, ckpt_paths)):
-            net = model.net.to(device).eval()
+        for position, source in enumerate(sources):
+            net = source.net.to(device).eval()
             deconv = Deconvnet(net)
-            conv1 = cast(nn.Conv2d, deconv.features[deconv.conv_indices[0]])
+            convs = [module for module in net.modules() if isinstance(module, nn.Conv2d)]
+            conv1 = convs[0]
             kernel, stride = f"{conv1.kernel_size[0]}x{conv1.kernel_size[1]}", conv1.stride[0]
-            title = f"{model.hparams['net'].get('arch', '?')} conv1 {kernel}/{stride} ({Path(path).stem})"
+            title = f"{source.description}: conv1 {kernel}/{stride}"
             titles.append(title)
             filter_panels.append(filters_grid(conv1.weight))
-            stats[path] = filter_statistics(conv1.weight)
+            stats[source.checkpoint or source.description] = filter_statistics(conv1.weight)
             arrays[f"ckpt{position}_layer1_filters"] = conv1.weight.detach().cpu().numpy()
 
-            if deconv.num_layers >= 2:
-                dataset = datamodule.split_dataset(cfg.split)
-                display = datamodule.split_dataset(cfg.split, display=True)
-                if cfg.max_images is not None:
-                    dataset = Subset(dataset, range(min(cfg.max_images, len(cast(Sized, dataset)))))
+            if len(convs) >= 2:
+                dataset, display, _ = scan_datasets(cfg, source)
                 maps = choose_maps(deconv, [2], cfg.layer2_maps, cfg.seed, owner="zf-visualize filters")[2]
                 loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-                top = find_top_activations(deconv, _indexed_batches(loader, device), {2: maps}, k=1)[2]
+                total = len(cast(Sized, dataset))
+                batches = indexed_batches(loader, device, total, "zf-visualize filters: scanning")
+                top = find_top_activations(deconv, batches, {2: maps}, k=1)[2]
                 load = lambda source: lambda idx: torch.stack([source[i][0] for i in idx]).to(device)  # noqa: E731
                 projected = project_top_activations(deconv, top, load(dataset), load(display), method=cfg.method)
                 projection_panels.append(blocks_grid(contrast_stretch(projected.projections.transpose(0, 1)), 48))
@@ -187,6 +208,7 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
         summary.update(
             {
                 "checkpoints": ckpt_paths,
+                "networks": [source.description for source in sources],
                 "titles": titles,
                 "layer1": stats,
                 "png": {key: str(path) for key, path in pngs.items()},

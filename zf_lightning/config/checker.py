@@ -52,6 +52,7 @@ from zf_lightning.config.schemas import (
     ModelSchema,
     PathsSchema,
     TopSchema,
+    TrainApp,
     TrainerSchema,
 )
 from zf_lightning.utils.errors import InputError
@@ -425,6 +426,11 @@ def config_problems(cfg: DictConfig, app: str | None = None) -> list[str]:
                 f"image)"
             )
 
+    if "pretrained" in own and entry is not None and entry.fields is not TrainApp:
+        check.problems.extend(_network_source_problems(cfg))
+    if "model" in keys and isinstance(_node(cfg, "model"), DictConfig):
+        check.problems.extend(_transfer_problems(cfg))
+
     # the global batch is split evenly over the processes
     if (
         "data" in keys
@@ -443,6 +449,55 @@ def config_problems(cfg: DictConfig, app: str | None = None) -> list[str]:
                 f"allowed: a multiple of {size}, e.g. {suggestion}"
             )
     return check.problems
+
+
+def _transfer_problems(cfg: DictConfig) -> list[str]:
+    """A transfer from a network trained elsewhere: one starting network, fed inputs as that network was trained
+    (mean/std normalised: data.preset=torchvision, no mean image)."""
+    pretrained = OmegaConf.select(cfg, "model.transfer.pretrained", default=None, throw_on_missing=False)
+    if pretrained is None or pretrained is _UNRESOLVED:
+        return []
+    problems = []
+    transfer = OmegaConf.select(cfg, "model.transfer")
+    unset = (
+        isinstance(transfer, DictConfig) and "checkpoint" in transfer and OmegaConf.is_missing(transfer, "checkpoint")
+    )
+    if unset or OmegaConf.select(cfg, "model.transfer.checkpoint", default=None, throw_on_missing=False):
+        problems.append(
+            "model.transfer: give one starting network, model.transfer.checkpoint=PATH or pretrained=..., not both "
+            "(set model.transfer.checkpoint=null)"
+        )
+    preset = OmegaConf.select(cfg, "data.preset", default=None, throw_on_missing=False)
+    if isinstance(preset, str) and preset != "torchvision":
+        problems.append(
+            f"data.preset={preset!r}: a network trained elsewhere takes mean/std-normalised inputs, as it was "
+            "trained; set data.preset=torchvision"
+        )
+    return problems
+
+
+def _network_source_problems(cfg: DictConfig) -> list[str]:
+    """Exactly one network: a checkpoint of this project (ckpt_path, or ckpt_paths for zf-visualize filters) or
+    a pretrained one, with what its source needs."""
+    key = "ckpt_paths" if "ckpt_paths" in cfg else "ckpt_path"
+    checkpoint = _value(cfg, key) if key in cfg else None
+    pretrained = _value(cfg, "pretrained") if "pretrained" in cfg else None
+    if checkpoint is _UNRESOLVED or pretrained is _UNRESOLVED:
+        return []
+    given = bool(checkpoint) if key == "ckpt_paths" else checkpoint is not None
+    if given == (pretrained is not None):
+        both = "both given" if given else "neither given"
+        return [
+            f"{key} / pretrained: give exactly one network ({both}): {key}=PATH (a zf-train checkpoint) or "
+            "pretrained=torchvision|pytorchcv|module with pretrained.name=... (see conf/pretrained/)"
+        ]
+    if isinstance(pretrained, dict):
+        source = pretrained.get("source")
+        if source == "module" and not pretrained.get("target"):
+            return ["pretrained.target: required for pretrained=module: the importable class, e.g. my_package.MyNet"]
+        if source in ("torchvision", "pytorchcv") and not pretrained.get("name"):
+            return [f"pretrained.name: required for pretrained={source}, e.g. pretrained.name=alexnet"]
+    return []
 
 
 def validate_config(cfg: DictConfig, app: str | None = None) -> DictConfig:

@@ -42,6 +42,24 @@ def all_at_least(bound: int) -> Callable[[Any], str | None]:
     return check
 
 
+def all_positive(values: Sequence[float]) -> str | None:
+    bad = [v for v in values if v <= 0]
+    return f"every entry must be > 0, got {bad}" if bad else None
+
+
+def layer_names_or_numbers(layers: int | str | Sequence[int | str]) -> str | None:
+    """A layer is the paper's number (conv 1..C, then fc6, fc7) or a module name of the network (`layer4.1`)."""
+    bad = [
+        layer
+        for layer in (layers if isinstance(layers, (list, tuple)) else [layers])
+        if not (
+            (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 1)
+            or (isinstance(layer, str) and layer)
+        )
+    ]
+    return f"{bad}: a layer is a number >= 1 (the paper's) or a module name such as 'layer4.1'" if bad else None
+
+
 def length(n: int, what: str) -> Callable[[Any], str | None]:
     return lambda values: None if len(values) == n else f"must give {n} numbers ({what}), got {len(values)}"
 

@@ -11,10 +11,12 @@ from zf_lightning.config.fields import (
     Closed,
     Targeted,
     all_at_least,
+    all_positive,
     at_least,
     choices,
     conv_layers,
     devices,
+    layer_names_or_numbers,
     length,
     open_unit,
     positive,
@@ -23,6 +25,8 @@ from zf_lightning.config.fields import (
     snapshot_epochs,
     spec,
 )
+
+PRETRAINED_SOURCES = ("torchvision", "pytorchcv", "module")
 
 
 # Where the allowed values come from: imported when a config is checked, not when this module is.
@@ -148,9 +152,29 @@ class SchedulerSchema(Targeted):
 
 
 @dataclass
+class PretrainedSchema(Closed):
+    """`pretrained`: a network trained elsewhere (torchvision, pytorchcv, a module of one's own), in place of
+    ckpt_path (conf/pretrained/)."""
+
+    source: str = spec(choices(lambda: PRETRAINED_SOURCES))
+    name: str | None = spec()
+    target: str | None = spec()
+    kwargs: dict[str, Any] | None = spec()
+    weights: str | None = spec()
+    num_classes: int | None = spec(at_least(1))
+    convert: bool = spec()
+    resize_size: int | None = spec(at_least(1))
+    crop_size: int | None = spec(at_least(1))
+    mean: list[float] | None = spec(length(3, "one per RGB channel"))
+    std: list[float] | None = spec(length(3, "one per RGB channel"), all_positive)
+    class_names: Union[list[str], str, None] = spec()
+
+
+@dataclass
 class TransferSchema(Closed):
     mode: str = spec(choices(_transfer_modes))
     checkpoint: str | None = spec()
+    pretrained: PretrainedSchema | None = spec()  # a network trained elsewhere (pretrained=...) to start from
 
 
 @dataclass
@@ -234,7 +258,7 @@ class FeatureEvolutionSchema(Targeted):
     layers: list[int] | None = spec(conv_layers)
     maps_per_layer: int = spec(at_least(1))
     seed: int = spec()
-    maps: dict[int, list[int]] | None = spec()
+    maps: dict[Union[int, str], list[int]] | None = spec()
     method: str = spec(choices(_evolution_methods))
     cell_size: int = spec(at_least(1))
     log_key: str = spec()
@@ -306,7 +330,7 @@ class ImagesSchema(Closed):
 
 @dataclass
 class OcclusionSchema(Closed):
-    layer: int = spec(at_least(1))
+    layer: Union[int, str] = spec(layer_names_or_numbers)
     window: Union[int, list[int]] = spec()
     stride: Union[int, list[int]] = spec()
     include_partial: bool = spec()
@@ -322,7 +346,7 @@ class AmountsSchema(Closed):
 
 @dataclass
 class InvarianceSchema(Closed):
-    layers: list[int] = spec(all_at_least(1))
+    layers: list[Union[int, str]] = spec(layer_names_or_numbers)
     batch_size: int = spec(at_least(1))
     transformations: list[str] = spec(lambda kinds: _each_in(kinds, _transformations()))
     amounts: AmountsSchema | None = spec()
@@ -331,7 +355,7 @@ class InvarianceSchema(Closed):
 @dataclass
 class CorrespondenceSchema(Closed):
     boxes: str | None = spec()
-    layers: list[int] = spec(all_at_least(1))
+    layers: list[Union[int, str]] = spec(layer_names_or_numbers)
     repeats: int = spec(at_least(1))
     batch_size: int = spec(at_least(1))
     per_pair: bool = spec()
@@ -346,6 +370,7 @@ class TrainApp:
     """zf-train (conf/train.yaml)."""
 
     ckpt_path: str | None = spec()
+    pretrained: PretrainedSchema | None = spec()  # the transfer experiments' starting network
     train: bool = spec()
     test: bool = spec()
 
@@ -354,19 +379,21 @@ class TrainApp:
 class EvalApp:
     """zf-eval (conf/eval.yaml)."""
 
-    ckpt_path: str = spec()
+    ckpt_path: str | None = spec()
+    pretrained: PretrainedSchema | None = spec()
 
 
 @dataclass
 class Top9App:
     """zf-visualize top9 (conf/visualize_top9.yaml)."""
 
-    ckpt_path: str = spec()
+    ckpt_path: str | None = spec()
+    pretrained: PretrainedSchema | None = spec()
     split: str = spec(choices(_splits))
     max_images: int | None = spec(at_least(1))
-    layers: list[int] = spec(all_at_least(1))
+    layers: list[Union[int, str]] = spec(layer_names_or_numbers)
     maps_per_layer: int = spec(at_least(1))
-    maps: dict[int, list[int]] | None = spec()
+    maps: dict[Union[int, str], list[int]] | None = spec()
     top_k: int = spec(at_least(1))
     method: str = spec(choices(_deconv_methods))
     device: str = spec()
@@ -378,7 +405,8 @@ class Top9App:
 class FiltersApp:
     """zf-visualize filters (conf/visualize_filters.yaml)."""
 
-    ckpt_paths: list[str] = spec(lambda paths: None if paths else "must list at least one checkpoint")
+    ckpt_paths: list[str] | None = spec()
+    pretrained: PretrainedSchema | None = spec()
     split: str = spec(choices(_splits))
     max_images: int | None = spec(at_least(1))
     layer2_maps: int = spec(at_least(1))
@@ -392,7 +420,8 @@ class FiltersApp:
 class OcclusionApp:
     """zf-analyze occlusion (conf/analyze_occlusion.yaml)."""
 
-    ckpt_path: str = spec()
+    ckpt_path: str | None = spec()
+    pretrained: PretrainedSchema | None = spec()
     arch: str | None = spec(choices(_architectures))
     device: str = spec()
     occlusion: OcclusionSchema = spec()
@@ -402,7 +431,8 @@ class OcclusionApp:
 class InvarianceApp:
     """zf-analyze invariance (conf/analyze_invariance.yaml)."""
 
-    ckpt_path: str = spec()
+    ckpt_path: str | None = spec()
+    pretrained: PretrainedSchema | None = spec()
     arch: str | None = spec(choices(_architectures))
     device: str = spec()
     invariance: InvarianceSchema = spec()
@@ -412,7 +442,8 @@ class InvarianceApp:
 class CorrespondenceApp:
     """zf-analyze correspondence (conf/analyze_correspondence.yaml)."""
 
-    ckpt_path: str = spec()
+    ckpt_path: str | None = spec()
+    pretrained: PretrainedSchema | None = spec()
     arch: str | None = spec(choices(_architectures))
     device: str = spec()
     correspondence: CorrespondenceSchema = spec()
@@ -422,7 +453,8 @@ class CorrespondenceApp:
 class FeaturesApp:
     """zf-features (conf/features.yaml)."""
 
-    ckpt_path: str = spec()
+    ckpt_path: str | None = spec()
+    pretrained: PretrainedSchema | None = spec()
     rows: list[str] = spec(lambda rows: None if rows else "must list at least one row, e.g. [svm:5, softmax:7]")
     grid: int = spec(at_least(1))
     regularisation: float = spec(positive)
@@ -444,8 +476,8 @@ _ANALYSIS = frozenset({"images", "data", "logger", "paths"})
 APPS = {
     "train": App("zf-train", TrainApp, frozenset({"model", "data", "trainer", "callbacks", "logger", "paths"})),
     "eval": App("zf-eval", EvalApp, frozenset({"data", "trainer", "logger", "paths"})),
-    "visualize_top9": App("zf-visualize top9", Top9App, frozenset({"data", "logger", "paths"})),
-    "visualize_filters": App("zf-visualize filters", FiltersApp, frozenset({"data", "logger", "paths"})),
+    "visualize_top9": App("zf-visualize top9", Top9App, _ANALYSIS),
+    "visualize_filters": App("zf-visualize filters", FiltersApp, _ANALYSIS),
     "analyze_occlusion": App("zf-analyze occlusion", OcclusionApp, _ANALYSIS),
     "analyze_invariance": App("zf-analyze invariance", InvarianceApp, _ANALYSIS),
     "analyze_correspondence": App("zf-analyze correspondence", CorrespondenceApp, _ANALYSIS),

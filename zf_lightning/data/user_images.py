@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from PIL import Image, UnidentifiedImageError
@@ -16,14 +16,22 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from zf_lightning.utils.errors import InputError, MissingInputError
 
 
-def list_images(image_dir: str | Path) -> list[Path]:
-    """The image files directly inside `image_dir` (by extension, sorted by name); other files are ignored."""
+def list_images(image_dir: str | Path, recursive: bool = False) -> list[Path]:
+    """The image files inside `image_dir` (by extension, sorted by path; in its sub-folders too if `recursive`,
+    hidden ones left out); other files are ignored."""
     image_dir = Path(image_dir).expanduser()
     if not image_dir.is_dir():
         raise MissingInputError(
             f"image_dir={str(image_dir)!r}: no such folder; expected a folder of images ({', '.join(IMG_EXTENSIONS)})"
         )
-    files = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    candidates = image_dir.rglob("*") if recursive else image_dir.iterdir()
+    files = sorted(
+        p
+        for p in candidates
+        if p.is_file()
+        and p.suffix.lower() in IMG_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(image_dir).parts)
+    )
     if not files:
         raise MissingInputError(
             f"image_dir={str(image_dir)!r} holds no images; expected files ending in {', '.join(IMG_EXTENSIONS)}"
@@ -45,6 +53,11 @@ class UserImages(Dataset):
         labels: file name -> class (index or one of `class_names`); None: every label is -1 (unknown).
         class_names: the model's class names, to accept names in `labels`.
         transform: applied to each RGB PIL image.
+        recursive: also the images in sub-folders (named by their path inside `image_dir`); when no `labels` are
+            given and every image sits in a sub-folder named after one of `class_names` (an ImageFolder layout),
+            the folder is its label.
+        decode_up_front: decode every file now, so that an unreadable one is named before any work (for a few
+            images); False for large folders, which are then read once, when scanned.
     """
 
     def __init__(
@@ -54,12 +67,15 @@ class UserImages(Dataset):
         class_names: Sequence[str] | None = None,
         num_classes: int | None = None,
         transform: Callable[[Image.Image], Any] | None = None,
+        recursive: bool = False,
+        decode_up_front: bool = True,
     ) -> None:
-        self.files = list_images(image_dir)
-        self.names = [p.name for p in self.files]
+        root = Path(image_dir).expanduser()
+        self.files = list_images(root, recursive=recursive)
+        self.names = [p.relative_to(root).as_posix() for p in self.files]
         unreadable = []
-        self.sizes: list[tuple[int, int]] = []  # (height, width) of each original
-        for path in self.files:
+        self.sizes: list[tuple[int, int]] = []  # (height, width) of each original; empty unless decoded up front
+        for path in self.files if decode_up_front else []:
             try:
                 image = read_rgb(path)
                 self.sizes.append((image.height, image.width))
@@ -69,11 +85,14 @@ class UserImages(Dataset):
             raise InputError(
                 f"image_dir={str(image_dir)!r}: {len(unreadable)} unreadable image(s): {'; '.join(unreadable)}"
             )
-        self.targets = (
-            resolve_labels(labels, self.names, class_names, num_classes)
-            if labels is not None
-            else [-1] * len(self.files)
-        )
+        folders = [name.split("/")[0] if "/" in name else None for name in self.names]
+        if labels is not None:
+            self.targets = resolve_labels(labels, self.names, class_names, num_classes)
+        elif class_names and all(folder in class_names for folder in folders):
+            index = {name: i for i, name in enumerate(class_names)}
+            self.targets = [index[cast(str, folder)] for folder in folders]
+        else:
+            self.targets = [-1] * len(self.files)
         self.transform = transform
 
     def __len__(self) -> int:

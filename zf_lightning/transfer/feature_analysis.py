@@ -110,12 +110,18 @@ def extract_features(
     return {layer: np.concatenate(parts) for layer, parts in chunks.items()}, np.concatenate(labels)
 
 
-def cache_key(checkpoint: str | Path, dataset_key: str, layers: Sequence[int], grid: int, input_key: str) -> str:
-    """Identifies features: the checkpoint file (path, size, mtime), the images, the layers, the pooling, the input
-    transform."""
-    path = Path(checkpoint).resolve()
-    stat = path.stat()
-    text = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{dataset_key}|{sorted(layers)}|grid={grid}|{input_key}"
+def file_identity(path: str | Path) -> str:
+    """A file as its resolved path, size and modification time: another file after retraining or a download."""
+    resolved = Path(path).expanduser().resolve()
+    stat = resolved.stat()
+    return f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def cache_key(network: str | Path, dataset_key: str, layers: Sequence[int], grid: int, input_key: str) -> str:
+    """Identifies features: the network (a checkpoint `Path`, by `file_identity`; or a string that names it,
+    such as a pretrained network's source and weights), the images, the layers, the pooling, the input transform."""
+    identity = file_identity(network) if isinstance(network, Path) else str(network)
+    text = f"{identity}|{dataset_key}|{sorted(layers)}|grid={grid}|{input_key}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

@@ -87,6 +87,31 @@ def side_by_side(panels: list[torch.Tensor], titles: list[str], path: Path, supt
     return path
 
 
+def titled_figure(image: torch.Tensor, title: str, path: Path, dpi: int = 100) -> Path:
+    """A (C, H, W) image in [0, 1] at its own resolution (one image pixel per PNG pixel, at least 640 px wide so
+    that the title fits), with a title above it, as PNG."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height, width = image.shape[1], image.shape[2]
+    canvas_width = max(width, 640)
+    lines = textwrap.wrap(title, width=max(40, canvas_width // 7))
+    title_height = 14 * len(lines) + 16
+    figure = plt.figure(figsize=(canvas_width / dpi, (height + title_height) / dpi), dpi=dpi)
+    axis = figure.add_axes((0.5 - width / canvas_width / 2, 0, width / canvas_width, height / (height + title_height)))
+    axis.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+    axis.axis("off")
+    figure.text(0.5, 1 - 8 / (height + title_height), "\n".join(lines), ha="center", va="top", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
 def save_png(image: torch.Tensor, path: Path) -> Path:
     """Write a (C, H, W) image in [0, 1] as PNG, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
