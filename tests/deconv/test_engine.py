@@ -390,15 +390,16 @@ def test_images_not_4d(deconv, shape):
 @pytest.mark.parametrize("method", METHODS)
 def test_a_module_the_fast_path_cannot_invert_goes_the_general_way(method):
     torch.manual_seed(3)
-    features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3))
+    # A BatchNorm after the ReLU cannot be folded into the conv before it
+    features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Conv2d(4, 5, 3))
     features.append(nn.ReLU())
     with torch.no_grad():  # BatchNorm statistics that are not the identity
-        features[1].running_mean.uniform_(-0.5, 0.5)
-        features[1].running_var.uniform_(0.5, 2.0)
+        features[2].running_mean.uniform_(-0.5, 0.5)
+        features[2].running_var.uniform_(0.5, 2.0)
     features.eval()
     deconv = Deconvnet(features)
     assert not deconv.fast
-    assert "features[1] is a BatchNorm2d" in deconv.fast_path_problem
+    assert "features[2] is a BatchNorm2d" in deconv.fast_path_problem
     image = torch.randn(1, 3, 20, 20)
     out = deconv.project(image, 2, [1, 3], mode="map", method=method)[0]
 

@@ -179,6 +179,26 @@ def test_vgg16_bn_matches_the_autograd_reference(mode, method):
         torch.testing.assert_close(out[b], expected, rtol=1e-4, atol=1e-5 * scale)
 
 
+def test_vgg16_bn_takes_the_windowed_path_with_its_batch_norms_folded_and_follows_live_weights():
+    net = _vgg16_bn()
+    deconv = Deconvnet(net)
+    assert deconv.fast and deconv._target("features.42").number == 13  # conv5_3 -> BN -> ReLU: paper layer 13
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deconv.fast_features)
+    torch.manual_seed(14)
+    images = torch.randn(2, 3, 48, 48)
+    windowed = deconv.project(images, 13, [5, 9], mode="max", method="guided")
+    autograd = deconv.general.project(
+        images, "features.42", torch.tensor([0, 0, 1, 1]), torch.tensor([5, 9, 5, 9]), None, None, "guided"
+    )[3]
+    scale = autograd.abs().max().item()
+    torch.testing.assert_close(windowed.flatten(0, 1), autograd, rtol=1e-4, atol=1e-5 * scale)
+    with torch.no_grad():  # the network changes after the engine was built: the folded copy follows
+        net.features[41].running_var.mul_(3.0)
+        net.features[40].weight.mul_(-1.0)
+    fresh = Deconvnet(copy.deepcopy(net)).project(images, 13, [5, 9], mode="max", method="guided")
+    torch.testing.assert_close(deconv.project(images, 13, [5, 9], mode="max", method="guided"), fresh)
+
+
 def test_reused_relu_is_its_last_call_and_bn_in_train_mode_is_left_alone():
     net = _residual().train()  # the engine works on an eval copy; the model's own modes stay
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -142,6 +142,12 @@ class Deconvnet:
             layers: PaperLayers | None = PaperLayers(model)
         except TypeError:
             layers = None
+        # conv -> BatchNorm (eval) pairs are folded into one conv of the same function, so that VGG-bn keeps the
+        # windowed path; the folded copy follows the live weights (`fast_features`).
+        self._unfolded = layers.features if layers is not None and _foldable(layers.features) else None
+        if self._unfolded is not None:
+            self._folded_versions: tuple[int, ...] = ()
+            layers = PaperLayers(_fold_batch_norms(self._unfolded))
         self.layers = layers
         self.features = layers.features if layers is not None else None
         self.conv_indices = [layer.weights for layer in layers.conv] if layers is not None else []
@@ -171,9 +177,15 @@ class Deconvnet:
 
     @property
     def fast_features(self) -> nn.Sequential:
-        """The `features` nn.Sequential that the fast path walks (only fast-path layers ask for it)."""
+        """The `features` nn.Sequential that the fast path walks (only fast-path layers ask for it); with its
+        BatchNorms folded into the convolutions before them, refolded whenever the network's weights changed."""
         if self.features is None:
             raise InputError(f"Deconvnet: {type(self.model).__name__} has no nn.Sequential `features`")
+        if self._unfolded is not None:
+            versions = tuple(t._version for t in (*self._unfolded.parameters(), *self._unfolded.buffers()))
+            if versions != self._folded_versions:
+                self.features = _fold_batch_norms(self._unfolded)
+                self._folded_versions = versions
         return self.features
 
     @property
@@ -188,8 +200,7 @@ class Deconvnet:
             assert target.name is not None  # a target is one or the other
             return self.general.num_maps(target.name)
         # conv_indices are the indices of the Conv2d modules of features
-        assert self.features is not None  # fast targets exist only with features
-        return cast(nn.Conv2d, self.features[self.conv_indices[target.number - 1]]).out_channels
+        return cast(nn.Conv2d, self.fast_features[self.conv_indices[target.number - 1]]).out_channels
 
     def _check_layer(self, layer: object) -> int:
         """`layer` as an int in 1..num_layers, or an InputError."""
@@ -278,7 +289,7 @@ class Deconvnet:
         assert self.features is not None  # only fast-path layers get here
         tops = {self._top_index(layer): layer for layer in layers}
         out: dict[int, torch.Tensor] = {}
-        with evaluating(self.features):
+        with evaluating(self.fast_features):
             x = images
             for index, module in enumerate(list(self.fast_features)[: max(tops) + 1]):
                 x = F.relu(x) if isinstance(module, nn.ReLU) else module(x)
@@ -369,7 +380,7 @@ class Deconvnet:
                 for number, listed in fast.items()
             }
             assert self.features is not None  # fast targets exist only with features
-            with evaluating(self.features):
+            with evaluating(self.fast_features):
                 projected = self._project_activations(images, checked, method)  # type: ignore[arg-type]
             for number, listed in fast.items():
                 start = 0
@@ -677,7 +688,7 @@ class Deconvnet:
             )
             return out.reshape(batch, k, *images.shape[1:])
         assert self.features is not None  # fast targets exist only with features
-        with evaluating(self.features):
+        with evaluating(self.fast_features):
             return self._project(images, target.number, map_list, mode, method)
 
     def _project(self, images: torch.Tensor, layer: int, map_list: list[int], mode: str, method: str) -> torch.Tensor:
@@ -836,3 +847,51 @@ def _conv_transpose(signal: torch.Tensor, conv: nn.Conv2d, input_size: Iterable[
     return F.conv_transpose2d(
         signal, conv.weight, None, conv.stride, conv.padding, tuple(output_padding), conv.groups, conv.dilation
     )
+
+
+def _foldable(features: nn.Sequential) -> bool:
+    """Whether `features` has BatchNorm2d modules and each directly follows a Conv2d of its width and keeps running
+    statistics: then folding them gives an nn.Sequential of the same function in eval mode."""
+    norms = [index for index, module in enumerate(features) if isinstance(module, nn.BatchNorm2d)]
+    for index in norms:
+        norm, conv = features[index], features[index - 1] if index else None
+        if not isinstance(conv, nn.Conv2d) or conv.out_channels != norm.num_features or norm.running_var is None:
+            return False
+    return bool(norms)
+
+
+def _fold_batch_norms(features: nn.Sequential) -> nn.Sequential:
+    """A copy of `features` with each conv -> BatchNorm2d pair as one Conv2d computing the pair in eval mode:
+    W' = W * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps). The deconvnet passes BatchNorm down as
+    the linear map it is (times s), which the folded filters' transpose does. Other modules are shared, not copied."""
+    modules: list[nn.Module] = []
+    with torch.no_grad():
+        for module in features:
+            if isinstance(module, nn.BatchNorm2d):
+                conv = modules[-1]
+                mean, var = module.running_mean, module.running_var
+                assert isinstance(conv, nn.Conv2d) and mean is not None and var is not None  # checked by _foldable
+                scale = (var + module.eps).rsqrt()
+                shift = -mean * scale
+                if module.affine:
+                    scale, shift = scale * module.weight, shift * module.weight + module.bias
+                folded = nn.Conv2d(
+                    conv.in_channels,
+                    conv.out_channels,
+                    conv.kernel_size,  # type: ignore[arg-type]
+                    conv.stride,  # type: ignore[arg-type]
+                    conv.padding,  # type: ignore[arg-type]
+                    conv.dilation,  # type: ignore[arg-type]
+                    conv.groups,
+                    bias=True,
+                    padding_mode=conv.padding_mode,
+                ).to(device=conv.weight.device, dtype=conv.weight.dtype)
+                folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+                assert folded.bias is not None  # built with bias=True
+                folded.bias.copy_(bias * scale + shift)
+                folded.requires_grad_(False)
+                modules[-1] = folded
+            else:
+                modules.append(module)
+    return nn.Sequential(*modules)

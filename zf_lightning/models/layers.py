@@ -31,8 +31,8 @@ class PaperLayer:
     """Where layer `number` sits in its `part` (`features` or `classifier`) of the network.
 
     `weights` indexes its Conv2d or Linear; `rectified` the module whose output is its rectified map (the ReLU right
-    after it, or the layer itself when none follows); `block_end` the last module before the next layer's weights
-    (after its pooling and normalisation), or the part's last module.
+    after it, or after its BatchNorm, or the layer itself when none follows); `block_end` the last module before the
+    next layer's weights (after its pooling and normalisation), or the part's last module.
     """
 
     number: int
@@ -47,7 +47,10 @@ def _layers_of(sequential: nn.Sequential, kind: type[nn.Module], first: int, nam
     found = [index for index, module in enumerate(sequential) if isinstance(module, kind)]
     layers = []
     for position, index in enumerate(found):
-        follows_relu = index + 1 < len(sequential) and isinstance(sequential[index + 1], nn.ReLU)
+        after = index + 1
+        if kind is nn.Conv2d and after < len(sequential) and isinstance(sequential[after], nn.BatchNorm2d):
+            after += 1  # conv -> BatchNorm -> ReLU (VGG-bn): the map is still the ReLU's output
+        follows_relu = after < len(sequential) and isinstance(sequential[after], nn.ReLU)
         end = found[position + 1] - 1 if position + 1 < len(found) else len(sequential) - 1
         layers.append(
             PaperLayer(
@@ -55,7 +58,7 @@ def _layers_of(sequential: nn.Sequential, kind: type[nn.Module], first: int, nam
                 "conv" if kind is nn.Conv2d else "dense",
                 name,  # type: ignore[arg-type]
                 index,
-                index + 1 if follows_relu else index,
+                after if follows_relu else index,
                 end,
             )
         )
