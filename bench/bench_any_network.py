@@ -15,7 +15,7 @@ the table). Every sampled projection is checked equal to the engine's (rtol 1e-3
 value). Goal: the engine at least 3x faster than Captum on both networks.
 
 Usage:  python bench/bench_any_network.py [--images 256] [--maps 64] [--k 9] [--captum-sample 48] [--full]
-                                           [--networks resnet18,vgg16] [--threads N]
+                                           [--networks resnet18,vgg16] [--threads N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ def make_images(count: int, seed: int) -> torch.Tensor:
     return (images - mean) / std
 
 
+def clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def captum_model(net: nn.Module) -> nn.Module:
     """Captum's ReLU hooks need ReLUs that are not in place."""
     model = copy.deepcopy(net)
@@ -71,19 +78,19 @@ def run_network(name: str, images: torch.Tensor, args: argparse.Namespace) -> di
 
     build, layer, captum_layer = NETWORKS[name]
     torch.manual_seed(args.seed)
-    net = build().eval()
+    net = build().eval().to(images.device)
     deconv = Deconvnet(net)
     maps = draw_maps(deconv.num_maps(layer), args.maps, args.seed, layer)
     path = "fast (windowed)" if isinstance(deconv._target(layer).number, int) else "general (autograd)"
 
-    started = time.perf_counter()
+    started = clock(images.device)
     batches = ((images[i : i + 32], torch.arange(i, min(i + 32, len(images)))) for i in range(0, len(images), 32))
     top = find_top_activations(deconv, batches, {layer: maps}, k=args.k)[layer]
-    scan_s = time.perf_counter() - started
+    scan_s = clock(images.device) - started
 
-    started = time.perf_counter()
+    started = clock(images.device)
     projected = project_all_top_activations(deconv, {layer: top}, lambda idx: images[idx])[layer]
-    engine_s = time.perf_counter() - started
+    engine_s = clock(images.device) - started
     count = top.values.numel()
 
     flat = [(m, j) for m in range(len(maps)) for j in range(args.k)]
@@ -98,10 +105,10 @@ def run_network(name: str, images: torch.Tensor, args: argparse.Namespace) -> di
     for position, (m, j) in enumerate(sample):
         image = images[int(top.image_index[m, j])][None]
         neuron = (int(top.maps[m]), int(top.rows[m, j]), int(top.cols[m, j]))
-        started = time.perf_counter()
+        started = clock(images.device)
         expected = attribution.attribute(image, neuron_selector=neuron)[0] * top.values[m, j]
         if position:  # the first call warms up (allocations, hooks): not timed
-            captum_s += time.perf_counter() - started
+            captum_s += clock(images.device) - started
         field = projected.receptive_field.size
         canvas = torch.zeros_like(expected)
         window_top, window_left = int(projected.window_top[m, j]), int(projected.window_left[m, j])
@@ -144,6 +151,7 @@ def main() -> None:
     parser.add_argument("--networks", default="resnet18,vgg16")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,7 +162,9 @@ def main() -> None:
     print(f"platform: {platform.platform()}; os.cpu_count()={os.cpu_count()}; threads={torch.get_num_threads()}")
     print(f"python:   {platform.python_version()}; torch {torch.__version__}; captum {captum.__version__}")
     print(f"load:     {load_average()} (before)")
-    images = make_images(args.images, args.seed)
+    images = make_images(args.images, args.seed).to(args.device)
+    if images.device.type == "cuda":
+        print(f"device:   {torch.cuda.get_device_name(images.device)}")
     print(f"data:     {args.images} SyntheticShapes images 224x224, ImageNet mean/std; {args.maps} maps, top-{args.k}")
     results = [run_network(name, images, args) for name in args.networks.split(",")]
     print()
