@@ -13,6 +13,7 @@ import torch
 from hydra.errors import InstantiationException
 
 from tests.helpers.configs import TINY, cli_env, compose_config
+from zf_lightning.callbacks.filter_drift import filter_correlations
 from zf_lightning.cli.evaluate import evaluate
 from zf_lightning.cli.train import train
 from zf_lightning.config.checker import ConfigError
@@ -64,6 +65,11 @@ def test_short_synthetic_run_learns_and_writes_csv_wandb_checkpoints_and_summary
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["test"] == summary["test"]
+    # every conv layer's drift from its initialisation, and Fig. 6 of the run's own layer-1 filters at both ends
+    drift = on_disk["filter_correlation_with_init"]
+    assert sorted(drift) == ["1", "2", "3", "4", "5"] and all(-1.0 <= value < 1.0 for value in drift.values())
+    for name in ("filters_layer1_start.png", "filters_layer1_end.png"):
+        assert (out / "filters" / name).stat().st_size > 5000
 
     checkpoint = torch.load(summary["best"]["checkpoint"], weights_only=True)
     assert checkpoint["SyntheticDataModule"]["mean_image"].shape == (3, 72, 72)
@@ -87,6 +93,7 @@ def test_resume_from_last_checkpoint_continues_the_run(compose_train, tmp_path):
     out = tmp_path / "run"
     first = train(compose_train(["trainer.max_epochs=1", "logger=csv"], out))
     assert first["epochs"] == 1
+    initial = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["FilterDrift"]["initial"]
     with pytest.raises(FileExistsError, match="ckpt_path=last"):
         train(compose_train(["trainer.max_epochs=2", "logger=csv"], out))
     resumed = train(compose_train(["trainer.max_epochs=2", "logger=csv", "ckpt_path=last"], out))
@@ -95,6 +102,13 @@ def test_resume_from_last_checkpoint_continues_the_run(compose_train, tmp_path):
     assert last["global_step"] == 2 * 10  # 200 images / batch 20, two epochs: the first was not redone
     epochs = pd.read_csv(out / "csv" / "metrics.csv").dropna(subset=["val/top1_err"])["epoch"]
     assert list(epochs) == [0, 1]  # the first run's metrics are still there
+    # the drift is measured from the run's start, not from the weights it resumed with
+    kept = last["callbacks"]["FilterDrift"]["initial"]
+    assert all(torch.equal(kept[layer], initial[layer]) for layer in initial)
+    weight = last["state_dict"]["net.features.0.weight"]
+    assert resumed["filter_correlation_with_init"]["1"] == pytest.approx(
+        float(filter_correlations(initial["1"], weight).mean()), abs=1e-4
+    )
 
 
 def test_last_checkpoint_is_refreshed_every_epoch_even_without_a_new_best(compose_train, tmp_path):

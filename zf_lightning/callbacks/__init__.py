@@ -7,6 +7,7 @@ from zf_lightning.callbacks.fault_tolerance import (
     Preempted,
     StepSeeding,
 )
+from zf_lightning.callbacks.filter_drift import FilterDrift
 from zf_lightning.callbacks.loggers import LoggedRowsInCheckpoints, ResumableCSVLogger
 from zf_lightning.callbacks.progress import RichProgressBar
 
@@ -14,6 +15,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CheckpointOnSignal",
     "FeatureEvolution",
+    "FilterDrift",
     "LoggedRowsInCheckpoints",
     "Preempted",
     "ResumableCSVLogger",

@@ -182,6 +182,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     raise stopped from None
                 result["train"] = metrics_as_floats(model.latest_metrics())  # also those logged before a resume
                 result["epochs"] = trainer.current_epoch
+                for callback in callbacks:  # what callbacks measured over the run (FilterDrift's correlations)
+                    if hasattr(callback, "summary_entries"):
+                        result.update(callback.summary_entries())
             checkpoint = trainer.checkpoint_callback
             best = getattr(checkpoint, "best_model_path", "")
             if best:

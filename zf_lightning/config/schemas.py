@@ -117,6 +117,7 @@ class NetSchema(Closed):
     width_multiplier: float = spec(positive)
     dropout: float = spec(probability)
     init_std: float | None = spec(positive)
+    conv1_init_std: float | None = spec(positive)
     lrn: dict[str, float] | None = spec()
     in_channels: int = spec(at_least(1))
 

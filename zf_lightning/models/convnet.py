@@ -59,6 +59,9 @@ class PaperConvNet(nn.Module):
     `pool_ceil_mode` (False: PyTorch's default flooring of the pooled size), `dropout_position` ("after_relu" or
     "before_linear") and `adaptive_pool` (an `nn.AdaptiveAvgPool2d(n)` between features and classifier, as
     torchvision's AlexNet has; None: none).
+
+    `init_std`: every weight ~ N(0, init_std^2), biases 0 (the paper's 0.01); None keeps PyTorch's fan-in init.
+    `conv1_init_std`: conv1's weights ~ N(0, conv1_init_std^2) whatever `init_std` says (None: as the others).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class PaperConvNet(nn.Module):
         in_channels: int = 3,
         dropout: float = 0.5,
         init_std: float | None = 0.01,
+        conv1_init_std: float | None = None,
         name: str = "convnet",
         pool_ceil_mode: bool = True,
         dropout_position: str = "after_relu",
@@ -150,6 +154,12 @@ class PaperConvNet(nn.Module):
         self.classifier = nn.Sequential(*dense)
         if init_std is not None:
             self.reset_parameters(init_std)
+        if conv1_init_std is not None:
+            if conv1_init_std <= 0:
+                raise InputError(f"{name}: conv1_init_std must be > 0 or None, got {conv1_init_std}")
+            first = self.features[0]
+            assert isinstance(first, nn.Conv2d)  # features start with conv1 (it cannot be removed)
+            nn.init.normal_(first.weight, 0.0, conv1_init_std)
 
     def reset_parameters(self, std: float) -> None:
         """The paper's initialisation: weights ~ N(0, std^2), biases 0."""
