@@ -63,7 +63,7 @@ def styled() -> Iterator[None]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with plt.rc_context(STYLE):
+    with plt.rc_context(STYLE):  # type: ignore[arg-type]  # the stub wants each key as a Literal
         yield
 
 
