@@ -12,7 +12,8 @@ state-dict file, or `none` (random weights: no download, for a dry run). The sam
 
     from zf_lightning.models import load_network
     loaded = load_network(pretrained={"source": "torchvision", "name": "alexnet", "weights": "IMAGENET1K_V1"})
-    figure, title = top9(loaded, "val_images/", layer=5, maps=range(8))
+    with styled():
+        figure = top9(loaded, "val_images/", layer=5, maps=range(8))
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,13 +31,15 @@ from zf_lightning.deconv import Deconvnet
 from zf_lightning.deconv.topk import find_top_activations, project_all_top_activations
 from zf_lightning.models import LoadedNetwork, load_network
 from zf_lightning.models.layers import layer_key
-from zf_lightning.visualize.figures import titled_figure, top9_figure
+from zf_lightning.visualize.style import save_figure, styled
+from zf_lightning.visualize.top9_figure import top9_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def top9(
-    loaded: LoadedNetwork, image_dir: str | Path, layer: int | str, maps: Iterable[int], k: int = 9
-) -> tuple[torch.Tensor, str]:
-    """The Fig. 2 image of `maps` of `layer` over the images in `image_dir` (sub-folders too), and its title."""
+def top9(loaded: LoadedNetwork, image_dir: str | Path, layer: int | str, maps: Iterable[int], k: int = 9) -> Figure:
+    """The Fig. 2 figure of `maps` of `layer` over the images in `image_dir` (sub-folders too)."""
     recipe = loaded.preprocessing
     inputs = UserImages(image_dir, transform=recipe.transform(), recursive=True, decode_up_front=False)
     shown = UserImages(image_dir, transform=recipe.display_transform(), recursive=True, decode_up_front=False)
@@ -46,8 +50,9 @@ def top9(
     top = find_top_activations(deconv, batches, {layer: list(maps)}, k=k)
     load = lambda dataset: lambda indices: torch.stack([dataset[i][0] for i in indices])  # noqa: E731
     projected = project_all_top_activations(deconv, top, load(inputs), load(shown))[layer]
-    title = f"{loaded.source}: layer {layer}, top-{k} of maps {projected.top.maps.tolist()}"
-    return top9_figure(projected.projections, projected.patches), title
+    title = f"{loaded.source}: layer {layer}, top-{k} of maps {projected.top.maps.tolist()} in {image_dir}"
+    size = loaded.preprocessing.crop_size
+    return top9_figure(projected, (size, size), title)
 
 
 def main() -> None:
@@ -66,8 +71,8 @@ def main() -> None:
     first, _, last = args.maps.partition("-")
     maps = range(int(first), int(last) + 1) if last else [int(m) for m in args.maps.split(",")]
     layer = layer_key(int(args.layer) if args.layer.isdigit() else args.layer)
-    figure, title = top9(loaded, args.image_dir, layer, maps, args.k)
-    print(f"wrote {titled_figure(figure, title, Path(args.out))}")
+    with styled():
+        print(f"wrote {save_figure(top9(loaded, args.image_dir, layer, maps, args.k), Path(args.out))}")
 
 
 if __name__ == "__main__":

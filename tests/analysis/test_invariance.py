@@ -13,6 +13,7 @@ from torch import nn
 from zf_lightning.analysis.invariance import TRANSFORMATIONS, Invariance, default_amounts, transform_images
 from zf_lightning.testing.tiny_models import lively_tiny_zfnet
 from zf_lightning.visualize.invariance_figure import build_invariance_figure, invariance_figure
+from zf_lightning.visualize.style import styled, texts_outside_canvas
 
 SIZE = 64
 NUM_CLASSES = 10
@@ -317,8 +318,10 @@ def test_figure(model, images, tmp_path):
     results = Invariance(model, layers=(1, 7))(
         images, TARGETS, {"rotation": [0, 90], "translation": [-4, 0, 4], "scale": [1, 1.5]}
     )
-    figure = build_invariance_figure(results, image_labels=["cat", "dog"], title="ZFNet")
+    with styled():
+        figure = build_invariance_figure(results, image_labels=["cat", "dog"], title="ZFNet")
     try:
+        assert texts_outside_canvas(figure) == []
         axes = figure.axes
         assert len(axes) == 3 * 3
         assert [axis.get_xlabel() for axis in axes[::3]] == [
@@ -332,7 +335,12 @@ def test_figure(model, images, tmp_path):
             "P(true class)",
         ]
         assert all(len(axis.get_lines()) == 2 for axis in axes)
-        assert [text.get_text() for text in axes[2].get_legend().get_texts()] == ["cat", "dog"]
+        # one legend for every panel, below them: it covers no curve
+        assert all(axis.get_legend() is None for axis in axes)
+        (legend,) = figure.legends
+        assert [text.get_text() for text in legend.get_texts()] == ["cat", "dog"]
+        legend_box = legend.get_window_extent()
+        assert all(legend_box.y1 <= axis.get_window_extent().y0 for axis in axes)
         np.testing.assert_allclose(axes[5].get_lines()[1].get_ydata(), results["scale"].true_class_prob[1].numpy())
     finally:
         plt.close(figure)

@@ -507,8 +507,8 @@ def test_bad_config_fails_before_training_in_zf_train(compose_train, tmp_path):
         assert not (tmp_path / run / "checkpoints").exists() and not (tmp_path / run / "feature_evolution").exists()
 
 
-def test_the_default_run_snapshots_epochs_1_2_5_10_and_says_which_it_drops(tmp_path, caplog):
-    cfg = compose_config("train", tmp_path / "run")  # zf-train with no arguments: quickstart, 10 epochs
+def test_the_default_run_snapshots_epochs_1_2_5_10_20_and_says_which_it_drops(tmp_path, caplog):
+    cfg = compose_config("train", tmp_path / "run")  # zf-train with no arguments: quickstart, 20 epochs
     evolution = instantiate(cfg.callbacks.feature_evolution)
     assert evolution.snapshot_epochs == [1, 2, 5, 10, 20, 30, 40, 64]
     assert evolution.output_dir == tmp_path / "run" / "feature_evolution"
@@ -517,6 +517,6 @@ def test_the_default_run_snapshots_epochs_1_2_5_10_and_says_which_it_drops(tmp_p
             max_epochs=cfg.trainer.max_epochs, is_global_zero=True, default_root_dir=str(tmp_path)
         )
         evolution.setup(trainer, instantiate(cfg.model), "fit")
-    assert evolution._epochs == [1, 2, 5, 10]
-    assert "[20, 30, 40, 64]" in caplog.text and "max_epochs=10" in caplog.text
+    assert evolution._epochs == [1, 2, 5, 10, 20]
+    assert "[30, 40, 64]" in caplog.text and "max_epochs=20" in caplog.text
     assert {layer: len(maps) for layer, maps in evolution.maps.items()} == {1: 4, 2: 4, 3: 4, 4: 4, 5: 4}

@@ -149,7 +149,7 @@ def test_validate_sweep_composes_each_job_and_names_the_bad_ones():
         ),
         (
             ["+model.net.dropuot=0.1"],
-            ["model.net.dropuot: unknown key", "'dropout'", "allowed keys: arch, conv_widths"],
+            ["model.net.dropuot: unknown key", "'dropout'", "allowed keys: arch, conv1_init_std, conv_widths"],
         ),
         (
             ["+model.optimizer.momentun=0.5"],
@@ -274,8 +274,8 @@ def test_other_apps_check_the_groups_they_have(tmp_path):
     assert problems_of(tmp_path, ["+notes=first try"]) == problems_of(tmp_path, ["+notes.lr_note=x"]) == []
     assert problems_of(tmp_path, ["ckpt_path=x.ckpt", "+image_dir=x"], "visualize_top9") == [
         "image_dir: unknown top-level key (did you mean 'images'?); zf-visualize top9 takes: batch_size, ckpt_path, "
-        "data, device, group, images, job_type, layers, logger, maps, maps_per_layer, max_images, method, notes, "
-        "num_workers, paths, pretrained, run_name, seed, split, tags, task_name, top_k"
+        "data, device, figure_formats, group, images, job_type, layers, logger, maps, maps_per_layer, max_images, "
+        "method, notes, num_workers, paths, pretrained, run_name, seed, split, tags, task_name, top_k"
     ]
     assert problems_of(tmp_path, ["ckpt_path=x.ckpt", "+images.image_dirr=x"], "visualize_top9") == [
         "images.image_dirr: unknown key for images (did you mean 'image_dir'?); allowed keys: image_dir, indices, "

@@ -412,3 +412,26 @@ def test_a_module_the_fast_path_cannot_invert_goes_the_general_way(method):
 def test_model_without_features():
     with pytest.raises(TypeError, match="nn.Sequential"):
         Deconvnet(nn.Linear(3, 4))
+
+
+def test_a_map_carried_by_its_bias_projects_to_zero_under_the_deconvnet_rule_as_in_captum():
+    """Fig. 4's empty cells: a positive activation whose deconvnet projection is exactly zero. Conv2's map 1 has
+    only negative weights and a positive bias: its activation is the bias minus what the (rectified) inputs
+    take away. Going down, the transposed filter turns the positive seed negative, and the deconvnet rectifies it
+    away at layer 1's ReLU. A property of the rule (Captum's implementation agrees), not of this engine: the
+    plain gradient of the same activation is not zero."""
+    captum_attr = pytest.importorskip("captum.attr")
+    torch.manual_seed(5)
+    features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.ReLU()).eval()
+    with torch.no_grad():
+        features[2].weight[1] = -0.01 * features[2].weight[1].abs()
+        features[2].bias[1] = 5.0
+    image = torch.randn(1, 3, 16, 16)
+    deconv = Deconvnet(features)
+    strongest = deconv.project_strongest(image, 2, [1])
+    assert float(strongest.values[0]) > 4.0  # clearly active
+    assert strongest.windows.abs().max() == 0
+    assert deconv.project(image, 2, [1], method="gradient").abs().max() > 0
+    neuron = (1, int(strongest.rows[0]), int(strongest.cols[0]))
+    captum = captum_attr.NeuronDeconvolution(features, features[3]).attribute(image, neuron_selector=neuron)
+    assert captum.abs().max() == 0

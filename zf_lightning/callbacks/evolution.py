@@ -37,13 +37,12 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from PIL import Image
 from torch import nn
 
 from zf_lightning.deconv.engine import METHODS, Deconvnet
@@ -51,7 +50,11 @@ from zf_lightning.deconv.maps import choose_maps
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_bytes
 from zf_lightning.utils.validation import as_int
-from zf_lightning.visualize.evolution_figure import evolution_grid, render_evolution
+from zf_lightning.visualize.evolution_figure import evolution_figure, evolution_grid
+from zf_lightning.visualize.style import check_formats, save_figure, styled
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +111,9 @@ class FeatureEvolution(L.Callback):
         seed: int = 0,
         maps: Mapping[int, Sequence[int]] | None = None,
         method: str = "deconvnet",
-        cell_size: int = 48,
+        cell_size: int = 96,
         log_key: str = "feature_evolution",
+        figure_formats: Sequence[str] = ("png",),
     ) -> None:
         super().__init__()
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -131,6 +135,7 @@ class FeatureEvolution(L.Callback):
             )
         self.maps_per_layer, self.seed, self.method = int(maps_per_layer), int(seed), method
         self.cell_size, self.log_key = int(cell_size), log_key
+        self.figure_formats = check_formats(figure_formats)
 
         self.maps: dict[int, list[int]] = {}  # layer -> chosen maps, set in setup()
         self.columns: dict[int, dict[str, np.ndarray]] = {}  # 1-based epoch -> its snapshot arrays
@@ -364,6 +369,8 @@ class FeatureEvolution(L.Callback):
         deconvnet = self._deconvnet
         assert deconvnet is not None, "setup() builds the deconvnet before training starts"
         arrays: dict[str, np.ndarray] = {"layers": np.array(list(self.maps), dtype=np.int64)}
+        any_images = next(iter(best.values()))[1]
+        arrays["image_size"] = np.array(any_images.shape[-2:], dtype=np.int64)  # to cut windows to the image
         for layer, (values, images) in best.items():
             maps = torch.tensor(self.maps[layer], device=images.device)
             projections = deconvnet.project_strongest(images, layer, maps, method=self.method)
@@ -392,9 +399,8 @@ class FeatureEvolution(L.Callback):
         # numpy's stub types **kwds as if they could be its allow_pickle: bool
         np.savez(buffer, epoch=np.int64(epoch), **self.columns[epoch])  # type: ignore[arg-type]
         atomic_write_bytes(buffer.getvalue(), output_dir / f"epoch_{epoch:03d}.npz")
-        buffer = io.BytesIO()
-        self.render().save(buffer, format="png", compress_level=1)  # fast: the image is small anyway
-        atomic_write_bytes(buffer.getvalue(), self.figure_path)
+        with styled():
+            save_figure(self.render(), self.figure_path, self.figure_formats)
 
     @property
     def figure_path(self) -> Path:
@@ -420,9 +426,10 @@ class FeatureEvolution(L.Callback):
         """The figure's cells so far (`visualize.evolution_figure.evolution_grid`)."""
         return evolution_grid(self.columns, self.cell_size)
 
-    def render(self) -> Image.Image:
-        """The Fig. 4 grid of the snapshots so far, with its labels (`visualize.evolution_figure.render_evolution`)."""
-        return render_evolution(self.columns, self.cell_size)
+    def render(self) -> Figure:
+        """The Fig. 4 figure of the snapshots so far (`visualize.evolution_figure.evolution_figure`); call inside
+        `visualize.style.styled()`."""
+        return evolution_figure(self.columns, self.cell_size)
 
 
 # --------------------------------------------------------------------- helpers

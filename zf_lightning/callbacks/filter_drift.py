@@ -14,6 +14,7 @@ weights the run started from, not those it resumed with.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,20 @@ class FilterDrift(L.Callback):
     Args:
         output_dir: where the two layer-1 figures go (None: the trainer's default_root_dir/filters).
         log_key: W&B key of the figures.
+        figure_formats: "png" and, for vector copies, "pdf" or "svg" (`visualize.style`).
     """
 
-    def __init__(self, output_dir: str | Path | None = None, log_key: str = "filters/layer1") -> None:
+    def __init__(
+        self,
+        output_dir: str | Path | None = None,
+        log_key: str = "filters/layer1",
+        figure_formats: Sequence[str] = ("png",),
+    ) -> None:
+        from zf_lightning.visualize.style import check_formats
+
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.log_key = log_key
+        self.figure_formats = check_formats(figure_formats)
         self.initial: dict[int, torch.Tensor] = {}
         self.correlations: dict[int, float] = {}
 
@@ -93,7 +103,8 @@ class FilterDrift(L.Callback):
 
     # ------------------------------------------------------------------ figures
     def _draw(self, trainer: L.Trainer, weight: torch.Tensor, name: str, when: str) -> None:
-        from zf_lightning.visualize.figures import filters_grid, side_by_side
+        from zf_lightning.visualize.figures import filters_grid, panels_figure
+        from zf_lightning.visualize.style import save_figure, styled
 
         assert self.output_dir is not None  # set in on_fit_start
         kernel = f"{weight.shape[-2]}x{weight.shape[-1]}"
@@ -101,7 +112,9 @@ class FilterDrift(L.Callback):
         subtitle = f"layer 1: {weight.shape[0]} filters {kernel}, {when}"
         if corr is not None and name == END_FIGURE:
             subtitle += f"; mean correlation with the initial filters {corr:.2f}"
-        path = side_by_side([filters_grid(weight)], [subtitle], self.output_dir / name, "Layer-1 filters (Fig. 6)")
+        with styled():
+            figure = panels_figure([filters_grid(weight)], [subtitle], "Layer-1 filters (Fig. 6)")
+            path = save_figure(figure, self.output_dir / name, self.figure_formats)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=self.log_key, images=[str(path)], step=trainer.global_step, caption=[subtitle])

@@ -41,6 +41,7 @@ from zf_lightning.config.checker import validate_config
 from zf_lightning.data.user_images import UserImages
 from zf_lightning.utils.errors import InputError
 from zf_lightning.utils.io import atomic_write_bytes, atomic_write_npz
+from zf_lightning.visualize.style import save_figure, styled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -148,9 +149,12 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _publish(loggers: list[Logger], figures: dict[str, Path], tables: dict[str, Any]) -> None:
-    """Figures and tables (pandas) to W&B, then close the loggers: one W&B run per analysis."""
-    log_images(loggers, figures)
+def _publish(
+    loggers: list[Logger], figures: dict[str, Path], tables: dict[str, Any], captions: dict[str, str] | None = None
+) -> None:
+    """Figures (with their captions) and tables (pandas) to W&B, then close the loggers: one W&B run per
+    analysis."""
+    log_images(loggers, figures, captions)
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             for key, frame in tables.items():
@@ -181,6 +185,57 @@ def occlusion_rows(result: OcclusionResult, images: AnalysisImages) -> list[dict
             }
         )
     return rows
+
+
+def projections_elsewhere(
+    cfg: DictConfig, source: NetworkSource, engine: Any, result: OcclusionResult, device: torch.device
+) -> tuple[dict[int, list[torch.Tensor]], dict[str, Any] | None]:
+    """Fig. 7(c)'s "this map in other images": for each tracked map, its `occlusion.top_projections` strongest
+    activations over the images the analysis draws from (the folder, or the whole split), projected and cut to
+    the image. ({map: projections}, what was scanned) or ({}, None) when turned off."""
+    from torch.utils.data import DataLoader
+
+    from zf_lightning.cli.sources import indexed_batches
+    from zf_lightning.deconv import Deconvnet
+    from zf_lightning.deconv.topk import find_top_activations, project_all_top_activations
+    from zf_lightning.visualize.top9_figure import inside_image
+
+    count = int(cfg.occlusion.get("top_projections") or 0)
+    if count < 1 or result.projection is None:
+        return {}, None
+    if cfg.images.image_dir is not None:
+        dataset: Any = UserImages(
+            cfg.images.image_dir, transform=source.transform, recursive=True, decode_up_front=False
+        )
+        scanned: dict[str, Any] = {"image_dir": str(cfg.images.image_dir)}
+    else:
+        dataset = source.split_dataset(cfg.images.split)
+        scanned = {"split": cfg.images.split}
+    deconv = Deconvnet(engine.model)
+    maps = sorted({int(m) for m in result.chosen_map})
+    loader = DataLoader(dataset, batch_size=64, shuffle=False)
+    batches = indexed_batches(loader, device, len(dataset), "zf-analyze occlusion: other images")
+    top = find_top_activations(deconv, batches, {result.layer: maps}, k=count)
+
+    def load(indices: list[int]) -> torch.Tensor:
+        return torch.stack([dataset[i][0] for i in indices]).to(device)
+
+    projected = project_all_top_activations(deconv, top, load)[result.layer]
+    size = result.projection.shape[-2:]
+    elsewhere = {
+        m: [
+            inside_image(
+                projected.projections[row, j].cpu(),
+                int(projected.window_top[row, j]),
+                int(projected.window_left[row, j]),
+                size,
+            )
+            for j in range(projected.projections.shape[1])
+            if float(projected.top.values[row, j]) > 0
+        ]
+        for row, m in enumerate(maps)
+    }
+    return elsewhere, {**scanned, "num_images": len(dataset), "per_map": count}
 
 
 def occlusion(cfg: DictConfig) -> dict[str, Any]:
@@ -214,9 +269,12 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
             )
         with job_loggers(cfg, output_dir) as loggers:
             result = engine.compute(images.inputs.to(device), images.targets.to(device))
-            png = occlusion_figure(
-                images.display, result, output_dir / "occlusion.png", images.names, images.class_names
-            )
+            elsewhere, scanned = projections_elsewhere(cfg, source, engine, result, device)
+            with styled():
+                figure = occlusion_figure(
+                    images.display, result, images.names, images.class_names, images.label_source, elsewhere
+                )
+                png = save_figure(figure, output_dir / "occlusion.png", list(cfg.get("figure_formats") or ["png"]))
             arrays = {
                 key: value.cpu().numpy() for key, value in vars(result).items() if isinstance(value, torch.Tensor)
             }
@@ -224,13 +282,20 @@ def occlusion(cfg: DictConfig) -> dict[str, Any]:
             rows = occlusion_rows(result, images)
             frame = pd.DataFrame(rows)
             csv = _write_csv(frame, output_dir / "occlusion.csv")
-            _publish(loggers, {"occlusion/figure": png}, {"occlusion/images": frame.astype({"classes_in_map": str})})
+            caption = f"occlusion (Fig. 7) of {len(images.names)} images, layer {result.layer}, {source.description}"
+            _publish(
+                loggers,
+                {"occlusion/figure": png},
+                {"occlusion/images": frame.astype({"classes_in_map": str})},
+                {"occlusion/figure": caption},
+            )
         summary.update(
             {
                 **source.summary(),
                 "num_images": len(images.names),
                 "label_source": images.label_source,
                 "positions": [len(result.rows), len(result.cols)],
+                "panel_c_elsewhere": scanned,
                 "images": rows,
                 "files": {"png": str(png), "npz": str(npz), "csv": str(csv)},
             }
@@ -274,7 +339,9 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
             labels = [
                 f"{name} ({_class_name(images.class_names, int(t))})" for name, t in zip(images.names, images.targets)
             ]
-            png = invariance_figure(results, output_dir / "invariance.png", image_labels=labels)
+            title = f"Invariance (Fig. 5): {source.description}, {len(images.names)} images"
+            formats = list(cfg.get("figure_formats") or ["png"])
+            png = invariance_figure(results, output_dir / "invariance.png", labels, title, formats)
             arrays = {"names": np.array(images.names)}
             for kind, result in results.items():
                 arrays.update(result.as_arrays(prefix=f"{kind}_"))
@@ -282,7 +349,7 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
             frame = pd.concat([result.to_frame() for result in results.values()], ignore_index=True)
             frame.insert(2, "image_name", [images.names[i] for i in frame["image"]])
             csv = _write_csv(frame, output_dir / "invariance.csv")
-            _publish(loggers, {"invariance/figure": png}, {"invariance/curves": frame})
+            _publish(loggers, {"invariance/figure": png}, {"invariance/curves": frame}, {"invariance/figure": title})
         curves = {
             kind: {
                 "amounts": result.amounts.tolist(),
@@ -374,7 +441,12 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
             names = [images.names[i] for i in chosen]
             result = engine.compute(images.inputs[chosen].to(device), boxes)
             png = correspondence_figure(
-                images.display[chosen], result, output_dir / "correspondence.png", names, settings.per_pair
+                images.display[chosen],
+                result,
+                output_dir / "correspondence.png",
+                names,
+                settings.per_pair,
+                list(cfg.get("figure_formats") or ["png"]),
             )
             npz = atomic_write_npz({**result.as_arrays(), "names": np.array(names)}, output_dir / "correspondence.npz")
             frame = result.to_frame(per_pair=settings.per_pair)
@@ -383,7 +455,13 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
             csv = _write_csv(frame, output_dir / "correspondence.csv")
             markdown = result.to_markdown(per_pair=settings.per_pair)
             atomic_write_bytes(markdown.encode(), output_dir / "correspondence.md")
-            _publish(loggers, {"correspondence/figure": png}, {"correspondence/table": frame})
+            caption = f"correspondence of {len(names)} images, {source.description}"
+            _publish(
+                loggers,
+                {"correspondence/figure": png},
+                {"correspondence/table": frame},
+                {"correspondence/figure": caption},
+            )
         summary.update(
             {
                 **source.summary(),

@@ -96,12 +96,13 @@ def job_loggers(cfg: DictConfig, output_dir: Path) -> Iterator[list[Logger]]:
         raise
 
 
-def log_images(loggers: list[Logger], images: dict[str, Path]) -> None:
-    """PNG files to W&B as images, one key each (other loggers keep them on disk only)."""
+def log_images(loggers: list[Logger], images: dict[str, Path], captions: dict[str, str] | None = None) -> None:
+    """PNG files to W&B as images, one key each, with their captions (other loggers keep them on disk only)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             for key, path in images.items():
-                logger.log_image(key=key, images=[str(path)])
+                caption = (captions or {}).get(key)
+                logger.log_image(key=key, images=[str(path)], caption=[caption] if caption else None)
 
 
 def resolve_device(name: str) -> torch.device:

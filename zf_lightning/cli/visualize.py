@@ -48,10 +48,10 @@ from zf_lightning.visualize.figures import (
     blocks_grid,
     contrast_stretch,
     filters_grid,
-    side_by_side,
-    titled_figure,
-    top9_figure,
+    panels_figure,
 )
+from zf_lightning.visualize.style import save_figure, styled
+from zf_lightning.visualize.top9_figure import top9_figure, top9_overview
 
 
 def top9(cfg: DictConfig) -> dict[str, Any]:
@@ -84,27 +84,35 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
 
         layers: dict[str, Any] = {}
         started = time.perf_counter()
-        pngs = {}
+        pngs, captions = {}, {}
         all_projected = project_all_top_activations(deconv, found, load(dataset), load(display), method=cfg.method)
-        for layer, projected in all_projected.items():
-            maps = projected.top.maps.tolist()
-            title = (
-                f"{source.description}: layer {layer}, top-{cfg.top_k} activations of maps {_shorten(maps)} "
-                f"(projections | image patches)"
-            )
-            grid = top9_figure(projected.projections, projected.patches)
-            png = titled_figure(grid, title, output_dir / f"top9_layer{layer}.png")
-            npz = atomic_write_npz(projected.as_arrays(), output_dir / f"top9_layer{layer}.npz")
-            pngs[f"top9/layer{layer}"] = png
-            layers[str(layer)] = {
-                "title": title,
-                "maps": maps,
-                "receptive_field": list(projected.receptive_field.size),
-                "png": str(png),
-                "npz": str(npz),
-            }
+        image_size = (source.crop_size, source.crop_size)  # every scanned image is its centre crop
+        formats = list(cfg.get("figure_formats") or ["png"])
+        with styled():
+            for layer, projected in all_projected.items():
+                maps = projected.top.maps.tolist()
+                title = (
+                    f"{source.description}: layer {layer}, top-{cfg.top_k} activations of maps {_shorten(maps)} "
+                    f"over {total} images ({cfg.method})"
+                )
+                png = save_figure(
+                    top9_figure(projected, image_size, title), output_dir / f"top9_layer{layer}.png", formats
+                )
+                npz = atomic_write_npz(projected.as_arrays(), output_dir / f"top9_layer{layer}.npz")
+                pngs[f"top9/layer{layer}"], captions[f"top9/layer{layer}"] = png, title
+                layers[str(layer)] = {
+                    "title": title,
+                    "maps": maps,
+                    "receptive_field": list(projected.receptive_field.size),
+                    "png": str(png),
+                    "npz": str(npz),
+                }
+            overview_title = f"{source.description}: top-{cfg.top_k} projections of each layer ({cfg.method})"
+            overview = top9_overview(all_projected, image_size, overview_title)
+            pngs["top9/overview"] = save_figure(overview, output_dir / "top9_overview.png", formats)
+            captions["top9/overview"] = overview_title
         project_s = time.perf_counter() - started
-        log_images(loggers, pngs)
+        log_images(loggers, pngs, captions)
         finish_loggers(loggers)
         summary.update(
             {
@@ -113,6 +121,7 @@ def top9(cfg: DictConfig) -> dict[str, Any]:
                 "num_images": total,
                 "method": cfg.method,
                 "layers": layers,
+                "overview_png": str(pngs["top9/overview"]),
                 "timing_s": {"scan": round(scan_s, 3), "project": round(project_s, 3)},
             }
         )
@@ -169,6 +178,7 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
         loggers = instantiate_loggers(cfg, output_dir, resume=False)
         log_config(loggers, cfg, output_dir)
         titles, filter_panels, projection_panels, arrays, stats = [], [], [], {}, {}
+        projection_titles: list[str] = []
         for position, source in enumerate(sources):
             net = source.net.to(device).eval()
             deconv = Deconvnet(net)
@@ -191,19 +201,29 @@ def filters(cfg: DictConfig) -> dict[str, Any]:
                 load = lambda source: lambda idx: torch.stack([source[i][0] for i in idx]).to(device)  # noqa: E731
                 projected = project_top_activations(deconv, top, load(dataset), load(display), method=cfg.method)
                 projection_panels.append(blocks_grid(contrast_stretch(projected.projections.transpose(0, 1)), 48))
+                projection_titles.append(
+                    f"{source.description}: layer 2, {len(maps)} maps over {total} images ({cfg.method})"
+                )
                 arrays.update(projected.as_arrays(prefix=f"ckpt{position}_layer2_"))
-        pngs = {
-            "filters/layer1": side_by_side(filter_panels, titles, output_dir / "filters_layer1.png", "Layer-1 filters")
-        }
-        if projection_panels:
-            pngs["filters/layer2_projections"] = side_by_side(
-                projection_panels,
-                titles,
-                output_dir / "layer2_projections.png",
-                "Layer-2 features: strongest activation of each map, projected",
-            )
+        formats = list(cfg.get("figure_formats") or ["png"])
+        with styled():
+            filters_title = "Layer-1 filters (Fig. 6), each min-max scaled on its own"
+            pngs = {
+                "filters/layer1": save_figure(
+                    panels_figure(filter_panels, titles, filters_title), output_dir / "filters_layer1.png", formats
+                )
+            }
+            captions = {"filters/layer1": filters_title}
+            if projection_panels:
+                projection_title = "Layer-2 features (Fig. 6): the strongest activation of each map, projected"
+                pngs["filters/layer2_projections"] = save_figure(
+                    panels_figure(projection_panels, projection_titles, projection_title),
+                    output_dir / "layer2_projections.png",
+                    formats,
+                )
+                captions["filters/layer2_projections"] = projection_title
         npz = atomic_write_npz(arrays, output_dir / "filters.npz")
-        log_images(loggers, pngs)
+        log_images(loggers, pngs, captions)
         finish_loggers(loggers)
         summary.update(
             {

@@ -263,6 +263,7 @@ class FeatureEvolutionSchema(Targeted):
     method: str = spec(choices(_evolution_methods))
     cell_size: int = spec(at_least(1))
     log_key: str = spec()
+    figure_formats: list[str] = spec(lambda formats: _each_in(formats, ["png", "pdf", "svg"]))
 
 
 @dataclass
@@ -305,6 +306,8 @@ class TopSchema:
     job_type: str | None = spec()
     seed: int | None = spec()
     notes: Any = spec()
+    # PNG always; "pdf" and "svg" add vector copies beside it (zf_lightning/visualize/style.py)
+    figure_formats: list[str] | None = spec(lambda formats: _each_in(formats, ["png", "pdf", "svg"]))
 
 
 @dataclass
@@ -332,6 +335,7 @@ class ImagesSchema(Closed):
 @dataclass
 class OcclusionSchema(Closed):
     layer: Union[int, str] = spec(layer_names_or_numbers)
+    top_projections: int = spec(at_least(0))
     window: Union[int, list[int]] = spec()
     stride: Union[int, list[int]] = spec()
     include_partial: bool = spec()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -9,23 +10,35 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from zf_lightning.visualize.style import new_figure, save_figure, styled
+
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from zf_lightning.analysis.correspondence import CorrespondenceResult
 
 
 def correspondence_figure(
-    display: torch.Tensor, result: CorrespondenceResult, path: Path, names: Sequence[str], per_pair: bool = False
+    display: torch.Tensor,
+    result: CorrespondenceResult,
+    path: Path,
+    names: Sequence[str],
+    per_pair: bool = False,
+    formats: Sequence[str] = ("png",),
 ) -> Path:
     """Top: each image (B, 3, H, W in [0, 1]) with its part boxes (colours) and the first repeat's random
-    boxes (dashed white). Bottom: Delta mean ± std over repeats, one bar group per layer."""
-    import matplotlib
+    boxes (dashed white). Bottom: Delta mean ± std over repeats, one bar group per layer, the rows named in a
+    legend beside the bars."""
+    with styled():
+        return save_figure(_figure(display, result, names, per_pair), path, formats)
 
-    matplotlib.use("Agg")
+
+def _figure(display: torch.Tensor, result: CorrespondenceResult, names: Sequence[str], per_pair: bool) -> Figure:
     import matplotlib.pyplot as plt
 
     count = display.shape[0]
     palette = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]  # a ListedColormap; the stub says Colormap
-    figure = plt.figure(figsize=(max(2.2 * count, 6), 5.6))
+    figure = new_figure(max(2.4 * count, 7.5), 6.0)
     grid = figure.add_gridspec(2, count, height_ratios=[1, 1.2])
     for i in range(count):
         axis = figure.add_subplot(grid[0, i])
@@ -43,7 +56,7 @@ def correspondence_figure(
                     (left, top), right - left, bottom - top, fill=False, edgecolor="white", linestyle="--", linewidth=1
                 )
             )
-        axis.set_title(names[i], fontsize=7)
+        axis.set_title(textwrap.shorten(names[i], 22), fontsize=9)
         axis.axis("off")
 
     bars = figure.add_subplot(grid[1, :])
@@ -62,11 +75,6 @@ def correspondence_figure(
         [f"Layer {layer}" for layer in result.layers],
     )
     bars.set_ylabel("Delta per image pair" if per_pair else "Delta (sum over image pairs)")
-    bars.legend(fontsize=8)
+    bars.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title="occluded")
     figure.suptitle(f"Correspondence: {count} images, {result.repeats} repeats (lower = more consistent)")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return figure

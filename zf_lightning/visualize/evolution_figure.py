@@ -1,47 +1,88 @@
 """Fig. 4 of the paper: one row per followed feature map (grouped by layer), one column per snapshot epoch, each
-cell the projection of that map's strongest activation of the epoch (`callbacks.evolution.FeatureEvolution`)."""
+cell the projection of that map's strongest activation of the epoch (`callbacks.evolution.FeatureEvolution`).
+
+Each cell is the part of the activation's receptive-field window inside the image, contrast-stretched on its own
+and scaled to `cell_size` pixels (`top9_figure.inside_image`, `fit_tile`).
+
+Empty cells. A map's strongest activation can be positive while its deconvnet projection is exactly zero: going
+down, the deconvnet rectifies the reconstruction at every ReLU (section 2.1), so when everything that reaches some
+layer is negative, nothing passes. It happens when the activation is carried by the conv's bias or by inputs that
+the map's filter weighs negatively (`tests/deconv/test_engine.py` builds such a map and checks Captum's
+`NeuronDeconvolution` gives zero too). Such a cell shows the image patch under the window, dimmed, marked
+"projection 0", with the reason under the figure.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from zf_lightning.visualize.figures import contrast_stretch
+from zf_lightning.visualize.style import DPI, new_figure
+from zf_lightning.visualize.top9_figure import fit_tile, inside_image
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _PAD = 2  # white pixels between cells
-
+LEFT, TOP, FOOT = 150, 26, 60  # pixels for the row labels, the epoch labels and the footnote
+ZERO_NOTE = (
+    "projection 0: the map's strongest activation is positive but its deconvnet projection is exactly zero. "
+    "Going down, the deconvnet rectifies the reconstruction at every layer (section 2.1); here all of it is "
+    "negative at some layer, as when the activation comes from the conv's bias or from inputs its filter "
+    "weighs negatively. Shown instead: the image patch under the activation's window, dimmed."
+)
 
 Cells = tuple[torch.Tensor, list[tuple[int, int, float]], list[tuple[int, float]]]
 
 
-def evolution_grid(columns: Mapping[int, Mapping[str, np.ndarray]], cell_size: int = 48) -> Cells:
-    """The cells of `columns` ({1-based epoch: a snapshot's arrays}): pixels (3, H, W) in [0, 1], rows as
-    (layer, map, y centre), columns as (epoch, x centre).
+def _cell(arrays: Mapping[str, np.ndarray], layer: int, k: int, size: int) -> tuple[torch.Tensor, bool]:
+    """Map k of `layer` in one snapshot, as a (3, size, size) cell, and whether its projection is zero."""
+    window = torch.from_numpy(arrays[f"windows_layer{layer}"][k])
+    image_size = arrays["image_size"].tolist() if "image_size" in arrays else None
+    top = int(arrays[f"top_layer{layer}"][k]) if f"top_layer{layer}" in arrays else 0
+    left = int(arrays[f"left_layer{layer}"][k]) if f"left_layer{layer}" in arrays else 0
 
-    One `make_grid` block per layer (rows: its maps, columns: the snapshot epochs so far), blocks stacked
-    with white space between layers. Every cell is contrast-normalised on its own (`figures.contrast_stretch`)
-    and resized to `cell_size` pixels, whatever the layer's receptive field.
-    """
+    def cut(picture: torch.Tensor) -> torch.Tensor:
+        return inside_image(picture, top, left, image_size) if image_size is not None else picture
+
+    if window.abs().max() > 0 or f"patches_layer{layer}" not in arrays:
+        return fit_tile(contrast_stretch(cut(window)), size), False
+    patch = cut(torch.from_numpy(arrays[f"patches_layer{layer}"][k])).clamp(0, 1)
+    return fit_tile(0.35 * patch + 0.65 * 0.5, size), True  # dimmed towards grey
+
+
+def evolution_grid(columns: Mapping[int, Mapping[str, np.ndarray]], cell_size: int = 96) -> Cells:
+    """The cells of `columns` ({1-based epoch: a snapshot's arrays}): pixels (3, H, W) in [0, 1], rows as
+    (layer, map, y centre), columns as (epoch, x centre)."""
+    return _grid(columns, cell_size)[:3]
+
+
+def _grid(
+    columns: Mapping[int, Mapping[str, np.ndarray]], cell_size: int
+) -> tuple[torch.Tensor, list[tuple[int, int, float]], list[tuple[int, float]], list[tuple[float, float]]]:
     epochs = sorted(columns)
     if not epochs:
-        return torch.ones(3, cell_size, cell_size), [], []
+        return torch.ones(3, cell_size, cell_size), [], [], []
     first = columns[epochs[0]]
-    size, pad, gap = cell_size, _PAD, cell_size // 3
+    size, pad, gap = cell_size, _PAD, cell_size // 4
     blocks: list[torch.Tensor] = []
     rows: list[tuple[int, int, float]] = []
+    zeros: list[tuple[float, float]] = []  # centres of the cells whose projection is zero
     top = 0
     for layer in (int(x) for x in first["layers"]):
         maps = first[f"maps_layer{layer}"].tolist()
-        cells = [
-            _resize(contrast_stretch(torch.from_numpy(columns[epoch][f"windows_layer{layer}"][k])), size)
-            for k in range(len(maps))
-            for epoch in epochs
-        ]
+        cells = []
+        for k in range(len(maps)):
+            for i, epoch in enumerate(epochs):
+                cell, zero = _cell(columns[epoch], layer, k, size)
+                cells.append(cell)
+                if zero:
+                    zeros.append((pad + i * (size + pad) + size / 2, top + pad + k * (size + pad) + size / 2))
         if blocks:
             blocks.append(torch.ones(3, gap, blocks[0].shape[2]))
             top += gap
@@ -50,35 +91,30 @@ def evolution_grid(columns: Mapping[int, Mapping[str, np.ndarray]], cell_size: i
         blocks.append(block)
         top += block.shape[1]
     placed = [(epoch, pad + i * (size + pad) + size / 2) for i, epoch in enumerate(epochs)]
-    return torch.cat(blocks, dim=1), rows, placed
+    return torch.cat(blocks, dim=1), rows, placed, zeros
 
 
-def render_evolution(columns: Mapping[int, Mapping[str, np.ndarray]], cell_size: int = 48) -> Image.Image:
-    """The Fig. 4 grid with its labels (epochs on top, layer and map on the left), as a PIL image.
+def evolution_figure(columns: Mapping[int, Mapping[str, np.ndarray]], cell_size: int = 96) -> Figure:
+    """The Fig. 4 grid with its labels (epochs on top, layer and map on the left), one image pixel per PNG pixel
+    (call inside `style.styled()`)."""
+    import textwrap
 
-    PIL rather than matplotlib: the same picture in a tenth of the time, which counts against the
-    epoch on small runs (a snapshot must stay a small fraction of an epoch).
-    """
-    canvas, rows, epoch_columns = evolution_grid(columns, cell_size)
-    pixels = (canvas.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    font = ImageFont.load_default(size=11)
-    left, top = 100, 18
-    image = Image.new("RGB", (pixels.shape[1] + left + 4, pixels.shape[0] + top + 4), "white")
-    image.paste(Image.fromarray(pixels), (left, top))
-    draw = ImageDraw.Draw(image)
+    canvas, rows, epoch_columns, zeros = _grid(columns, cell_size)
+    height, width = canvas.shape[1:]
+    total_w = width + LEFT + 8
+    note = textwrap.wrap(ZERO_NOTE, width=max(30, (total_w - 16) // 8)) if zeros else []  # ~7 px a character
+    foot = 16 * len(note) + 12 if note else 4
+    total_h = height + TOP + foot
+    figure = new_figure(total_w / DPI, total_h / DPI, layout="none")
+    axis = figure.add_axes((LEFT / total_w, foot / total_h, width / total_w, height / total_h))
+    axis.imshow(canvas.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+    axis.set_axis_off()
     for epoch, x in epoch_columns:
-        draw.text((left + x, top - 3), f"epoch {epoch}", fill="black", font=font, anchor="md")
+        axis.text(x, -6, f"epoch {epoch}", ha="center", va="bottom", fontsize=10)
     for layer, map_index, y in rows:
-        draw.text((left - 6, top + y), f"layer {layer}, map {map_index}", fill="black", font=font, anchor="rm")
-    return image
-
-
-def _resize(window: torch.Tensor, size: int) -> torch.Tensor:
-    """(C, h, w) -> (3, size, size): small windows (layer 1) blown up pixel by pixel, large ones averaged."""
-    if window.shape[0] == 1:
-        window = window.expand(3, -1, -1)
-    h, w = window.shape[1:]
-    if (h, w) == (size, size):
-        return window
-    mode = "nearest-exact" if max(h, w) <= size else "area"
-    return F.interpolate(window[None], size=(size, size), mode=mode)[0]
+        axis.text(-8, y, f"layer {layer}, map {map_index}", ha="right", va="center", fontsize=10)
+    for x, y in zeros:
+        axis.text(x, y, "projection 0", ha="center", va="center", fontsize=8, color="black")
+    if note:
+        figure.text(8 / total_w, (foot - 6) / total_h, "\n".join(note), ha="left", va="top", fontsize=9)
+    return figure

@@ -1,13 +1,17 @@
-"""Image grids for the paper's figures, built with torchvision's make_grid and saved as PNG."""
+"""Image grids for the paper's figures (torchvision's make_grid), contrast stretching, and side-by-side panels."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import textwrap
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def contrast_stretch(images: torch.Tensor) -> torch.Tensor:
@@ -43,16 +47,6 @@ def blocks_grid(cells: torch.Tensor, min_size: int = 48, pad_value: float = 1.0)
     return make_grid(blocks, nrow=math.ceil(math.sqrt(maps)), padding=6, pad_value=pad_value)
 
 
-def top9_figure(projections: torch.Tensor, patches: torch.Tensor | None, min_size: int = 48) -> torch.Tensor:
-    """The paper's Fig. 2 layout for one layer: the projections' 3x3 blocks, the image patches' beside them."""
-    left = blocks_grid(contrast_stretch(projections), min_size)
-    if patches is None or patches.numel() == 0:
-        return left
-    right = blocks_grid(patches.clamp(0, 1), min_size)
-    gap = torch.ones(left.shape[0], left.shape[1], 12)
-    return torch.cat([left, gap, right], dim=2)
-
-
 def filters_grid(weight: torch.Tensor, display_size: int = 44, per_row: int | None = None) -> torch.Tensor:
     """Conv filters (out, 3, k, k) as one image, each filter min-max scaled on its own (as in the paper's Fig. 6),
     enlarged to about `display_size` px so that filters of different kernel sizes show at the same scale."""
@@ -66,54 +60,21 @@ def filters_grid(weight: torch.Tensor, display_size: int = 44, per_row: int | No
     return make_grid(scaled, nrow=per_row or math.ceil(math.sqrt(len(scaled))), padding=2, pad_value=1.0)
 
 
-def side_by_side(panels: list[torch.Tensor], titles: list[str], path: Path, suptitle: str = "") -> Path:
-    """Images (C, H, W) in [0, 1] next to each other with titles (matplotlib), as PNG."""
-    import matplotlib
+def panels_figure(panels: list[torch.Tensor], titles: list[str], suptitle: str = "") -> Figure:
+    """Images (C, H, W) in [0, 1] next to each other, each titled, at about one image pixel per figure pixel (call
+    inside `style.styled()`; save with `style.save_figure`)."""
+    from zf_lightning.visualize.style import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6.4), squeeze=False)
-    for axis, panel, title in zip(axes[0], panels, titles):
+    width = sum(panel.shape[2] for panel in panels) / 100 + 0.4 * len(panels)
+    height = max(panel.shape[1] for panel in panels) / 100 + 1.2
+    # room for the titles: about 0.085 inch a character at the figure title's 12 pt
+    width = max(width, 4.0 * len(panels), 0.085 * len(suptitle) + 0.4)
+    figure = new_figure(width, height)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, panel, title in zip(axes, panels, titles):
         axis.imshow(panel.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-        axis.set_title(title, fontsize=10)
-        axis.axis("off")
+        axis.set_title("\n".join(textwrap.wrap(title, 60)))
+        axis.set_axis_off()
     if suptitle:
         figure.suptitle(suptitle)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
-def titled_figure(image: torch.Tensor, title: str, path: Path, dpi: int = 100) -> Path:
-    """A (C, H, W) image in [0, 1] at its own resolution (one image pixel per PNG pixel, at least 640 px wide so
-    that the title fits), with a title above it, as PNG."""
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    height, width = image.shape[1], image.shape[2]
-    canvas_width = max(width, 640)
-    lines = textwrap.wrap(title, width=max(40, canvas_width // 7))
-    title_height = 14 * len(lines) + 16
-    figure = plt.figure(figsize=(canvas_width / dpi, (height + title_height) / dpi), dpi=dpi)
-    axis = figure.add_axes((0.5 - width / canvas_width / 2, 0, width / canvas_width, height / (height + title_height)))
-    axis.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
-    axis.axis("off")
-    figure.text(0.5, 1 - 8 / (height + title_height), "\n".join(lines), ha="center", va="top", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
-
-
-def save_png(image: torch.Tensor, path: Path) -> Path:
-    """Write a (C, H, W) image in [0, 1] as PNG, creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(image, path)
-    return path
+    return figure

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from zf_lightning.analysis.invariance import TRANSFORMATIONS, InvarianceResult
 from zf_lightning.utils.errors import InputError
+from zf_lightning.visualize.style import new_figure, save_figure, styled
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -24,11 +25,8 @@ def build_invariance_figure(
     results: Mapping[str, InvarianceResult], image_labels: Sequence[str] | None = None, title: str = ""
 ) -> Figure:
     """A matplotlib Figure: one row per transformation present (translation, scale, rotation), one column per
-    layer (distance) and a last column P(true class); one line per image. The caller closes it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    layer (distance) and a last column P(true class); one line per image, named in one legend below the plots
+    (never over a curve). The caller closes it; draw it inside `style.styled()` for the project's style."""
 
     kinds = [kind for kind in TRANSFORMATIONS if kind in results]
     unknown = sorted(set(results) - set(TRANSFORMATIONS))
@@ -49,7 +47,8 @@ def build_invariance_figure(
         )
 
     columns = len(layers) + 1
-    figure, axes = plt.subplots(len(kinds), columns, figsize=(4.2 * columns, 3.4 * len(kinds)), squeeze=False)
+    figure = new_figure(4.2 * columns, 3.4 * len(kinds) + 0.4 + 0.25 * ((batch + 3) // 4))
+    axes = figure.subplots(len(kinds), columns, squeeze=False)
     for row, kind in zip(axes, kinds):
         result = results[kind]
         amounts = result.amounts.cpu().numpy()
@@ -62,10 +61,10 @@ def build_invariance_figure(
             axis.set_ylabel(y_label)
             axis.grid(alpha=0.3)
         row[-1].set_ylim(-0.02, 1.02)
-    axes[0, -1].legend(fontsize=8, loc="best")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="outside lower center", ncols=min(batch, 4), title="images")
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
     return figure
 
 
@@ -74,15 +73,8 @@ def invariance_figure(
     path: str | os.PathLike[str],
     image_labels: Sequence[str] | None = None,
     title: str = "",
+    formats: Sequence[str] = ("png",),
 ) -> Path:
     """Save the Fig. 5 layout of `results` ({kind: InvarianceResult}) as a PNG at `path` (folder created)."""
-    figure = build_invariance_figure(results, image_labels, title)  # selects the Agg backend first
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        figure.savefig(path, dpi=120)
-    finally:
-        plt.close(figure)
-    return path
+    with styled():
+        return save_figure(build_invariance_figure(results, image_labels, title), Path(path), formats)

@@ -1,79 +1,74 @@
-"""The paper's Fig. 7 layout: one row per image, panels (a) to (e) of the occlusion analysis."""
+"""The paper's Fig. 7 layout: one row per image, panels (a) to (e) of the occlusion analysis.
+
+Wording follows where the labels came from: with labels given (or the split's) the class is "correct", otherwise
+the network's own top class on the unoccluded image is used and called "predicted". Panel (c) is the tracked map's
+projection in this image and, when other images were scanned, beside it the projections of that map's strongest
+activations in them (the paper's "visualisations of this map from other images").
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, overload
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from zf_lightning.visualize.figures import contrast_stretch
+from zf_lightning.visualize.style import ACTIVATION_CMAP, CLASS_CMAP, PROBABILITY_CMAP, new_figure
+from zf_lightning.visualize.top9_figure import fit_tile
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from zf_lightning.analysis.occlusion import OcclusionResult
 
-PANELS = (
-    "(a) input",
-    "(b) layer-{layer} map {map}: total activation",
-    "(c) map {map}: projection",
-    "(d) p(correct class)",
-    "(e) most probable class",
-)
+
+def panel_titles(layer: object, map_index: int, label_source: str, others: int = 0) -> list[str]:
+    """Titles of panels (a)-(e) for one row."""
+    which = "predicted" if label_source == "predicted" else "correct"
+    projection = f"(c) map {map_index}: projection" + (f" | top {others} elsewhere" if others else "")
+    return [
+        "(a) input, occluder to scale",
+        f"(b) layer {layer}, map {map_index}:\ntotal activation",
+        projection,
+        f"(d) p({which} class)",
+        "(e) most probable class",
+    ]
 
 
-@overload
-def occlusion_figure(
-    display: torch.Tensor,
-    result: OcclusionResult,
-    path: Path,
-    names: Sequence[str],
-    class_names: Sequence[str] | None = None,
-    return_figure: Literal[False] = False,
-) -> Path: ...
-
-
-@overload
-def occlusion_figure(
-    display: torch.Tensor,
-    result: OcclusionResult,
-    path: Path,
-    names: Sequence[str],
-    class_names: Sequence[str] | None = None,
-    *,
-    return_figure: Literal[True],
-) -> Figure: ...
-
-
-@overload
-def occlusion_figure(
-    display: torch.Tensor,
-    result: OcclusionResult,
-    path: Path,
-    names: Sequence[str],
-    class_names: Sequence[str] | None = None,
-    return_figure: bool = False,
-) -> Path | Figure: ...
+def _panel_c(own: torch.Tensor, others: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The image's own projection (C, H, W), and the other images' projections as a grid of tiles to its right."""
+    picture = contrast_stretch(own.float().cpu())
+    if not others:
+        return picture
+    height = own.shape[-2]
+    per_col = max(1, math.ceil(math.sqrt(len(others))))
+    tile = max(8, (height - 2 * (per_col - 1)) // per_col)
+    columns = math.ceil(len(others) / per_col)
+    side = torch.ones(3, height, columns * (tile + 2) + 4)
+    for index, other in enumerate(others):
+        col, row = divmod(index, per_col)
+        y, x = row * (tile + 2), 4 + col * (tile + 2)
+        side[:, y : y + tile, x : x + tile] = fit_tile(contrast_stretch(other.float().cpu()), tile)
+    return torch.cat([picture, side], dim=2)
 
 
 def occlusion_figure(
     display: torch.Tensor,
     result: OcclusionResult,
-    path: Path,
     names: Sequence[str],
     class_names: Sequence[str] | None = None,
-    return_figure: bool = False,
-) -> Path | Figure:
-    """Draw an `OcclusionResult` for images `display` (B, 3, H, W) in [0, 1] and save it as PNG.
+    label_source: str = "labels",
+    elsewhere: Mapping[int, Sequence[torch.Tensor]] | None = None,
+) -> Figure:
+    """Draw an `OcclusionResult` for images `display` (B, 3, H, W) in [0, 1] (call inside `style.styled()`).
 
     Maps are drawn over the image area, each occluder position at the centre of its square, so that (b),
-    (d) and (e) line up with (a). The legend of (e) lists only the classes that occur in that image's map.
+    (d) and (e) line up with (a). The legend of (e) lists only the classes that occur in that image's map, by
+    name. `elsewhere`: {map: projections (C, h, w) of that map's strongest activations in other images}.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.patches import Patch
@@ -90,12 +85,20 @@ def occlusion_figure(
         float(rows[-1]) + window_h / 2 + step_h / 2,
         float(rows[0]) + window_h / 2 - step_h / 2,
     )
-    figure, axes = plt.subplots(batch, len(PANELS), figsize=(3.2 * len(PANELS), 3.0 * batch), squeeze=False)
-    palette = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]  # a ListedColormap; the stub says Colormap
+    elsewhere = elsewhere or {}
+    figure = new_figure(17.0, 3.3 * batch + 0.3)
+    axes = figure.subplots(batch, 5, squeeze=False, width_ratios=[1, 1.15, 1.6, 1.15, 1.9])
+    palette = plt.get_cmap(CLASS_CMAP).colors  # type: ignore[attr-defined]  # a ListedColormap; the stub: Colormap
+    which = "predicted" if label_source == "predicted" else "correct"
+
+    def name_of(index: int) -> str:
+        return class_names[index] if class_names and 0 <= index < len(class_names) else f"class {index}"
+
     for b in range(batch):
         chosen = int(result.chosen_map[b])
         target = int(result.targets[b])
-        target_name = class_names[target] if class_names and 0 <= target < len(class_names) else str(target)
+        others = list(elsewhere.get(chosen, []))
+        titles = panel_titles(result.layer, chosen, label_source, len(others))
         axes[b, 0].imshow(display[b].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
         axes[b, 0].add_patch(
             plt.Rectangle(
@@ -107,20 +110,22 @@ def occlusion_figure(
                 alpha=0.9,
             )
         )  # the occluder, to scale
-        axes[b, 0].set_ylabel(f"{names[b]}\ncorrect: {target_name}", fontsize=8)
+        label = "\n".join(textwrap.wrap(f"{names[b]}: {which} {name_of(target)}", 24))
+        axes[b, 0].set_xlabel(label)
 
-        image = axes[b, 1].imshow(result.layer_activation[b].cpu().numpy(), extent=extent, cmap="viridis")
-        figure.colorbar(image, ax=axes[b, 1], fraction=0.046)
+        image = axes[b, 1].imshow(result.layer_activation[b].cpu().numpy(), extent=extent, cmap=ACTIVATION_CMAP)
+        figure.colorbar(image, ax=axes[b, 1], shrink=0.8)
 
         if result.projection is not None:
-            axes[b, 2].imshow(contrast_stretch(result.projection[b].float().cpu()).permute(1, 2, 0).numpy())
+            panel = _panel_c(result.projection[b], others)
+            axes[b, 2].imshow(panel.permute(1, 2, 0).numpy(), extent=(0, panel.shape[2], panel.shape[1], 0))
         else:
             axes[b, 2].text(0.5, 0.5, "not computed", ha="center", va="center", transform=axes[b, 2].transAxes)
 
         image = axes[b, 3].imshow(
-            result.true_class_prob[b].cpu().numpy(), extent=extent, cmap="magma", vmin=0.0, vmax=1.0
+            result.true_class_prob[b].cpu().numpy(), extent=extent, cmap=PROBABILITY_CMAP, vmin=0.0, vmax=1.0
         )
-        figure.colorbar(image, ax=axes[b, 3], fraction=0.046)
+        figure.colorbar(image, ax=axes[b, 3], shrink=0.8)
 
         top = result.top_class[b].cpu()
         present = sorted(int(c) for c in top.unique())
@@ -134,25 +139,21 @@ def occlusion_figure(
             interpolation="nearest",
         )
         legend = [
-            Patch(
-                color=palette[i % len(palette)],
-                label=class_names[c] if class_names and c < len(class_names) else str(c),
-            )
-            for i, c in enumerate(present)
+            Patch(color=palette[i % len(palette)], label=textwrap.shorten(name_of(c), 28))
+            for i, c in enumerate(present[:12])
         ]
-        axes[b, 4].legend(handles=legend, fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        more = f" (+{len(present) - 12} more)" if len(present) > 12 else ""
+        axes[b, 4].legend(
+            handles=legend, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title=f"classes{more}"
+        )
 
         for column, axis in enumerate(axes[b]):
-            axis.set_xlim(0, width)
-            axis.set_ylim(height, 0)
+            if column != 2:
+                axis.set_xlim(0, width)
+                axis.set_ylim(height, 0)
             axis.set_xticks([])
             axis.set_yticks([])
-            axis.set_title(PANELS[column].format(layer=result.layer, map=chosen), fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    if return_figure:
-        return figure
-    plt.close(figure)
-    return path
+            axis.set_frame_on(False)
+            axis.set_title(titles[column])
+    figure.suptitle(f"Occlusion sensitivity (Fig. 7): {window_h}x{window_w} grey square, stride {step_h:.0f} px")
+    return figure

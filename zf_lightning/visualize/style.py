@@ -97,9 +97,19 @@ def texts_outside_canvas(figure: Figure, tolerance: float = 1.0) -> list[str]:
     figure.canvas.draw()  # lays the figure out (constrained layout runs at draw time)
     renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
     canvas = figure.bbox
+    # Tick labels exist for ticks beyond an axis' limits too, but only those within them are drawn.
+    undrawn = set()
+    for axes in figure.axes:
+        for axis in (axes.xaxis, axes.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            span = (high - low) * 1e-9
+            shown = axes.axison and axis.get_visible()  # set_axis_off hides an axis and its tick labels
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                if not shown or not low - span <= tick.get_loc() <= high + span:
+                    undrawn |= {id(tick.label1), id(tick.label2)}
     outside = []
     for text in figure.findobj(Text):
-        if not text.get_visible() or not text.get_text().strip():
+        if not text.get_visible() or not text.get_text().strip() or id(text) in undrawn:
             continue
         extent = text.get_window_extent(renderer)
         if (
