@@ -154,3 +154,30 @@ def test_figures_are_png_and_on_request_pdf_and_svg_beside_it(tmp_path):
     assert b"<svg" in (tmp_path / "figure.svg").read_bytes()[:400]
     with pytest.raises(ValueError, match=r"figure formats \['jpg'\] are not supported"):
         check_formats(["png", "jpg"])
+
+
+# ------------------------------------------------------------------ correspondence
+def test_correspondence_figure_names_images_rows_and_layers_and_cuts_nothing():
+    from zf_lightning.analysis.correspondence import CorrespondenceResult
+    from zf_lightning.visualize.correspondence_figure import _figure
+
+    generator = np.random.default_rng(1)
+    parts = ["left eye", "nose"]
+    result = CorrespondenceResult(
+        parts=parts,
+        layers=(5, 7),
+        repeats=3,
+        num_images=3,
+        deltas={row: {5: generator.random(3), 7: generator.random(3)} for row in [*parts, "random"]},
+        part_boxes=np.tile(np.array([[4, 4, 12, 12], [14, 14, 24, 24]]), (3, 1, 1)),
+        random_boxes=np.tile(np.array([[6, 6, 14, 14], [2, 2, 12, 12]]), (3, 3, 1, 1)),
+    )
+    with styled():
+        figure = _figure(torch.rand(3, 3, 32, 32), result, ["dog_1.jpg", "dog_2.jpg", "dog_3.jpg"], per_pair=True)
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles[:3] == ["dog_1.jpg", "dog_2.jpg", "dog_3.jpg"]
+    bars = figure.axes[3]
+    assert [label.get_text() for label in bars.get_xticklabels()] == ["Layer 5", "Layer 7"]
+    assert [text.get_text() for text in bars.get_legend().get_texts()] == ["left eye", "nose", "Random"]
+    assert bars.get_ylabel() == "Delta per image pair"
+    assert texts_outside_canvas(figure) == []
