@@ -174,10 +174,10 @@ def test_invariance_writes_curves_figure_and_equals_the_engine(tiny_checkpoint, 
     expected = Invariance(model.net, layers=(1, 7)).compute(images, targets, {"rotation": [0, 90, 180]})["rotation"]
     arrays = np.load(out / "invariance.npz")
     np.testing.assert_allclose(arrays["rotation_true_class_prob"], expected.true_class_prob.numpy(), rtol=1e-5)
-    # By hand: a quarter turn is rot90 (clockwise for torchvision's positive angle); distance relative to the original.
+    # By hand: a quarter turn is rot90 (clockwise for torchvision's positive angle); the paper's Euclidean distance.
     features = LayerFeatures(model.net, (7,))
     original, turned = features(images).features[7], features(torch.rot90(images, k=-1, dims=(-2, -1))).features[7]
-    by_hand = (turned - original).norm(dim=1) / original.norm(dim=1)
+    by_hand = (turned - original).norm(dim=1)
     np.testing.assert_allclose(arrays["rotation_distance_layer7"][:, 1], by_hand.numpy(), rtol=1e-4, atol=1e-5)
     assert b"invariance/figure" in wandb_run_bytes(out, b"invariance/figure")
 

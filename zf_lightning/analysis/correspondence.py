@@ -1,4 +1,4 @@
-"""Correspondence analysis, Zeiler & Fergus 2014 section 5.2 (the table of eye and nose occlusions).
+"""Correspondence analysis: Zeiler & Fergus, arXiv 1311.2901v3, section 4.3 and Table 1 (eye and nose occlusions).
 
 The same part (left eye, right eye, nose, ...) is masked out in each of N images of objects in the same
 pose, and we measure how consistently the masking changes a layer's feature vector across the images:

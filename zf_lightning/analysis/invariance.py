@@ -1,4 +1,5 @@
-"""Feature invariance to translation, scale and rotation, Zeiler & Fergus 2014 section 4.4 and Fig. 5.
+"""Feature invariance to translation, scale and rotation: Zeiler & Fergus, arXiv 1311.2901v3, section 4
+("Convnet Visualization", its "Feature Invariance" paragraph) and Fig. 5.
 
 Inputs are network inputs that are already normalised (the mean image subtracted, so 0 is the mean
 pixel), shape (B, C, H, W), with their correct classes `targets` (B,).
@@ -26,15 +27,16 @@ Measures
 For each transformation T, amount t, image x and layer l in `layers` (paper numbering, see
 `LayerFeatures`: 1..5 the rectified conv maps, 6 and 7 the rectified fc6 / fc7 outputs):
 
-    d_l(t) = || f_l(T_t x) - f_l(x) ||_2 / || f_l(x) ||_2
+    d_l(t) = || f_l(T_t x) - f_l(x) ||_2                        (relative=False, the default: the paper's)
+    d_l(t) = || f_l(T_t x) - f_l(x) ||_2 / || f_l(x) ||_2       (relative=True)
 
 with f_l the flattened feature vector. The paper plots the Euclidean distance between the features of
-the original and the transformed image; we divide by the norm of the original's features (relative
-distance: 0 at the identity, 1 for a change as large as the feature vector itself), which puts layer 1
-and layer 7 on one comparable axis, as the paper's normalised plots are. Where || f_l(x) || is 0 the
-distance is NaN and a warning names the image and layer. For every amount we also record the softmax
-probability of the correct class, and the most probable class (ties to the lowest index, as `argmax`)
-with its probability.
+the original and the transformed image (Fig. 5's caption). Divided by the norm of the original's features
+(relative distance: 0 at the identity, 1 for a change as large as the feature vector itself), layer 1 and
+layer 7 share one comparable axis; that reading is kept as `relative=True`. With `relative=True`, where
+|| f_l(x) || is 0 the distance is NaN and a warning names the image and layer. For every amount we also
+record the softmax probability of the correct class, and the most probable class (ties to the lowest index,
+as `argmax`) with its probability.
 
 Efficiency
 ----------
@@ -131,18 +133,22 @@ class InvarianceResult:
     amounts: torch.Tensor  # (T,) float64
     layers: tuple[LayerKey, ...]
     targets: torch.Tensor  # (B,) int64: the correct classes
-    distances: dict[LayerKey, torch.Tensor]  # {layer: (B, T)}: ||f(T x) - f(x)|| / ||f(x)||, NaN where ||f(x)|| = 0
+    distances: dict[LayerKey, torch.Tensor]  # {layer: (B, T)}: ||f(T x) - f(x)|| (divided by ||f(x)|| if relative)
     true_class_prob: torch.Tensor  # (B, T): probability of targets[b]
     top_class: torch.Tensor  # (B, T) int64: most probable class
     top_class_prob: torch.Tensor  # (B, T): its probability
     reference_norm: dict[LayerKey, torch.Tensor]  # {layer: (B,)}: ||f(x)|| of the untransformed images
+    relative: bool = False  # distances divided by ||f(x)|| (NaN where it is 0), or the paper's plain Euclidean
 
     def as_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         """Flat {name: array} for `np.savez`; `prefix` (e.g. "scale_") keeps several results apart in one file."""
         arrays = {
             "kind": np.array(self.kind),
             "amounts": self.amounts.cpu().numpy(),
-            "layers": np.array(self.layers, dtype=np.int64),
+            "layers": np.array(self.layers)
+            if any(isinstance(layer, str) for layer in self.layers)
+            else np.array(self.layers, dtype=np.int64),
+            "relative": np.array(self.relative),
             "targets": self.targets.cpu().numpy(),
             "true_class_prob": self.true_class_prob.cpu().numpy(),
             "top_class": self.top_class.cpu().numpy(),
@@ -190,6 +196,7 @@ class Invariance:
         batch_size: int = 64,
         fill: float = 0.0,
         channels_last: bool = True,
+        relative: bool = False,
     ) -> None:
         check_int(batch_size, "Invariance: batch_size")
         fill = float(fill)
@@ -197,7 +204,7 @@ class Invariance:
             raise InputError(f"Invariance: fill must be a finite number, got {fill}")
         self.extract = LayerFeatures(model, layers, channels_last=channels_last)  # checks the layers
         self.layers = tuple(self.extract.layers)
-        self.batch_size, self.fill = batch_size, fill
+        self.batch_size, self.fill, self.relative = batch_size, fill, bool(relative)
 
     # ------------------------------------------------------------------ checks
     def _check(
@@ -251,7 +258,7 @@ class Invariance:
         reference = self.extract(images)
         norms = {layer: torch.linalg.vector_norm(reference.features[layer], dim=1) for layer in self.layers}
         for layer, norm in norms.items():
-            if (norm == 0).any():
+            if self.relative and (norm == 0).any():
                 zero = torch.nonzero(norm == 0)[:, 0].tolist()
                 warnings.warn(
                     f"Invariance: the layer {layer} features of image(s) {zero} are all zero; "
@@ -279,7 +286,12 @@ class Invariance:
         probs = reference.logits.float().softmax(dim=1)
         top_prob, top_class = (column.repeat(count, 1) for column in probs.max(dim=1))  # (T, B)
         true_prob = probs.gather(1, targets[:, None])[:, 0].repeat(count, 1)
-        distances = {layer: torch.where(norms[layer] > 0, 0.0, torch.nan).repeat(count, 1) for layer in self.layers}
+        distances = {
+            layer: (
+                torch.where(norms[layer] > 0, 0.0, torch.nan) if self.relative else torch.zeros_like(norms[layer])
+            ).repeat(count, 1)
+            for layer in self.layers
+        }
 
         moving = [t for t, value in enumerate(values) if value != IDENTITY[kind]]
         total = batch * len(moving)  # copies: copy i is image i % B at amount values[moving[i // B]]
@@ -294,8 +306,10 @@ class Invariance:
             step, image = torch.tensor(moving, device=images.device)[copies // batch], copies % batch
             for layer in self.layers:
                 change = torch.linalg.vector_norm(outputs.features[layer] - reference.features[layer][image], dim=1)
-                norm = norms[layer][image]
-                distances[layer][step, image] = torch.where(norm > 0, change / norm, torch.nan)
+                if self.relative:
+                    norm = norms[layer][image]
+                    change = torch.where(norm > 0, change / norm, torch.nan)
+                distances[layer][step, image] = change
             copy_probs = outputs.logits.float().softmax(dim=1)
             true_prob[step, image] = copy_probs.gather(1, targets[image][:, None])[:, 0]
             top_prob[step, image], top_class[step, image] = copy_probs.max(dim=1)
@@ -310,4 +324,5 @@ class Invariance:
             top_class=top_class.T.contiguous(),
             top_class_prob=top_prob.T.contiguous(),
             reference_norm=norms,
+            relative=self.relative,
         )

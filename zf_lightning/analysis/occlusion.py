@@ -1,4 +1,4 @@
-"""Occlusion sensitivity, Zeiler & Fergus 2014 section 4.2 and Fig. 7.
+"""Occlusion sensitivity: Zeiler & Fergus, arXiv 1311.2901v3, section 4.2 and Fig. 7.
 
 A grey square slides over each image; every occluded copy goes through the network, and for every
 position of the square we record

@@ -333,7 +333,12 @@ def invariance(cfg: DictConfig) -> dict[str, Any]:
         source, images = load_model_and_images(cfg)
         defaults = default_amounts(int(images.inputs.shape[-1]))
         amounts = {kind: defaults[kind] if given.get(kind) is None else list(given[kind]) for kind in kinds}
-        engine = Invariance(source.net.to(device), layers=list(settings.layers), batch_size=settings.batch_size)
+        engine = Invariance(
+            source.net.to(device),
+            layers=list(settings.layers),
+            batch_size=settings.batch_size,
+            relative=bool(settings.get("relative", False)),
+        )
         with job_loggers(cfg, output_dir) as loggers:
             results = engine.compute(images.inputs.to(device), images.targets.to(device), amounts)
             labels = [

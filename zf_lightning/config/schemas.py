@@ -353,6 +353,7 @@ class AmountsSchema(Closed):
 class InvarianceSchema(Closed):
     layers: list[Union[int, str]] = spec(layer_names_or_numbers)
     batch_size: int = spec(at_least(1))
+    relative: bool = spec()
     transformations: list[str] = spec(lambda kinds: _each_in(kinds, _transformations()))
     amounts: AmountsSchema | None = spec()
 

@@ -1,6 +1,6 @@
 """The paper's feature-analysis table: a linear SVM or a softmax trained on the features of one layer.
 
-Features of a pretrained network's layer l (section 5.4, "Feature Analysis"):
+Features of a pretrained network's layer l (arXiv 1311.2901v3, section 5.3, "Feature Analysis", Table 7):
 
 - conv layers 1-5: the output of the layer's whole block (conv, ReLU, and the pooling and contrast
   normalisation where the layer has them), average-pooled to at most `grid` x `grid` cells per map

@@ -53,7 +53,10 @@ def build_invariance_figure(
         result = results[kind]
         amounts = result.amounts.cpu().numpy()
         curves = [result.distances[layer] for layer in layers] + [result.true_class_prob]
-        y_labels = [f"Canonical distance, layer {layer}" for layer in layers] + ["P(true class)"]
+        measure = (
+            "Relative distance ||f(Tx)-f(x)||/||f(x)||" if result.relative else "Euclidean distance ||f(Tx)-f(x)||"
+        )
+        y_labels = [f"{measure},\nlayer {layer}" for layer in layers] + ["P(true class)"]
         for axis, values, y_label in zip(row, curves, y_labels):
             for b in range(batch):
                 axis.plot(amounts, values[b].cpu().numpy(), marker=".", markersize=3, linewidth=1, label=labels[b])
