@@ -38,7 +38,12 @@ from zf_lightning.config import config_dir
                 "data.split_seed": "range(5)",
             },
         ),
-        ("train", "table6", "voc2012", {"model.transfer.mode": "pretrained,scratch"}),
+        (
+            "train",
+            "table6",
+            "voc2012",
+            {"model.transfer.mode": "pretrained,scratch", "model.task": "multilabel_softmax,multilabel"},
+        ),
         (
             "features",
             "feature_analysis",
@@ -56,7 +61,7 @@ def test_each_transfer_sweep_composes_with_its_axes(primary, sweep, target, para
 
 
 @pytest.mark.slow
-def test_table6_sweep_runs_every_mode_as_its_own_job(tiny_checkpoint, tmp_path):
+def test_table6_sweep_runs_every_mode_and_head_as_its_own_job(tiny_checkpoint, tmp_path):
     root = tmp_path / "data"
     make_voc2012(root, num_images=12)
     command = [
@@ -81,8 +86,10 @@ def test_table6_sweep_runs_every_mode_as_its_own_job(tiny_checkpoint, tmp_path):
     ]
     done = subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    summaries = [json.loads((tmp_path / "sweep" / str(job) / "summary.json").read_text()) for job in (0, 1)]
-    assert [s["run_name"] for s in summaries] == ["voc2012_pretrained", "voc2012_scratch"]
+    summaries = [json.loads((tmp_path / "sweep" / str(job) / "summary.json").read_text()) for job in range(4)]
+    assert [s["run_name"] for s in summaries] == [
+        f"voc2012_{mode}_{task}" for mode in ("pretrained", "scratch") for task in ("multilabel_softmax", "multilabel")
+    ]
     assert all(s["status"] == "completed" and s["group"] == "table6" and "test/mAP" in s["test"] for s in summaries)
 
     import pandas as pd  # the transfer table from these runs: ours beside the paper's per-class test APs
@@ -90,11 +97,14 @@ def test_table6_sweep_runs_every_mode_as_its_own_job(tiny_checkpoint, tmp_path):
     tables = run_tables([tmp_path / "sweep"], tmp_path / "tables")
     assert tables.returncode == 0, tables.stderr
     cells = pd.read_csv(tmp_path / "tables" / "table6.csv").set_index(["row", "column"])
-    assert cells.loc[("pretrained", "mean"), "ours_mean"] == pytest.approx(summaries[0]["test"]["test/mAP"], abs=0.05)
+    softmax, sigmoid = "pretrained/multilabel_softmax", "pretrained/multilabel"
+    assert cells.loc[(softmax, "mean"), "ours_mean"] == pytest.approx(summaries[0]["test"]["test/mAP"], abs=0.05)
+    assert cells.loc[(sigmoid, "mean"), "ours_mean"] == pytest.approx(summaries[1]["test"]["test/mAP"], abs=0.05)
+    # the paper's numbers sit beside its own head, the softmax
     assert (
-        cells.loc[("pretrained", "mean"), "paper_mean"] == 79.0
-        and cells.loc[("pretrained", "aeroplane"), "paper_mean"] == 96.0
+        cells.loc[(softmax, "mean"), "paper_mean"] == 79.0 and cells.loc[(softmax, "aeroplane"), "paper_mean"] == 96.0
     )
+    assert pd.isna(cells.loc[(sigmoid, "mean"), "paper_mean"])
     assert "val" in (tmp_path / "tables" / "table6.md").read_text()  # says ours are on val, the paper's on test
 
 

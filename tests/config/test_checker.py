@@ -187,7 +187,10 @@ def test_validate_sweep_composes_each_job_and_names_the_bad_ones():
         (["model.optimizer.lr=-0.01"], ["model.optimizer.lr=-0.01: must be > 0"]),
         (["model.optimizer.weight_decay=-1e-4"], ["model.optimizer.weight_decay=-0.0001: must be >= 0"]),
         (["model.lr_scheduler.factor=2"], ["model.lr_scheduler.factor=2: must be in (0, 1)"]),
-        (["+model.task=regression"], ["model.task='regression': must be one of ['multiclass', 'multilabel']"]),
+        (
+            ["+model.task=regression"],
+            ["model.task='regression': must be one of ['multiclass', 'multilabel_softmax', 'multilabel']"],
+        ),
         (
             ["callbacks.feature_evolution.snapshot_epochs=[5,2,10]"],
             ["callbacks.feature_evolution.snapshot_epochs=[5, 2, 10]: must be a non-empty, strictly increasing"],

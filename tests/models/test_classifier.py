@@ -134,3 +134,35 @@ def test_pretrained_weights_of_another_variant_are_refused_with_the_differences(
         r"checkpoint \(12, 3, 7, 7\) vs model \(24, 3, 7, 7\)",
     ):
         load_pretrained_weights(wider.net, path)
+
+
+def test_the_papers_voc_softmax_counts_an_image_of_n_labels_as_n_images_of_weight_1_over_n():
+    import torch.nn.functional as F
+
+    from zf_lightning.models.classifier import softmax_multilabel_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5)
+    targets = torch.tensor(
+        [
+            [1, 0, 1, -1, 0],  # two labels present, one difficult-only (ignored)
+            [0, 1, 0, 0, 0],
+            [-1, -1, 0, 0, 0],  # nothing present: left out
+            [1, 1, 1, 0, 0],
+        ]
+    )
+    # Independent formulation: one row per (image, present label), weight 1/n, plain cross-entropy.
+    rows, labels, weights = [], [], []
+    for image, row in enumerate(targets):
+        present = (row == 1).nonzero().flatten().tolist()
+        for label in present:
+            rows.append(image)
+            labels.append(label)
+            weights.append(1 / len(present))
+    per_row = F.cross_entropy(logits[rows], torch.tensor(labels), reduction="none")
+    expected = (per_row * torch.tensor(weights)).sum() / 3  # three images have a label
+    torch.testing.assert_close(softmax_multilabel_loss(logits, targets), expected)
+    # from averaged crop probabilities: the same loss on softmax(logits)
+    torch.testing.assert_close(
+        softmax_multilabel_loss(logits.softmax(dim=-1), targets, probabilities=True), expected, rtol=1e-5, atol=1e-6
+    )

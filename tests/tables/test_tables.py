@@ -299,11 +299,17 @@ def test_wandb_runs_are_read_through_the_api_into_the_same_tables(table4_sweep, 
             "voc_pre",
             "table6",
             "finished",
-            {"model": {"transfer": {"mode": "pretrained"}}, "seed": 1},
+            {"model": {"transfer": {"mode": "pretrained"}, "task": "multilabel_softmax"}, "seed": 1},
             {"test/mAP": 70.0, **{f"test/ap_class{i:02d}": 60.0 + i for i in range(20)}, "train/loss": 0.1},
         ),
         # A logger that flattens nested configs with "/".
-        FakeWandbRun("voc_scratch", "table6", "crashed", {"model/transfer/mode": "scratch", "seed": 1}, {}),
+        FakeWandbRun(
+            "voc_scratch",
+            "table6",
+            "crashed",
+            {"model/transfer/mode": "scratch", "model/task": "multilabel_softmax", "seed": 1},
+            {},
+        ),
         FakeWandbRun("other", "table6", "finished", {"model": {"transfer": {"mode": "pretrained"}}, "seed": 1}, {}),
     ]
     queries = []
@@ -318,10 +324,10 @@ def test_wandb_runs_are_read_through_the_api_into_the_same_tables(table4_sweep, 
     assert main(["--wandb", "me/zf", "--out", str(out)]) == 0
     assert ("me/zf", {"group": "table6"}) in queries and len(queries) == len(load_paper())
     frame = pd.read_csv(out / "table6.csv")
-    pretrained = frame[frame.row == "pretrained"].set_index("column")
+    pretrained = frame[frame.row == "pretrained/multilabel_softmax"].set_index("column")
     assert pretrained.loc["mean", "ours_mean"] == 70.0 and pretrained.loc["mean", "paper_mean"] == 79.0
     assert pretrained.loc["cow", "ours_mean"] == 69.0 and pretrained.loc["cow", "paper_mean"] == 74.4
-    scratch = frame[frame.row == "scratch"]
+    scratch = frame[frame.row == "scratch/multilabel_softmax"]
     assert set(scratch.status) == {"failed"} and scratch.ours.str.contains("W&B run state 'crashed'").all()
     assert "VOC 2012 val" in (out / "table6.md").read_text()  # ours and the paper's are on different splits
     # Local runs and W&B runs together.
@@ -346,8 +352,12 @@ def test_paper_yaml_has_every_row_and_column_the_sweeps_produce():
     for name in ("table2", "table3"):
         if (Path(config_dir()) / "sweep" / f"{name}.yaml").exists():
             assert set(_sweep_axis(name, "model")) == set(run_rows[name])
-    for name in ("table4", "table5", "table6"):
+    for name in ("table4", "table5"):
         assert set(_sweep_axis(name, "model.transfer.mode")) <= set(run_rows[name])
+    table6 = {
+        f"{m}/{t}" for m in _sweep_axis("table6", "model.transfer.mode") for t in _sweep_axis("table6", "model.task")
+    }
+    assert table6 <= set(run_rows["table6"])
     for name in ("table4", "table5"):
         assert columns[name] == _sweep_axis(name, "data.train_per_class")
     assert run_rows["feature_analysis"] == [row_name(*row) for row in PAPER_ROWS]

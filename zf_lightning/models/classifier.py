@@ -48,7 +48,7 @@ def renormalize_filters_(module: nn.Module, radius: float) -> None:
 
 
 TRANSFER_MODES = ("scratch", "pretrained", "finetune")
-TASKS = ("multiclass", "multilabel")
+TASKS = ("multiclass", "multilabel_softmax", "multilabel")
 TRAIN_METRIC_STATES = "train_metric_states"  # checkpoint keys
 CALLBACK_METRICS = "callback_metrics"
 
@@ -60,11 +60,29 @@ def _synced_state(metric: Metric) -> dict[str, torch.Tensor]:
         return {attr: cast(torch.Tensor, value).detach().cpu().clone() for attr, value in metric.metric_state.items()}
 
 
-def average_crop_probabilities(logits: torch.Tensor, num_crops: int, multilabel: bool = False) -> torch.Tensor:
-    """(B * num_crops, K) logits -> (B, K) probabilities (softmax, or sigmoid per label) averaged over each
+def average_crop_probabilities(logits: torch.Tensor, num_crops: int, sigmoid: bool = False) -> torch.Tensor:
+    """(B * num_crops, K) logits -> (B, K) probabilities (softmax, or a sigmoid per label) averaged over each
     image's crops."""
-    probabilities = logits.sigmoid() if multilabel else logits.softmax(dim=-1)
+    probabilities = logits.sigmoid() if sigmoid else logits.softmax(dim=-1)
     return probabilities.unflatten(0, (-1, num_crops)).mean(dim=1)
+
+
+def label_distribution(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-hot targets (1 present, 0 absent, -1 ignored) as a distribution over the present labels (each 1/n of
+    the image's n), and which images have any label present."""
+    present = (targets == 1).to(torch.float32)
+    count = present.sum(dim=1, keepdim=True)
+    return present / count.clamp_min(1), count[:, 0] > 0
+
+
+def softmax_multilabel_loss(scores: torch.Tensor, targets: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+    """Cross-entropy of one softmax over the classes against the image's present labels, weighted equally: an image
+    with n labels counts as n images of one label each, of weight 1/n (the paper's single exclusive softmax on
+    multi-label VOC images). Images with no label present (only "difficult" objects) are left out."""
+    distribution, labelled = label_distribution(targets)
+    log_p = scores.clamp_min(1e-12).log() if probabilities else scores.float().log_softmax(dim=-1)
+    losses = -(distribution * log_p).sum(dim=1)
+    return (losses * labelled).sum() / labelled.sum().clamp_min(1)
 
 
 def masked_multilabel_loss(scores: torch.Tensor, targets: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
@@ -125,8 +143,10 @@ class ImageClassifier(L.LightningModule):
             whose network has the paper's layout; the network trained is then its architecture, with a new class
             layer of `net.num_classes` outputs). Weights are loaded when fitting starts, so a checkpoint of this
             module later loads without the starting network's weights.
-        task: "multiclass" (softmax, top-1/top-5 and mean per-class accuracy) or "multilabel" (a sigmoid per
-            label, targets 1 / 0 / -1 for present / absent / ignored, VOC average precision per class).
+        task: "multiclass" (softmax, top-1/top-5 and mean per-class accuracy); for multi-label data (targets
+            1 / 0 / -1 for present / absent / ignored, VOC average precision per class) "multilabel_softmax" (the
+            paper's VOC head: one softmax over the classes, each image's present labels as the target
+            distribution, `softmax_multilabel_loss`) or "multilabel" (a sigmoid and binary cross-entropy per label).
         channels_last: keep the network's weights and the batches in channels-last memory layout (faster
             convolutions on GPUs with tensor cores, with `precision=bf16-mixed`).
         compile: `torch.compile` the network (not this module) when the Trainer sets up: True, or a dict of
@@ -178,7 +198,8 @@ class ImageClassifier(L.LightningModule):
         self.net = network_from_hparams({"net": net, "transfer": transfer})
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
-        self.multilabel = task == "multilabel"
+        self.multilabel = task != "multiclass"  # multi-hot targets, average precision
+        self.sigmoid = task == "multilabel"  # a sigmoid per label, else one softmax over the classes
         last = self.net.classifier[-1]
         assert isinstance(last, nn.Linear)  # PaperConvNet ends with its class layer
         num_classes = last.out_features
@@ -254,12 +275,19 @@ class ImageClassifier(L.LightningModule):
         over each image's crops."""
         if images.ndim == 5:
             crops = self.laid_out(images.flatten(0, 1))  # one batch of B x crops
-            return average_crop_probabilities(self.net(crops), images.shape[1], self.multilabel)
+            return average_crop_probabilities(self.net(crops), images.shape[1], self.sigmoid)
         logits = self(images)
-        return logits.sigmoid() if self.multilabel else logits.softmax(dim=-1)
+        return logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return masked_multilabel_loss(logits, labels) if self.multilabel else F.cross_entropy(logits, labels)
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+        """The task's loss, from logits (or, with `probabilities`, from the crops' averaged probabilities)."""
+        if self.sigmoid:
+            return masked_multilabel_loss(logits, labels, probabilities=probabilities)
+        if self.multilabel:
+            return softmax_multilabel_loss(logits, labels, probabilities=probabilities)
+        if probabilities:
+            return F.nll_loss(logits.clamp_min(1e-12).log(), labels)
+        return F.cross_entropy(logits, labels)
 
     # None: check the loss at once on a CPU, deferred on other devices (`DeferredFiniteCheck`); True/False forces it.
     defer_finite_check: bool | None = None
@@ -390,10 +418,7 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         if images.ndim == 5:
             probabilities = self.predict_proba(images)
-            if self.multilabel:
-                loss = masked_multilabel_loss(probabilities, labels, probabilities=True)
-            else:
-                loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), labels)
+            loss = self.loss(probabilities, labels, probabilities=True)
             self.metrics(stage).update(probabilities, labels)
         else:
             logits = self(images)
