@@ -176,7 +176,10 @@ def test_validate_sweep_composes_each_job_and_names_the_bad_ones():
         (["model.net.local_response_norm=1"], ["model.net.local_response_norm=1: expected bool, got int"]),
         (["seed=abc"], ["seed='abc': expected int | null"]),
         # values
-        (["model.net.arch=resnet"], ["model.net.arch='resnet': must be one of ['alexnet', 'zfnet']"]),
+        (
+            ["model.net.arch=resnet"],
+            ["model.net.arch='resnet': must be one of ['alexnet', 'alexnet_grouped', 'zfnet']"],
+        ),
         (
             ["model.net.norm_position=middle"],
             ["model.net.norm_position='middle': must be one of ['after_pool', 'before_pool']"],

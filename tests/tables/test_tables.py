@@ -346,7 +346,8 @@ def test_paper_yaml_has_every_row_and_column_the_sweeps_produce():
     specs = load_paper()
     run_rows = {name: [row.key for row in spec.rows if not row.reference] for name, spec in specs.items()}
     columns = {name: [column.key for column in spec.columns] for name, spec in specs.items()}
-    models = sorted(path.stem for path in (Path(config_dir()) / "model").glob("*.yaml"))
+    not_in_table3 = {"alexnet_grouped"}  # Krizhevsky's two groups; Table 3 is the paper's one-tower replication
+    models = sorted({path.stem for path in (Path(config_dir()) / "model").glob("*.yaml")} - not_in_table3)
     assert sorted(run_rows["table3"]) == models == sorted(TABLE3_ROWS)
     assert run_rows["table2"] == ["alexnet", "zfnet", "zfnet_conv512_1024_512"]
     for name in ("table2", "table3"):

@@ -204,6 +204,7 @@ class DataSchema(Targeted):
     image_size: int = spec(at_least(1))
     crop_size: int = spec(at_least(1))
     ten_crop_test: bool = spec()
+    train_crops: str = spec(choices(lambda: ["random", "ten"]))  # zf_lightning.data.transforms.TRAIN_CROPS
     mean_image_max_images: int | None = spec(at_least(1))
     cache_dir: str | None = spec()
     pin_memory: bool = spec()

@@ -19,6 +19,7 @@ from zf_lightning.data.mean_image import load_or_compute_mean_image
 from zf_lightning.data.sampling import EpochSeededSampler, SeededSamples
 from zf_lightning.data.transforms import (
     PRESETS,
+    TRAIN_CROPS,
     paper_base,
     paper_transforms,
     torchvision_transforms,
@@ -77,6 +78,8 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         preset: "paper" (short side `resize_size`, centre crop, mean image subtracted on the 0-255 scale,
             random `crop_size` crops and flips) or "torchvision" (random resized crops, mean/std).
         ten_crop_test: test on the 4 corner and centre crops and their flips, averaging predictions.
+        train_crops: the paper preset's training crops: "random" (any `crop_size` window, flipped or not) or "ten"
+            (one of the 10 test crops, drawn per sample and epoch under the sample's seed as the random ones are).
         mean_image_max_images: estimate the mean image from a seeded random subset of this size (None: all).
         cache_dir: where the mean image and file lists are cached (default `$ZF_CACHE_DIR` or ~/.cache/zf_lightning).
     """
@@ -96,10 +99,18 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
         cache_dir: str | Path | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        train_crops: str = "random",
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
             raise InputError(f"data.preset must be one of {list(PRESETS)}, got {preset!r}")
+        if train_crops not in TRAIN_CROPS:
+            raise InputError(f"data.train_crops must be one of {list(TRAIN_CROPS)}, got {train_crops!r}")
+        if train_crops != "random" and preset != "paper":
+            raise InputError(
+                f"data.train_crops={train_crops} is the paper preset's; data.preset={preset} trains on random resized "
+                "crops"
+            )
         if crop_size > resize_size:
             raise InputError(f"data.crop_size ({crop_size}) must not exceed data.resize_size ({resize_size})")
         if batch_size < 1:
@@ -111,6 +122,7 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
             crop_size,
             ten_crop_test,
         )
+        self.train_crops = train_crops
         self.mean_image_max_images = mean_image_max_images
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
@@ -182,7 +194,9 @@ class ImageClassificationDataModule(L.LightningDataModule, ABC):
 
     def transforms(self) -> dict:
         if self.preset == "paper":
-            return paper_transforms(self.resize_size, self.crop_size, self.load_mean_image(), self.ten_crop_test)
+            return paper_transforms(
+                self.resize_size, self.crop_size, self.load_mean_image(), self.ten_crop_test, self.train_crops
+            )
         return torchvision_transforms(self.resize_size, self.crop_size, self.ten_crop_test)
 
     def display_transform(self) -> v2.Compose:

@@ -95,6 +95,11 @@ class ImageNetDataModule(ImageClassificationDataModule):
                 f"data.decode=gpu implements the paper preset's crops; got data.preset={self.preset!r} "
                 f"(use data.decode=torchvision with it)"
             )
+        if decode == "gpu" and self.train_crops != "random":
+            raise InputError(
+                f"data.decode=gpu draws random training crops; got data.train_crops={self.train_crops!r} "
+                "(use data.decode=torchvision with it)"
+            )
         self.decode = decode
         self._device_decoder: DeviceDecoder | None = None
         self.root = Path(root).expanduser()

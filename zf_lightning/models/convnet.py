@@ -35,6 +35,7 @@ class ConvSpec:
     padding: int = 0
     pool: bool = False
     norm: bool = False
+    groups: int = 1  # Krizhevsky's two towers: each half of the maps sees only its half of the input maps
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -98,25 +99,32 @@ class PaperConvNet(nn.Module):
         # torch divides alpha by n, so alpha is given as n * 1e-4.
         lrn_options = {"size": 5, "alpha": 5e-4, "beta": 0.75, "k": 2.0, **(lrn or {})}
 
-        def scaled(width: int) -> int:
-            return max(1, round(width * width_multiplier))
+        def scaled(width: int, multiple: int = 1) -> int:
+            if multiple == 1 or width_multiplier == 1:
+                return max(1, round(width * width_multiplier))
+            # A scaled-down grouped network keeps its groups: widths rounded to a multiple of them.
+            return multiple * max(1, round(width * width_multiplier / multiple))
 
         layers: list[nn.Module] = []
         self.feature_sizes: dict[str, int] = {}  # spatial width after each stage, for tests and docs
         channels, size = in_channels, input_size
-        for index, spec in enumerate(convs, start=1):
-            if index in removed:
-                continue
+        kept = [(index, spec) for index, spec in enumerate(convs, start=1) if index not in removed]
+        for position, (index, spec) in enumerate(kept):
             conv_name = f"conv{index}"
+            following = kept[position + 1][1].groups if position + 1 < len(kept) else 1
+            # A layer's maps are split over its own groups and are the input maps of the next layer's groups.
+            out_channels = scaled(spec.out_channels, math.lcm(spec.groups, following))
+            for maps, what in ((channels, "input"), (out_channels, "output")):
+                if maps % spec.groups:
+                    raise InputError(f"{name}: {conv_name}'s groups={spec.groups} must divide its {maps} {what} maps")
             if size + 2 * spec.padding < spec.kernel_size:
                 raise InputError(
                     f"{name}: {conv_name} gets a {size}x{size} input, smaller than its "
                     f"{spec.kernel_size}x{spec.kernel_size} filter (input_size={input_size} is too small "
                     f"for this architecture; removed_layers={removed})"
                 )
-            out_channels = scaled(spec.out_channels)
             layers += [
-                nn.Conv2d(channels, out_channels, spec.kernel_size, spec.stride, spec.padding),
+                nn.Conv2d(channels, out_channels, spec.kernel_size, spec.stride, spec.padding, groups=spec.groups),
                 nn.ReLU(inplace=True),
             ]
             channels, size = out_channels, _conv_out(size, spec.kernel_size, spec.stride, spec.padding)
@@ -196,6 +204,9 @@ def _check_options(
             f"{name}: cannot remove layer(s) {bad}; removable layers are {list(REMOVABLE_LAYERS)} "
             "(conv3, conv4, fc6, fc7, as in the paper's Table 3)"
         )
+    bad_groups = [spec.groups for spec in convs if spec.groups < 1]
+    if bad_groups:
+        raise InputError(f"{name}: every conv layer's groups must be >= 1, got {bad_groups}")
     if norm_position not in NORM_POSITIONS:
         raise InputError(f"{name}: norm_position must be one of {list(NORM_POSITIONS)}, got {norm_position!r}")
     if num_classes < 1:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from zf_lightning.models.alexnet import alexnet
+from zf_lightning.models.alexnet import alexnet, alexnet_grouped
 from zf_lightning.models.convnet import PaperConvNet
 from zf_lightning.models.zfnet import zfnet
 from zf_lightning.utils.errors import InputError
 
-ARCHITECTURES = {"zfnet": zfnet, "alexnet": alexnet}
+ARCHITECTURES = {"zfnet": zfnet, "alexnet": alexnet, "alexnet_grouped": alexnet_grouped}
 
 
 def build_network(arch: str, **options: Any) -> PaperConvNet:
