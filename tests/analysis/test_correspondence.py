@@ -58,6 +58,21 @@ def test_hamming_hand_computed():
     assert sign_hamming_delta(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == 1.0  # 2 ordered pairs x 1 difference / 2
 
 
+def brute_force_pairs(eps: torch.Tensor) -> list[float]:
+    """The paper's per-pair measure: H(sign eps_i, sign eps_j) / D for each pair i < j, by loops."""
+    signs = torch.sign(eps)
+    return [
+        sum(int(a != b) for a, b in zip(signs[i].tolist(), signs[j].tolist())) / eps.shape[1]
+        for i, j in itertools.combinations(range(len(signs)), 2)
+    ]
+
+
+def hull(boxes) -> Box:
+    return Box(
+        min(b.left for b in boxes), min(b.top for b in boxes), max(b.right for b in boxes), max(b.bottom for b in boxes)
+    )
+
+
 def brute_force_delta(eps: torch.Tensor) -> float:
     signs = torch.sign(eps)
     total = 0
@@ -125,17 +140,50 @@ def test_matches_plain_loop(model, images):
         for layer in (5, 7):
             assert signs[layer].abs().sum() > 0  # not trivial: the occlusion changes the features
             assert result.deltas[part][layer] == pytest.approx([brute_force_delta(signs[layer])] * 3, abs=1e-9)
+            pairs = brute_force_pairs(signs[layer])
+            assert len(pairs) == N * (N - 1) // 2
+            assert result.pair_deltas[part][layer] == pytest.approx(pairs, abs=1e-12)
+            # the paper's Table 1 cell: mean ± std over the image pairs
+            assert result.table1()[part][f"layer{layer}"] == pytest.approx(
+                {"mean": np.mean(pairs), "std": np.std(pairs)}, abs=1e-12
+            )
+    random_pairs = {5: [], 7: []}
     for repeat in range(3):
         per_part = {5: [], 7: []}
         for index, part in enumerate(result.parts):
             boxes = [Box(*result.random_boxes[repeat, i, index].tolist()) for i in range(N)]
             assert [(b.height, b.width) for b in boxes] == [(b[part].height, b[part].width) for b in BOXES]
-            assert all(b.left >= 0 and b.top >= 0 and b.right <= SIZE and b.bottom <= SIZE for b in boxes)
+            # on the object: inside the box that holds the image's parts (no object box given)
+            objects = [hull(parts.values()) for parts in BOXES]
+            assert all(
+                o.left <= b.left and o.top <= b.top and b.right <= o.right and b.bottom <= o.bottom
+                for b, o in zip(boxes, objects)
+            )
             signs = reference_signs(model, images, boxes)
             for layer in (5, 7):
                 per_part[layer].append(brute_force_delta(signs[layer]))
+                random_pairs[layer] += brute_force_pairs(signs[layer])
         for layer in (5, 7):
             assert result.deltas["random"][layer][repeat] == pytest.approx(np.mean(per_part[layer]), abs=1e-9)
+    for layer in (5, 7):  # the Random row: over the pairs of every part's boxes of every repeat
+        assert sorted(result.pair_deltas["random"][layer]) == pytest.approx(sorted(random_pairs[layer]), abs=1e-12)
+
+
+def test_random_boxes_fall_inside_a_given_object_box_and_must_fit(model, images):
+    objects = [Box(4, 6, 58, 60 - i) for i in range(N)]
+    boxes = [{**parts, "object": objects[i]} for i, parts in enumerate(BOXES)]
+    result = Correspondence(model, repeats=4, seed=2)(images, boxes)
+    assert result.parts == ["left_eye", "right_eye", "nose"]  # "object" is no part
+    assert np.array_equal(result.object_boxes, np.array(objects))
+    for repeat, image, part in itertools.product(range(4), range(N), range(3)):
+        left, top, right, bottom = result.random_boxes[repeat, image, part]
+        o = objects[image]
+        assert o.left <= left and o.top <= top and right <= o.right and bottom <= o.bottom
+    small = [{**parts, "object": Box(20, 20, 30, 30)} for parts in BOXES]
+    with pytest.raises(ValueError, match="larger than their image's 'object' box"):
+        Correspondence(model, repeats=1)(images, small)
+    with pytest.raises(ValueError, match="random control boxes cannot move; give each image an 'object' box"):
+        Correspondence(model, repeats=1)(images, [{"patch": Box(26, 20, 38, 32)}] * N)
 
 
 def test_fill_value(model, images):
@@ -154,7 +202,10 @@ def test_deterministic_and_batch_size_free(model, images):
         np.testing.assert_array_equal(result.as_arrays()["deltas"], first.as_arrays()["deltas"])
     assert not np.array_equal(other.random_boxes, first.random_boxes)
     assert not np.array_equal(first.random_boxes[0], first.random_boxes[1])  # repeats draw new boxes
-    assert np.all(first.to_frame().loc[first.parts, (5, "std")] == 0)  # fixed boxes: the same every repeat
+    # fixed boxes are the same every repeat: no spread over repeats (the literal double sum's reading) ...
+    assert np.all(first.to_frame(per_pair=False).loc[first.parts, (5, "std")] == 0)
+    # ... while the paper's ± over image pairs is not 0
+    assert np.all(first.to_frame().loc[first.parts, (5, "std")] > 0)
 
 
 def test_part_lower_than_random_when_consistent_by_design(model):
@@ -166,7 +217,8 @@ def test_part_lower_than_random_when_consistent_by_design(model):
     generator = torch.Generator().manual_seed(3)
     images = 0.5 * torch.randn(5, 3, SIZE, SIZE, generator=generator)
     images[:, :, 20:32, 26:38] = 3 * torch.randn(3, 12, 12, generator=generator).abs()
-    result = Correspondence(model, repeats=5, seed=0)(images, [{"patch": Box(26, 20, 38, 32)}] * 5)
+    boxes = [{"patch": Box(26, 20, 38, 32), "object": Box(0, 0, SIZE, SIZE)}] * 5
+    result = Correspondence(model, repeats=5, seed=0)(images, boxes)
     frame = result.to_frame(per_pair=True)
     for layer in (5, 7):
         part, random = frame.loc["patch", (layer, "mean")], frame.loc["random", (layer, "mean")]
@@ -181,12 +233,14 @@ def test_tables(model, images):
     for part in result.parts:
         line = next(line for line in markdown.splitlines() if line.startswith(f"| {part} |"))
         assert line.count("±") == 2
-    frame = result.to_frame()
+    frame = result.to_frame(per_pair=False)
     assert list(frame.index) == [*result.parts, "random"]
     assert frame.loc["nose", (7, "mean")] == pytest.approx(result.deltas["nose"][7].mean())
     assert frame.loc["random", (5, "std")] == pytest.approx(result.deltas["random"][5].std())
     per_pair = result.to_frame(per_pair=True)
+    # the mean over unordered pairs is the double sum over ordered pairs divided by their number
     assert per_pair.loc["nose", (5, "mean")] == pytest.approx(frame.loc["nose", (5, "mean")] / result.pairs)
+    assert per_pair.loc["nose", (5, "std")] == pytest.approx(np.std(result.pair_deltas["nose"][5]))
     assert f"{per_pair.loc['random', (7, 'mean')]:.3f} ±" in result.to_markdown(per_pair=True)
     arrays = result.as_arrays()
     assert arrays["deltas"].shape == (4, 2, 2) and list(arrays["rows"]) == [*result.parts, "random"]

@@ -306,3 +306,41 @@ def test_a_job_that_fails_after_its_loggers_started_finishes_them_as_failed(tiny
     assert json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())["error"].startswith(
         "RuntimeError: out of memory"
     )
+
+
+def test_zf_tables_prints_table_1_from_a_correspondence_run_beside_the_papers_numbers(tiny_checkpoint, tmp_path):
+    import pandas as pd
+    import yaml
+
+    from zf_lightning.cli.tables import main as tables_main
+
+    boxes = {  # the paper's parts, and each dog's whole head as the object the random boxes are drawn on
+        name: {
+            "right_eye": [20 + i, 24, 32 + i, 34],
+            "left_eye": [40, 24 + i, 52, 34 + i],
+            "nose": [30, 40, 42 - i, 52],
+            "object": [8, 8, 64, 64],
+        }
+        for i, name in enumerate(["val_00000", "val_00001", "val_00002", "val_00003"])
+    }
+    (tmp_path / "boxes.yaml").write_text(yaml.safe_dump(boxes))
+    cfg = compose_analyze(
+        "correspondence",
+        tmp_path,
+        tiny_checkpoint,
+        [f"correspondence.boxes={tmp_path / 'boxes.yaml'}", "correspondence.repeats=2", "~logger"],
+    )
+    summary = correspondence(cfg)
+    table1 = summary["table1"]
+    assert sorted(table1) == ["left_eye", "nose", "random", "right_eye"]
+    assert all(table1[row]["layer5"]["std"] > 0 for row in table1)  # a spread over the 6 image pairs
+    assert tables_main([str(cfg.paths.output_dir), "--out", str(tmp_path / "tables")]) == 0
+    cells = pd.read_csv(tmp_path / "tables" / "table1.csv").set_index(["row", "column"])
+    for row in table1:
+        for layer in ("5", "7"):
+            cell = cells.loc[(row, int(layer))]
+            assert cell["ours_mean"] == pytest.approx(table1[row][f"layer{layer}"]["mean"])
+            assert cell["ours_std"] == pytest.approx(table1[row][f"layer{layer}"]["std"])
+    assert cells.loc[("nose", 5), "paper_mean"] == 0.079 and cells.loc[("random", 7), "paper_std"] == 0.014
+    markdown = (tmp_path / "tables" / "table1.md").read_text()
+    assert "Right Eye" in markdown and "0.067 ± 0.007" in markdown

@@ -364,7 +364,9 @@ def test_paper_yaml_has_every_row_and_column_the_sweeps_produce():
     assert run_rows["feature_analysis"] == [row_name(*row) for row in PAPER_ROWS]
     assert columns["feature_analysis"] == ["caltech101/30", "caltech256/60"]
     # Every table of the paper is there, each number parsed; Ours' 20 APs of Table 6 average to its printed mean.
-    assert list(specs) == ["table2", "table3", "table4", "table5", "table6", "feature_analysis"]
+    assert list(specs) == ["table1", "table2", "table3", "table4", "table5", "table6", "feature_analysis"]
+    assert [row.key for row in specs["table1"].rows] == ["right_eye", "left_eye", "nose", "random"]
+    assert specs["table1"].rows[3].paper["5"] == parse_paper_value("0.107 ± 0.017")
     ours = [specs["table6"].rows[2].paper[column.key].mean for column in specs["table6"].columns]
     assert round(np.mean(ours[:20]), 1) == ours[20] == 79.0
     assert specs["table3"].rows[7].paper == {

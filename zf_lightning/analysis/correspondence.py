@@ -4,14 +4,20 @@ The same part (left eye, right eye, nose, ...) is masked out in each of N images
 pose, and we measure how consistently the masking changes a layer's feature vector across the images:
 
     eps_i = x_i - x~_i
-    Delta = sum over ordered pairs (i, j), i != j, of H(sign(eps_i), sign(eps_j)) / D
+    d_ij = H(sign(eps_i), sign(eps_j)) / D                          for each pair of images i < j
+    Delta = sum over ordered pairs (i, j), i != j, of d_ij           (the paper's formula)
 
 x_i and x~_i are the layer's feature vectors (`LayerFeatures`: the rectified conv output flattened for
 layers 1..5, the rectified fc6 / fc7 output for 6 and 7) of image i and of its occluded copy; D is the
-feature length and H the Hamming distance: the number of positions where the signs differ. The sum is
-the paper's double sum, so each unordered pair counts twice; there are N (N - 1) ordered pairs, and
-dividing Delta by that gives the per-pair mean, in [0, 1] (`per_pair=True` in the tables). The paper does
-not state its normalisation. A lower Delta means a more consistent change.
+feature length and H the Hamming distance: the number of positions where the signs differ. A lower value
+means a more consistent change.
+
+What the paper's Table 1 reports. Its numbers (0.067 ... 0.107) are far below the double sum over its 5 images'
+20 ordered pairs, so they are per pair: the mean of d_ij. Its part rows carry a ± (0.007 to 0.017) although a
+fixed part box has nothing random about it; the only spread such a row has is over the image pairs. So the
+table here is, as the default (`per_pair=True`): mean ± std of d_ij over the N (N - 1) / 2 image pairs, and for
+the Random row over the pairs of every part's random boxes in every repeat. `per_pair=False` gives the literal
+double sum Delta instead, ± over repeats (0 for the part rows).
 
 Signs are -1, 0 and +1 (`torch.sign`), and 0 differs from +1 and from -1. The features are rectified, so
 many entries are 0 in both the image and its occluded copy; their eps is 0 in every image and they agree.
@@ -28,12 +34,12 @@ Boxes are `Box(left, top, right, bottom)` in pixels of the network input, right 
 the occluded copy has the box filled with `fill` in every channel (0 = the mean pixel of mean-subtracted
 inputs, as in the occlusion analysis).
 
-Random control: for each repeat, each image and each part a box of that part's size (the same height and
-width as the image's part box) is drawn at a uniformly random position that lies fully inside the image
-(one `torch.Generator` seeded with `seed`, drawn in the order repeat, image, part: top, then left). The
-"random" row of a repeat is the mean over parts of the random boxes' Delta. The part rows use the fixed
-part boxes: they are the same in every repeat, so their std over repeats is 0. Means and stds over
-repeats are population statistics (numpy's default, ddof=0).
+Random control ("random object parts"): for each repeat, each image and each part a box of that part's size
+(the same height and width as the image's part box) is drawn at a uniformly random position that lies fully
+inside the object: the image's `object` box when the boxes file gives one, else the smallest box holding all
+its part boxes (one `torch.Generator` seeded with `seed`, drawn in the order repeat, image, part: top, then
+left). The "random" row of a repeat is the mean over parts of the random boxes' Delta. Means and stds are
+population statistics (numpy's default, ddof=0).
 
 Efficiency: the originals go through the network once; the occluded copies (images x parts, then repeats
 x images x parts for the control) go through `LayerFeatures` in batches of `batch_size` copies, and each
@@ -43,6 +49,7 @@ ordered pairs that differ at a position number N^2 - sum_s n_s^2.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +69,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 RANDOM = "random"
+OBJECT = "object"  # the key of a boxes file's object box: where the random control boxes are drawn
 
 
 class Box(NamedTuple):
@@ -82,6 +90,17 @@ class Box(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------ Hamming measure
+def pair_distances(signs: torch.Tensor) -> np.ndarray:
+    """(N (N - 1) / 2,) float64: H(sign_i, sign_j) / D for each pair i < j of the rows of `signs` (N, D), in the
+    order (0, 1), (0, 2), ..., (1, 2), ...; signs are compared as they are (-1, 0, +1)."""
+    if not isinstance(signs, torch.Tensor) or signs.dim() != 2 or signs.shape[1] == 0:
+        shape = tuple(signs.shape) if isinstance(signs, torch.Tensor) else type(signs).__name__
+        raise InputError(f"pair_distances: signs must be a 2-D (N, D) tensor with D >= 1, got {shape}")
+    first, second = torch.triu_indices(signs.shape[0], signs.shape[0], offset=1)
+    differ = torch.stack([(signs[i] != signs[j]).sum() for i, j in zip(first.tolist(), second.tolist())])
+    return differ.double().numpy() / signs.shape[1] if len(first) else np.zeros(0)
+
+
 def sign_hamming_delta(eps: torch.Tensor) -> float:
     """Sum over ordered pairs i != j of the Hamming distance between sign(eps_i) and sign(eps_j), over D.
 
@@ -183,9 +202,12 @@ class CorrespondenceResult:
     layers: tuple[LayerKey, ...]
     repeats: int
     num_images: int
-    deltas: dict[str, dict[LayerKey, np.ndarray]]  # {row: {layer: (repeats,)}}, rows: parts then "random"
+    deltas: dict[str, dict[LayerKey, np.ndarray]]  # {row: {layer: (repeats,)}}: the double sum Delta
     part_boxes: np.ndarray  # (N, parts, 4) int64: the fixed boxes (left, top, right, bottom)
     random_boxes: np.ndarray  # (repeats, N, parts, 4) int64: the drawn control boxes
+    # {row: {layer: d_ij of every image pair}}: (pairs,) for a part, (repeats * parts * pairs,) for "random"
+    pair_deltas: dict[str, dict[LayerKey, np.ndarray]] = dataclasses.field(default_factory=dict)
+    object_boxes: np.ndarray | None = None  # (N, 4): where the random boxes were drawn
 
     @property
     def pairs(self) -> int:
@@ -196,27 +218,44 @@ class CorrespondenceResult:
     def rows(self) -> list[str]:
         return [*self.parts, RANDOM]
 
-    def to_frame(self, per_pair: bool = False) -> pd.DataFrame:
-        """pandas DataFrame: rows parts then "random", columns (layer, "mean" | "std") over repeats."""
+    def values(self, row: str, layer: LayerKey, per_pair: bool = True) -> np.ndarray:
+        """What a cell's mean ± std is taken over: d_ij of the image pairs (`per_pair`, the paper's Table 1), or
+        the double sum Delta of each repeat."""
+        return self.pair_deltas[row][layer] if per_pair else self.deltas[row][layer]
+
+    def to_frame(self, per_pair: bool = True) -> pd.DataFrame:
+        """pandas DataFrame: rows parts then "random", columns (layer, "mean" | "std") (see `values`)."""
         import pandas as pd
 
-        scale = 1 / self.pairs if per_pair else 1.0
         columns = pd.MultiIndex.from_product([self.layers, ["mean", "std"]], names=["layer", "stat"])
         values = [
-            [stat(self.deltas[row][layer] * scale) for layer in self.layers for stat in (np.mean, np.std)]
+            [stat(self.values(row, layer, per_pair)) for layer in self.layers for stat in (np.mean, np.std)]
             for row in self.rows
         ]
         return pd.DataFrame(values, index=pd.Index(self.rows, name="occlusion"), columns=columns)
 
-    def to_markdown(self, per_pair: bool = False, digits: int = 3) -> str:
+    def table1(self, per_pair: bool = True) -> dict[str, dict[str, dict[str, float]]]:
+        """{row key: {"layerL": {"mean", "std"}}} for summary.json and zf-tables' Table 1; row keys are the part
+        names in lower case with "_" for spaces ("Right eye" -> "right_eye"), and "random"."""
+        return {
+            table1_key(row): {
+                f"layer{layer}": {
+                    "mean": float(np.mean(self.values(row, layer, per_pair))),
+                    "std": float(np.std(self.values(row, layer, per_pair))),
+                }
+                for layer in self.layers
+            }
+            for row in self.rows
+        }
+
+    def to_markdown(self, per_pair: bool = True, digits: int = 3) -> str:
         """The paper's table: rows parts and Random, columns "Layer 5", "Layer 7", cells "mean ± std"."""
-        scale = 1 / self.pairs if per_pair else 1.0
         header = ["Occlusion location", *(f"Layer {layer}" for layer in self.layers)]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(self.layers)) + "|"]
         for row in self.rows:
             cells = [
                 f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
-                for values in (self.deltas[row][layer] * scale for layer in self.layers)
+                for values in (self.values(row, layer, per_pair) for layer in self.layers)
             ]
             lines.append("| " + " | ".join(["Random" if row == RANDOM else row, *cells]) + " |")
         return "\n".join(lines) + "\n"
@@ -229,8 +268,13 @@ class CorrespondenceResult:
             "layers": np.array(self.layers),
             "deltas": np.array([[self.deltas[row][layer] for layer in self.layers] for row in self.rows]),
             "pairs": np.array(self.pairs),
+            "pair_deltas": np.array(
+                [[self.pair_deltas[row][layer] for layer in self.layers] for row in self.parts]
+            ),  # (parts, layers, pairs)
+            "random_pair_deltas": np.array([self.pair_deltas[RANDOM][layer] for layer in self.layers]),
             "part_boxes": self.part_boxes,
             "random_boxes": self.random_boxes,
+            **({"object_boxes": self.object_boxes} if self.object_boxes is not None else {}),
         }
 
 
@@ -291,16 +335,19 @@ class Correspondence:
         check_boxes_inside(labelled, {image: (height, width) for image in labelled})
         return named
 
-    def _draw_random_boxes(self, part_boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-        """(repeats, N, parts, 4): boxes of each part box's size at uniformly random positions inside the image."""
+    def _draw_random_boxes(self, part_boxes: np.ndarray, objects: np.ndarray) -> np.ndarray:
+        """(repeats, N, parts, 4): boxes of each part box's size at uniformly random positions inside the image's
+        object box (N, 4)."""
         generator = torch.Generator().manual_seed(self.seed)
         out = np.empty((self.repeats, *part_boxes.shape), dtype=np.int64)
         for repeat in range(self.repeats):
             for image, parts in enumerate(part_boxes):
+                object_left, object_top, object_right, object_bottom = (int(v) for v in objects[image])
                 for index, (left, top, right, bottom) in enumerate(parts):
                     box_height, box_width = bottom - top, right - left
-                    new_top = int(torch.randint(height - box_height + 1, (1,), generator=generator))
-                    new_left = int(torch.randint(width - box_width + 1, (1,), generator=generator))
+                    rows, cols = object_bottom - object_top - box_height + 1, object_right - object_left - box_width + 1
+                    new_top = object_top + int(torch.randint(rows, (1,), generator=generator))
+                    new_left = object_left + int(torch.randint(cols, (1,), generator=generator))
                     out[repeat, image, index] = (new_left, new_top, new_left + box_width, new_top + box_height)
         return out
 
@@ -331,10 +378,38 @@ class Correspondence:
     def compute(self, images: torch.Tensor, boxes: Sequence[Mapping[str, Box]]) -> CorrespondenceResult:
         """Delta of `images` (N, C, H, W), mean-subtracted, with `boxes[i]` = {part: Box} of image i."""
         named = self._check(images, boxes)
-        parts = list(next(iter(named.values())))
+        parts = [part for part in next(iter(named.values())) if part != OBJECT]
+        if not parts:
+            raise InputError(f"Correspondence: the boxes name only {OBJECT!r}; expected parts to occlude as well")
         count, _, height, width = images.shape
         part_boxes = np.array([[named[image][part] for part in parts] for image in named], dtype=np.int64)
-        random_boxes = self._draw_random_boxes(part_boxes, height, width)
+        objects = np.array(
+            [
+                named[image][OBJECT]
+                if OBJECT in named[image]
+                else (boxes_[:, 0].min(), boxes_[:, 1].min(), boxes_[:, 2].max(), boxes_[:, 3].max())
+                for image, boxes_ in zip(named, part_boxes)
+            ],
+            dtype=np.int64,
+        )
+        too_big = [
+            (i, parts[p])
+            for i, image_boxes in enumerate(part_boxes)
+            for p, (left, top, right, bottom) in enumerate(image_boxes)
+            if right - left > objects[i, 2] - objects[i, 0] or bottom - top > objects[i, 3] - objects[i, 1]
+        ]
+        if too_big:
+            raise InputError(
+                f"Correspondence: part box(es) larger than their image's {OBJECT!r} box (image index, part): "
+                f"{too_big}; random boxes of a part's size must fit inside the object"
+            )
+        sizes = part_boxes[..., 2:] - part_boxes[..., :2]  # (N, parts, [width, height])
+        if np.all(sizes == (objects[:, None, 2:] - objects[:, None, :2])):
+            raise InputError(
+                f"Correspondence: every part box fills its image's object region, so the random control boxes "
+                f"cannot move; give each image an {OBJECT!r} box (the whole object) in the boxes file"
+            )
+        random_boxes = self._draw_random_boxes(part_boxes, objects)
 
         with torch.no_grad():
             images = images.detach()
@@ -350,16 +425,21 @@ class Correspondence:
 
         fixed = count * len(parts)
         deltas: dict[str, dict[LayerKey, np.ndarray]] = {row: {} for row in [*parts, RANDOM]}
+        pair_deltas: dict[str, dict[LayerKey, np.ndarray]] = {row: {} for row in [*parts, RANDOM]}
         for layer, values in signs.items():
             part_signs = values[:fixed].reshape(count, len(parts), -1)
             random_signs = values[fixed:].reshape(self.repeats, count, len(parts), -1)
             for index, part in enumerate(parts):
                 deltas[part][layer] = np.full(self.repeats, sign_hamming_delta(part_signs[:, index]))
+                pair_deltas[part][layer] = pair_distances(part_signs[:, index])
             deltas[RANDOM][layer] = np.array(
                 [
                     np.mean([sign_hamming_delta(random_signs[r, :, p]) for p in range(len(parts))])
                     for r in range(self.repeats)
                 ]
+            )
+            pair_deltas[RANDOM][layer] = np.concatenate(
+                [pair_distances(random_signs[r, :, p]) for r in range(self.repeats) for p in range(len(parts))]
             )
         return CorrespondenceResult(
             parts=parts,
@@ -369,6 +449,13 @@ class Correspondence:
             deltas=deltas,
             part_boxes=part_boxes,
             random_boxes=random_boxes,
+            pair_deltas=pair_deltas,
+            object_boxes=objects,
         )
 
     __call__ = compute
+
+
+def table1_key(row: str) -> str:
+    """A row of the correspondence table as zf-tables' Table 1 names it: "Right eye" -> "right_eye"."""
+    return "_".join(row.lower().split())

@@ -475,6 +475,7 @@ def correspondence(cfg: DictConfig) -> dict[str, Any]:
                 "pairs": result.pairs,
                 "per_pair": bool(settings.per_pair),
                 "table": frame.to_dict(orient="records"),
+                "table1": result.table1(per_pair=bool(settings.per_pair)),  # what zf-tables reads
                 "markdown": markdown,
                 "files": {
                     "png": str(png),

@@ -68,6 +68,10 @@ class TableSpec:
     rows: list[Row]
     transpose: bool = False
     default_metric: str | None = None
+    digits: int = 1  # decimals shown (Table 1's numbers are around 0.07: 3)
+    # Where a single run holds its own spread of a cell (Table 1's std over image pairs); like `metric`, "{row}" and
+    # "{column}" are filled in with the cell's keys. Shown as ± when the cell has one replicate.
+    std_metric: str | None = None
 
 
 def load_paper(path: str | Path = PAPER_FILE) -> dict[str, TableSpec]:
@@ -111,6 +115,8 @@ def _table_spec(name: str, entry: dict[str, Any]) -> TableSpec:
         rows=rows,
         transpose=bool(entry.get("transpose", False)),
         default_metric=default_metric,
+        digits=int(entry.get("digits", 1)),
+        std_metric=entry.get("std_metric"),
     )
 
 
@@ -153,6 +159,8 @@ class Cell:
     metric: str | None
     runs: list[RunRecord] = field(default_factory=list)  # one per replicate, the latest of each
     values: list[float] = field(default_factory=list)
+    digits: int = 1
+    within_run_std: float | None = None  # a single run's own spread of the number (the spec's std_metric)
     failures: list[RunRecord] = field(default_factory=list)
     without_metric: list[RunRecord] = field(default_factory=list)
 
@@ -166,7 +174,7 @@ class Cell:
 
     @property
     def std(self) -> float | None:
-        return float(np.std(self.values, ddof=1)) if self.n > 1 else None
+        return float(np.std(self.values, ddof=1)) if self.n > 1 else self.within_run_std
 
     @property
     def paper(self) -> PaperValue | None:
@@ -194,7 +202,7 @@ class Cell:
         if status in ("ok", "partial"):
             mean, std = self.mean, self.std
             assert mean is not None  # "ok" and "partial" cells have values
-            text = _number(mean) + (f" ± {_number(std)}" if std is not None else "")
+            text = _number(mean, self.digits) + (f" ± {_number(std, self.digits)}" if std is not None else "")
             notes = ([f"n={self.n}"] if self.n > 1 else []) + (
                 [f"{len(self.failures)} failed"] if self.failures else []
             )
@@ -209,8 +217,13 @@ class Cell:
         return {"reference": "", "n/a": "n/a"}.get(status, "missing")
 
 
-def _number(value: float) -> str:
-    return f"{value:.1f}"
+def _number(value: float, digits: int = 1) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _filled(template: str | None, row: str, column: str) -> str | None:
+    """A metric path with the cell's row and column keys put in for "{row}" and "{column}"."""
+    return template.replace("{row}", row).replace("{column}", column) if template else template
 
 
 def _shorten(text: str) -> str:
@@ -338,7 +351,7 @@ def build_table(spec: TableSpec, records: list[RunRecord]) -> Table:
     cells = {}
     for row in rows:
         for column in columns:
-            cell = Cell(row, column, row.metric or column.metric)
+            cell = Cell(row, column, _filled(row.metric or column.metric, row.key, column.key), digits=spec.digits)
             cell.runs = latest_per_replicate(placed.get((row.key, column.key), []), spec.replicates_by)
             for run in cell.runs:
                 value = _as_number(run.get(cell.metric)) if run.status == COMPLETED and cell.metric else None
@@ -348,6 +361,8 @@ def build_table(spec: TableSpec, records: list[RunRecord]) -> Table:
                     cell.without_metric.append(run)
                 else:
                     cell.values.append(value)
+            if len(cell.values) == 1 and spec.std_metric:
+                cell.within_run_std = _as_number(cell.runs[0].get(_filled(spec.std_metric, row.key, column.key) or ""))
             cells[(row.key, column.key)] = cell
     return Table(spec, rows, columns, cells, unplaced)
 
@@ -428,14 +443,17 @@ def _triple(name: str, cell: Cell, show_ours: bool, show_paper: bool) -> dict[st
     if show_paper:
         parts[f"{name}: paper"] = str(cell.paper) if cell.paper else "—"
         if show_ours:
-            parts[f"{name}: Δ"] = f"{cell.diff:+.1f}" if cell.diff is not None and math.isfinite(cell.diff) else ""
+            diff = cell.diff
+            parts[f"{name}: Δ"] = f"{diff:+.{cell.digits}f}" if diff is not None and math.isfinite(diff) else ""
     return parts
 
 
 def _caption(table: Table) -> list[str]:
     spec = table.spec
     return [
-        f"Source: {spec.source}. Ours: mean ± sample std (ddof=1) over n runs (seeds / splits); "
+        f"Source: {spec.source}. Ours: mean ± sample std (ddof=1) over n runs (seeds / splits)"
+        + ("; a single run's ± is its own spread (see below)" if spec.std_metric else "")
+        + "; "
         "Δ = ours − paper; — = no number in the paper.",
         *([spec.note] if spec.note else []),
     ]

@@ -23,7 +23,7 @@ def correspondence_figure(
     result: CorrespondenceResult,
     path: Path,
     names: Sequence[str],
-    per_pair: bool = False,
+    per_pair: bool = True,
     formats: Sequence[str] = ("png",),
 ) -> Path:
     """Top: each image (B, 3, H, W in [0, 1]) with its part boxes (colours) and the first repeat's random
@@ -60,11 +60,10 @@ def _figure(display: torch.Tensor, result: CorrespondenceResult, names: Sequence
         axis.axis("off")
 
     bars = figure.add_subplot(grid[1, :])
-    scale = 1 / result.pairs if per_pair else 1.0
     width = 0.8 / len(result.rows)
     for r, row in enumerate(result.rows):
-        means = [np.mean(result.deltas[row][layer] * scale) for layer in result.layers]
-        stds = [np.std(result.deltas[row][layer] * scale) for layer in result.layers]
+        means = [np.mean(result.values(row, layer, per_pair)) for layer in result.layers]
+        stds = [np.std(result.values(row, layer, per_pair)) for layer in result.layers]
         colour = "grey" if r == len(result.parts) else palette[r % 10]
         label = "Random" if r == len(result.parts) else row
         bars.bar(
@@ -74,7 +73,7 @@ def _figure(display: torch.Tensor, result: CorrespondenceResult, names: Sequence
         np.arange(len(result.layers)) + width * (len(result.rows) - 1) / 2,
         [f"Layer {layer}" for layer in result.layers],
     )
-    bars.set_ylabel("Delta per image pair" if per_pair else "Delta (sum over image pairs)")
+    bars.set_ylabel("Delta per image pair\n(mean ± std over pairs)" if per_pair else "Delta (sum over image pairs)")
     bars.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title="occluded")
     figure.suptitle(f"Correspondence: {count} images, {result.repeats} repeats (lower = more consistent)")
     return figure
