@@ -56,6 +56,11 @@ def test_short_synthetic_run_learns_and_writes_csv_wandb_checkpoints_and_summary
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)  # plain containers only
     assert last["hyper_parameters"]["net"]["arch"] == "zfnet"
     assert summary["best"]["checkpoint"].startswith(str(out / "checkpoints"))
+    # which epoch each number comes from: the best checkpoint's (first minimum of the monitored val error), and
+    # the train metrics' (the last epoch)
+    first_best = int(val["val/top1_err"].to_numpy().argmin())
+    assert summary["best"]["epoch"] == int(val["epoch"].iloc[first_best]) + 1
+    assert summary["train_metrics_epoch"] == summary["epochs"] == 4
 
     (wandb_log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
     written = wandb_log.read_bytes()  # W&B's protobuf log: the strings we sent are stored verbatim

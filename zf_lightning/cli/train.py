@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -182,13 +183,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     raise stopped from None
                 result["train"] = metrics_as_floats(model.latest_metrics())  # also those logged before a resume
                 result["epochs"] = trainer.current_epoch
+                result["train_metrics_epoch"] = trainer.current_epoch  # "train": the last epoch's (1-based)
                 for callback in callbacks:  # what callbacks measured over the run (FilterDrift's correlations)
                     if hasattr(callback, "summary_entries"):
                         result.update(callback.summary_entries())
             checkpoint = trainer.checkpoint_callback
             best = getattr(checkpoint, "best_model_path", "")
             if best:
-                result["best"] = {"checkpoint": best}
+                result["best"] = {"checkpoint": best, "epoch": checkpoint_epoch(best)}
                 if checkpoint.monitor is not None:  # None: the last checkpoint, nothing selected
                     result["best"][checkpoint.monitor] = float(checkpoint.best_model_score)
             if cfg.get("test", True):
@@ -217,6 +219,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     summary = run_app(cfg, train, "zf-train")
     return monitored_value(summary, cfg)
+
+
+def checkpoint_epoch(path: str) -> int | None:
+    """The 1-based epoch a Lightning checkpoint was written in (memory-mapped: the weights are not read)."""
+    import torch
+
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError):
+        return None
+    epoch = stored.get("epoch")
+    return int(epoch) + 1 if isinstance(epoch, int) else None
 
 
 def monitored_value(summary: dict[str, Any], cfg: DictConfig) -> float | None:
