@@ -204,6 +204,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             result["bad_images"] = summarize_bad_images(
                 getattr(datamodule, "bad_image_log", None) or output_dir / "bad_images.jsonl"
             )
+            result["excluded"] = getattr(datamodule, "excluded", None)  # training files data.exclude left out
             status = "success"
         except BaseException as raised:
             error = raised

@@ -219,6 +219,7 @@ class DataSchema(Targeted):
     split_seed: int = spec(at_least(0))
     max_test_per_class: int | None = spec(at_least(1))
     mean_image_checkpoint: str | None = spec()
+    exclude: str | None = spec()
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -18,6 +21,7 @@ from zf_lightning.data.device_decode import (
 )
 from zf_lightning.data.image_files import BadImageLog, check_on_bad_image
 from zf_lightning.data.imagenet_folder import ImageNetFolder
+from zf_lightning.data.overlap import read_exclude_list
 from zf_lightning.data.synthetic import SyntheticShapes
 from zf_lightning.utils.errors import InputError
 
@@ -76,6 +80,10 @@ class ImageNetDataModule(ImageClassificationDataModule):
     decoded, resized and cropped on the training device (`zf_lightning.data.device_decode`), with the numbers of
     `"torchvision"` up to the GPU decoder's rounding. Datasets built outside a trainer (`split_dataset`, the
     mean image) decode as `"torchvision"` does.
+
+    `exclude`: a list of training files to leave out (one path a line, relative to `root`, as `zf-overlap`
+    writes its near-duplicates of the transfer sets); `excluded` counts those left out. The mean image is
+    computed without them (and cached apart).
     """
 
     def __init__(
@@ -85,6 +93,7 @@ class ImageNetDataModule(ImageClassificationDataModule):
         on_bad_image: str = "skip",
         bad_image_log: str | Path | None = None,
         decode: str = "pil",
+        exclude: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(num_classes=num_classes, **kwargs)
@@ -106,9 +115,22 @@ class ImageNetDataModule(ImageClassificationDataModule):
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_image_log = Path(bad_image_log).expanduser() if bad_image_log else None
         ImageNetFolder.check_layout(self.root)  # a missing root fails here, before any training work
+        self.exclude = Path(exclude).expanduser() if exclude else None
+        self.exclude_list = frozenset(read_exclude_list(self.exclude)) if self.exclude else frozenset()  # fails now
+        self._excluded: int | None = None
+
+    @property
+    def excluded(self) -> int | None:
+        """How many training files `exclude` left out (None without `exclude`); builds the file list if needed."""
+        if self.exclude is not None and self._excluded is None:
+            self.make_dataset("train", None)
+        return self._excluded
 
     def dataset_key(self) -> str:
         key = f"imagenet|root={self.root.resolve()}"
+        if self.exclude_list:  # other training images, another mean image
+            digest = hashlib.sha256("\n".join(sorted(self.exclude_list)).encode()).hexdigest()[:16]
+            key = f"{key}|exclude={digest}"
         return (
             f"{key}|decode=reduced" if self.decode == "reduced" else key
         )  # torchvision decodes the same pixels as PIL
@@ -120,7 +142,7 @@ class ImageNetDataModule(ImageClassificationDataModule):
 
     def make_dataset(self, split: str, transform: Callable[[Any], Any] | None) -> ImageNetFolder:
         on_device = isinstance(transform, PrepareForDevice)
-        return ImageNetFolder(
+        dataset = ImageNetFolder(
             self.root,
             split,
             transform=transform,
@@ -133,6 +155,28 @@ class ImageNetDataModule(ImageClassificationDataModule):
             tensor_decode=self.decode in ("torchvision", "gpu") and not on_device,
             device_decode=on_device,
         )
+        if split == "train" and self.exclude is not None:
+            self._excluded = self._leave_out_excluded(dataset)
+        return dataset
+
+    def _leave_out_excluded(self, dataset: ImageNetFolder) -> int:
+        """Drop the listed files from the dataset's samples; returns how many were dropped. Listed files that are not
+        in the training set are warned about: a list written for another copy of ImageNet leaves out nothing."""
+        prefix = os.path.join(self.root, "")  # the samples' paths start with it (string work: 1.28 M of them)
+        relative = [path[len(prefix) :] if path.startswith(prefix) else path for path, _ in dataset.samples]
+        kept = [sample for sample, name in zip(dataset.samples, relative) if name not in self.exclude_list]
+        absent = sorted(self.exclude_list - set(relative))
+        if absent:
+            warnings.warn(
+                f"data.exclude={str(self.exclude)!r}: {len(absent)} of {len(self.exclude_list)} listed files are not "
+                f"training images under {self.root} (e.g. {absent[0]}); written for another ImageNet root?",
+                stacklevel=3,
+            )
+        if not kept:
+            raise InputError(f"data.exclude={str(self.exclude)!r} leaves out every training image under {self.root}")
+        dataset.samples = dataset.imgs = kept
+        dataset.targets = [target for _, target in kept]
+        return len(relative) - len(kept)
 
     def loader_transforms(self) -> dict:
         if self.decode != "gpu":
