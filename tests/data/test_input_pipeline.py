@@ -109,7 +109,7 @@ def test_zf_prepare_copy_gives_the_same_crops_up_to_jpeg_error(tmp_path):
     events = read_bad_image_log(dst / "zf_prepare_bad_images.jsonl")
     assert [e["path"] for e in events if e["kind"] == "skipped"] == [str(bad.resolve())]
     assert not (dst / "train" / WNIDS[0] / "notes.txt").exists() and not (dst / bad.relative_to(src)).exists()
-    assert not list(dst.rglob("*.zf-partial"))
+    assert not list(dst.rglob(".*.tmp"))  # no temporary file left
     assert (dst / small.relative_to(src)).read_bytes() == small.read_bytes()  # not upscaled: copied as it is
     with Image.open(dst / large_png.relative_to(src)) as image:
         assert image.format == "PNG" and image.size == (341, 256)

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in its own folder, then renames it over the old one.
+    """Writes each checkpoint to a temporary file in its own folder, then renames it over the old one
+    (`zf_lightning.utils.io.atomic_write`, through `atomic_torch_save`).
 
     Lightning's writer stages the file in the system temp dir and moves it: across file systems (a node's /tmp
     and the cluster's scratch) that move is a copy, and a kill during it leaves a truncated checkpoint.

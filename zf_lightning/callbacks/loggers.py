@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -17,20 +18,21 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from zf_lightning.utils.io import atomic_write
+
 log = logging.getLogger(__name__)
 LOGGED_ROWS = "metrics_csv_rows"  # checkpoint key: rows of metrics.csv written before the checkpoint
 
 
 def _write_rows_atomically(path: str, fieldnames: list[str], rows: list[dict]) -> None:
-    # Beside the file, then renamed: a kill while the header is rewritten never leaves a half file.
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    # A kill while the header is rewritten never leaves a half file.
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -39,6 +39,14 @@ MAX_CONSECUTIVE_BAD = 50
 # headers), decompression bombs. Anything else (a bug, MemoryError, KeyboardInterrupt) is not the file's fault.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
 
+# torchvision 0.29 deprecates torchvision.io's decoders (for TorchCodec) but keeps them; the dependency is bounded
+# below their removal, and the decode=torchvision / decode=gpu tests fail the day they break. No warning per image.
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision are deprecated",
+    category=DeprecationWarning,
+)
+
 
 class BadImageError(ValueError):
     """An image file that cannot be read, with `data.on_bad_image=error`."""
@@ -94,7 +102,8 @@ class BadImageLog:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 # One os.write of the whole line on an O_APPEND descriptor: lines of several processes never interleave.
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                # 0o666: the umask decides, as for the files of `atomic_write` (a shared log under umask 002).
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
                 try:
                     os.write(fd, line.encode())
                 finally:

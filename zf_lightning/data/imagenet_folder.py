@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from torchvision.datasets.folder import DatasetFolder, has_file_allowed_extensio
 
 from zf_lightning.data.image_files import BadImageLog, FolderSkipBadImages
 from zf_lightning.utils.errors import InputError, MissingInputError
-from zf_lightning.utils.io import default_cache_dir
+from zf_lightning.utils.io import atomic_write, default_cache_dir
 
 SPLITS = ("train", "val")
 EXTENSIONS = (".jpeg", ".jpg", ".png")  # matched case-insensitively (ImageNet uses .JPEG)
@@ -157,19 +156,12 @@ class ImageNetFolder(FolderSkipBadImages, torchvision.datasets.ImageFolder):
             "classes": classes,
             "samples": [[os.path.relpath(p, directory), label] for p, label in samples],
         }
-        tmp = None
-        try:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            # Temp file in the same dir + os.replace: readers never see a half-written cache.
-            fd, tmp = tempfile.mkstemp(prefix=self.cache_path.name, suffix=".tmp", dir=self.cache_path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(data, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; let other users of a shared cache dir read it
-            os.replace(tmp, self.cache_path)
+
+        try:  # readers never see a half-written cache; other users of a shared cache dir can read it (umask)
+            atomic_write(self.cache_path, write)
         except OSError as e:  # an unwritable cache dir only costs a rescan next time
             warnings.warn(f"Could not write ImageNet file-list cache {self.cache_path}: {e}", stacklevel=3)
-        finally:
-            if tmp is not None and os.path.exists(tmp):  # only left over if os.replace was not reached
-                os.remove(tmp)

@@ -25,7 +25,6 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +32,10 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from zf_lightning.data.image_files import BadImageLog, load_rgb
+from zf_lightning.utils.io import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 BAD_IMAGE_LOG = "zf_prepare_bad_images.jsonl"
-PARTIAL_SUFFIX = ".zf-partial"  # temporary files; not an image extension, so never read as images
 
 
 class PrepareError(ValueError):
@@ -97,17 +96,6 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
-def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    try:
-        write(partial)
-        os.replace(partial, target)
-    finally:
-        if partial.exists():
-            partial.unlink()
-
-
 def prepare_one(src: Path, dst: Path, rel: Path, size: int, quality: int, log_path: Path | None) -> str:
     """Write DST/rel from SRC/rel; returns "resized", "copied", "done_before" or "bad"."""
     target = dst / rel
@@ -119,15 +107,15 @@ def prepare_one(src: Path, dst: Path, rel: Path, size: int, quality: int, log_pa
     if image is None:
         return "bad"
     if min(image.size) <= size:
-        _write_atomically(target, lambda path: shutil.copyfile(src / rel, path))
+        atomic_write(target, lambda path: shutil.copyfile(src / rel, path))
         return "copied"
     width, height = resized_size(*image.size, size)
     pixels = F.resize(F.pil_to_tensor(image), [height, width], antialias=True)  # as the pipeline's Resize(size)
     resized = F.to_pil_image(pixels)
     if rel.suffix.lower() == ".png":
-        _write_atomically(target, lambda path: resized.save(path, "PNG"))
+        atomic_write(target, lambda path: resized.save(path, "PNG"))
     else:
-        _write_atomically(target, lambda path: resized.save(path, "JPEG", quality=quality))
+        atomic_write(target, lambda path: resized.save(path, "JPEG", quality=quality))
     return "resized"
 
 
