@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from tests.helpers.configs import cli_env
 from tests.helpers.fake_trees import make_voc2012
 from zf_lightning.config import config_dir
+from zf_lightning.utils.smoke import mark_smoke_run
 
 
 @pytest.mark.parametrize(
@@ -133,9 +134,11 @@ def test_imagenet_sweeps_have_one_job_per_row_and_shrink_with_one_override(sweep
             "train", overrides=[f"+sweep={sweep}", "debug=smoke", f"model={rows[-1]}"], return_hydra_config=True
         )
     assert cfg.hydra.sweeper.params.model.split(",") == rows
-    assert cfg.group == sweep and cfg.data._target_.endswith("SyntheticDataModule") and cfg.trainer.max_epochs == 1
+    assert cfg.data._target_.endswith("SyntheticDataModule") and cfg.trainer.max_epochs == 1
     assert cfg.model.net.width_multiplier == 0.125 and cfg.trainer.accelerator == "cpu"
     assert cfg.hydra.runtime.choices.model == rows[-1]  # run_name: the row
+    # The sweep's group wins in Hydra's defaults order; the job moves itself to the smoke group before it logs.
+    assert cfg.group == sweep and mark_smoke_run(cfg) and cfg.group == f"{sweep}-smoke" and "smoke" in cfg.tags
 
 
 def run_sweep(tmp_path: Path, name: str, overrides: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
@@ -152,23 +155,33 @@ def run_sweep(tmp_path: Path, name: str, overrides: list[str]) -> tuple[subproce
     return subprocess.run(command, env=cli_env(tmp_path), capture_output=True, text=True, timeout=900), sweep_dir
 
 
-def run_tables(paths: list[Path], out: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "zf_lightning.cli.tables", *map(str, paths), "--out", str(out)]
+def run_tables(paths: list[Path], out: Path, options: list[str] = ()) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "zf_lightning.cli.tables", *map(str, paths), "--out", str(out), *options]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
-def test_table3_smoke_sweep_then_zf_tables_has_every_row_beside_the_paper(tmp_path):
+def test_table3_smoke_sweep_lands_in_its_smoke_group_and_zf_tables_smoke_has_every_row_beside_the_paper(tmp_path):
     import pandas as pd
 
     done, sweep_dir = run_sweep(tmp_path, "table3", ["+sweep=table3", "debug=smoke"])
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads(path.read_text()) for path in sorted(sweep_dir.glob("*/summary.json"))]
     assert sorted(s["run_name"] for s in summaries) == sorted(TABLE3_ROWS)
-    assert all(s["status"] == "completed" and s["group"] == "table3" for s in summaries)
+    # not the real table3 group, whatever the sweep sets: its own, with the smoke tag beside the sweep's
+    assert all(s["status"] == "completed" and s["group"] == "table3-smoke" for s in summaries)
+    assert all(s["tags"] == ["imagenet", "table3", "smoke"] for s in summaries)
 
-    tables = run_tables([sweep_dir], tmp_path / "tables")
+    # zf-tables builds the paper's tables from the real groups: none here, and it says where the runs are
+    refused = run_tables([sweep_dir], tmp_path / "tables")
+    assert refused.returncode == 2 and "zf-tables with --smoke builds their tables" in refused.stderr
+    assert not (tmp_path / "tables").exists()
+
+    tables = run_tables([sweep_dir], tmp_path / "tables", ["--smoke"])
     assert tables.returncode == 0, tables.stderr
+    markdown = (tmp_path / "tables" / "table3.md").read_text()
+    assert "Data of our runs: synthetic data (12 runs), smoke runs (group table3-smoke): not comparable" in markdown
+    assert "ImageNet 2012 validation set" not in markdown  # not presented as our runs on ImageNet
     for suffix in ("md", "tex", "csv"):
         assert (tmp_path / "tables" / f"table3.{suffix}").stat().st_size > 500
     cells = pd.read_csv(tmp_path / "tables" / "table3.csv")
@@ -179,7 +192,7 @@ def test_table3_smoke_sweep_then_zf_tables_has_every_row_beside_the_paper(tmp_pa
     zfnet_val = ours[(ours["row"] == "zfnet") & (ours["column"] == "val_top1")].iloc[0]
     assert zfnet_val["paper_mean"] == 38.4
     assert zfnet_val["ours_minus_paper"] == pytest.approx(zfnet_val["ours_mean"] - 38.4)
-    assert "Our Model (as per Fig. 3)" in (tmp_path / "tables" / "table3.md").read_text()  # the paper's row labels
+    assert "Our Model (as per Fig. 3)" in markdown  # the paper's row labels
 
 
 @pytest.mark.slow
@@ -198,8 +211,9 @@ def test_a_failed_job_does_not_stop_the_sweep_and_its_row_is_marked_failed(tmp_p
         status["alexnet"]["status"] == "completed" and "test/top1_err" in status["alexnet"]["test"]
     )  # ... after every job ran
     assert status["zfnet"]["status"] == "failed" and "pool5 (after conv5) gets a 2x2 map" in status["zfnet"]["error"]
+    assert {s["group"] for s in status.values()} == {"table2-smoke"}  # failed jobs too
 
-    tables = run_tables([sweep_dir], tmp_path / "tables")
+    tables = run_tables([sweep_dir], tmp_path / "tables", ["--smoke"])
     assert tables.returncode == 0, tables.stderr
     cells = pd.read_csv(tmp_path / "tables" / "table2.csv")
     by_row = {row: group for row, group in cells[~cells["reference"]].groupby("row")}

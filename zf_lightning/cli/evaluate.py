@@ -24,11 +24,13 @@ from zf_lightning.cli.common import (
 from zf_lightning.config import config_dir
 from zf_lightning.config.checker import validate_config
 from zf_lightning.utils.errors import MissingInputError
+from zf_lightning.utils.smoke import mark_smoke_run
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test a checkpoint on the data's test split; the metrics go to summary.json and the loggers."""
     validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
+    mark_smoke_run(cfg)  # synthetic data or debug=smoke: group <group>-smoke, before summary.json and loggers
     if cfg.get("ckpt_path") is None:
         return evaluate_pretrained(cfg)
     ckpt_path = Path(cfg.ckpt_path)

@@ -35,6 +35,7 @@ from zf_lightning.config.checker import validate_config
 from zf_lightning.data.image_files import summarize_bad_images
 from zf_lightning.utils.errors import ExistingOutputError, MissingInputError
 from zf_lightning.utils.io import check_checkpoint
+from zf_lightning.utils.smoke import mark_smoke_run
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ def log_to_a_file_per_rank() -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test the model of `cfg`; returns (and writes to summary.json) the metrics."""
     validate_config(cfg)  # also run by the Hydra callback before any directory exists; here for callers without it
+    mark_smoke_run(cfg)  # synthetic data or debug=smoke: group <group>-smoke, before summary.json and loggers
     log_to_a_file_per_rank()
     output_dir = output_dir_of(cfg)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), output_dir)

@@ -379,8 +379,10 @@ class TrainApp:
 
     ckpt_path: str | None = spec()
     pretrained: PretrainedSchema | None = spec()  # the transfer experiments' starting network
+    wandb_checkpoints: bool = spec()
     train: bool = spec()
     test: bool = spec()
+    smoke: bool = spec()  # debug=smoke: the run goes to <group>-smoke (utils/smoke.py)
 
 
 @dataclass
@@ -389,6 +391,7 @@ class EvalApp:
 
     ckpt_path: str | None = spec()
     pretrained: PretrainedSchema | None = spec()
+    smoke: bool = spec()  # debug=smoke: the run goes to <group>-smoke (utils/smoke.py)
 
 
 @dataclass

@@ -3,13 +3,17 @@ difference; failed, incomplete and missing cells marked in the table and listed 
 
 Ours is the mean over a cell's runs (seeds, splits) with the sample standard deviation (ddof=1), as the
 paper's ± over 5 splits.
+
+Smoke runs (synthetic data, debug=smoke) are in groups of their own, `<group>-smoke` (zf_lightning/utils/smoke.py):
+a table is built from the real groups, or from the smoke groups (`smoke=True`), never from both; its caption names
+the datasets of its runs, and a table whose runs are on synthetic and on real data is refused.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +25,24 @@ import yaml
 
 from zf_lightning.tables.results import COMPLETED, FAILED, RunRecord
 from zf_lightning.utils.errors import InputError
+from zf_lightning.utils.io import atomic_write_text
+from zf_lightning.utils.smoke import SYNTHETIC, smoke_group
 
 PAPER_FILE = Path(__file__).with_name("paper.yaml")
 FORMATS = ("md", "tex", "csv")
 _MAX_ERROR_CHARS = 60
+_MAX_NAMED_RUNS = 5  # of each kind, in the error about a table that mixes synthetic and real data
+DATA_KINDS = ("real", "synthetic")
+# How captions name the datasets of runs (RunRecord.dataset); any other as it is.
+DATASET_NAMES = {
+    "imagenet": "ImageNet 2012",
+    "caltech101": "Caltech-101",
+    "caltech256": "Caltech-256",
+    "voc2012": "PASCAL VOC 2012",
+    SYNTHETIC: "synthetic data",
+}
+# The columns of a table logged to W&B (`wandb_rows`), one line per cell.
+WANDB_COLUMNS = ["row", "column", "ours", "paper", "difference", "n", "status"]
 
 
 @dataclass(frozen=True)
@@ -240,9 +258,30 @@ class Table:
     columns: list[Column]
     cells: dict[tuple[str, str], Cell]
     unplaced: list[tuple[RunRecord, str]]
+    records: list[RunRecord] = field(default_factory=list)  # every run of the table's group
+    smoke: bool = False  # built from the smoke group (<group>-smoke)
 
     def cell(self, row_key: str, column_key: str) -> Cell:
         return self.cells[(row_key, column_key)]
+
+    @property
+    def datasets(self) -> dict[str, int]:
+        """The datasets of the table's runs and their numbers of runs ("dataset not recorded": no config names one)."""
+        return dict(Counter(record.dataset or "dataset not recorded" for record in self.records))
+
+    @property
+    def comparable(self) -> bool:
+        """Whether ours may be read beside the paper's numbers: no smoke run, no run on synthetic data."""
+        return not self.smoke and not any(record.synthetic for record in self.records)
+
+    @property
+    def title(self) -> str:
+        """The paper's title, marked when ours are not comparable to it."""
+        if self.comparable:
+            return self.spec.title
+        synthetic = any(record.synthetic for record in self.records)
+        kind = ", ".join((["smoke runs"] if self.smoke else []) + (["synthetic data"] if synthetic else []))
+        return f"{self.spec.title} [ours: {kind}]"
 
     def frame(self) -> pd.DataFrame:
         """One line per cell: the numbers (for analysis, and the CSV) and their rendering."""
@@ -364,7 +403,7 @@ def build_table(spec: TableSpec, records: list[RunRecord]) -> Table:
             if len(cell.values) == 1 and spec.std_metric:
                 cell.within_run_std = _as_number(cell.runs[0].get(_filled(spec.std_metric, row.key, column.key) or ""))
             cells[(row.key, column.key)] = cell
-    return Table(spec, rows, columns, cells, unplaced)
+    return Table(spec, rows, columns, cells, unplaced, records=list(records))
 
 
 def _as_number(value: Any) -> float | None:
@@ -387,13 +426,60 @@ def latest_per_replicate(records: list[RunRecord], replicates_by: list[str]) -> 
     return sorted(chosen, key=lambda run: run.source)
 
 
-def build_tables(records: list[RunRecord], specs: dict[str, TableSpec] | None = None) -> dict[str, Table]:
-    """Every table of the paper that some record belongs to (by its group), in the paper's order."""
+def table_group(spec: TableSpec, smoke: bool = False) -> str:
+    """The group whose runs fill the table: paper.yaml's, or its smoke group (`table3-smoke`)."""
+    return smoke_group(spec.group) if smoke else spec.group
+
+
+def build_tables(
+    records: list[RunRecord],
+    specs: dict[str, TableSpec] | None = None,
+    *,
+    smoke: bool = False,
+    data: str | None = None,
+) -> dict[str, Table]:
+    """Every table of the paper that some record belongs to (by its group, or by its smoke group with `smoke`), in
+    the paper's order. `data`: keep only the runs on "real" or on "synthetic" data; None keeps all, and refuses a
+    table with runs of both kinds (InputError naming them)."""
+    if data is not None and data not in DATA_KINDS:
+        raise InputError(f"data must be one of {list(DATA_KINDS)} or None, got {data!r}")
     specs = load_paper() if specs is None else specs
     by_group: dict[str | None, list[RunRecord]] = defaultdict(list)
     for record in records:
-        by_group[record.group].append(record)
-    return {name: build_table(spec, by_group[spec.group]) for name, spec in specs.items() if by_group.get(spec.group)}
+        if data is None or record.synthetic == (data == "synthetic"):
+            by_group[record.group].append(record)
+    chosen = {name: by_group[table_group(spec, smoke)] for name, spec in specs.items()}
+    mixed = [problem for name, runs in chosen.items() if (problem := mixed_data(name, runs))]
+    if mixed:
+        raise InputError(
+            "; ".join(mixed) + ". Ours on synthetic data are not comparable to the paper's: keep one kind "
+            "(zf-tables --data real, or --data synthetic)"
+        )
+    tables = {}
+    for name, runs in chosen.items():
+        if runs:
+            tables[name] = build_table(specs[name], runs)
+            tables[name].smoke = smoke
+    return tables
+
+
+def mixed_data(name: str, records: list[RunRecord]) -> str | None:
+    """What is wrong with a table whose runs are on synthetic and on real data, naming the runs; None if they are
+    all of one kind."""
+    synthetic = [record for record in records if record.synthetic]
+    real = [record for record in records if not record.synthetic]
+    if not synthetic or not real:
+        return None
+
+    def named(runs: list[RunRecord]) -> str:
+        names = [f"{run.source} [{run.dataset or 'dataset not recorded'}]" for run in runs[:_MAX_NAMED_RUNS]]
+        more = f", +{len(runs) - _MAX_NAMED_RUNS} more" if len(runs) > _MAX_NAMED_RUNS else ""
+        return ", ".join(names) + more
+
+    return (
+        f"{name} mixes {len(synthetic)} run(s) on synthetic data ({named(synthetic)}) with {len(real)} run(s) on "
+        f"real data ({named(real)})"
+    )
 
 
 # Rendering ------------------------------------------------------------------------------------------------
@@ -450,18 +536,35 @@ def _triple(name: str, cell: Cell, show_ours: bool, show_paper: bool) -> dict[st
 
 def _caption(table: Table) -> list[str]:
     spec = table.spec
+    synthetic = any(record.synthetic for record in table.records)
     return [
+        _data_line(table),
         f"Source: {spec.source}. Ours: mean ± sample std (ddof=1) over n runs (seeds / splits)"
         + ("; a single run's ± is its own spread (see below)" if spec.std_metric else "")
         + "; "
         "Δ = ours − paper; — = no number in the paper.",
-        *([spec.note] if spec.note else []),
+        # The note describes the real runs ("our test runs on the ImageNet 2012 validation set"): not these.
+        *([spec.note] if spec.note and not synthetic else []),
     ]
+
+
+def _data_line(table: Table) -> str:
+    """The datasets of our runs, and whether they may be compared with the paper at all."""
+    counts = ", ".join(
+        f"{DATASET_NAMES.get(name, name)} ({count} run{'' if count == 1 else 's'})"
+        for name, count in table.datasets.items()
+    )
+    line = f"Data of our runs: {counts}"
+    if table.smoke:
+        line += f", smoke runs (group {table_group(table.spec, smoke=True)})"
+    if not table.comparable:
+        line += ": not comparable to the paper (its numbers and Δ are shown to check the pipeline only)"
+    return line + "."
 
 
 def to_markdown(table: Table) -> str:
     frame = wide(table)
-    lines = [f"## {table.spec.title}", "", *_caption(table), ""]
+    lines = [f"## {table.title}", "", *_caption(table), ""]
     lines.append("| " + " | ".join(_markdown_escape(c) for c in frame.columns) + " |")
     lines.append("|" + "|".join("---" for _ in frame.columns) + "|")
     lines += ["| " + " | ".join(_markdown_escape(v) for v in values) + " |" for values in frame.itertuples(index=False)]
@@ -481,7 +584,7 @@ def to_latex(table: Table) -> str:
     body = frame.to_latex(
         index=False,
         escape=False,
-        caption=latex_escape(table.spec.title),
+        caption=latex_escape(table.title),
         label=f"tab:{table.spec.name}",
         column_format="l" + "r" * (len(frame.columns) - 1),
     )
@@ -526,6 +629,19 @@ def to_csv(table: Table) -> str:
     return table.frame().to_csv(index=False)
 
 
+def wandb_rows(table: Table) -> list[list[Any]]:
+    """The table as the lines of a W&B table (columns WANDB_COLUMNS), one per cell: numbers, None where there is
+    none (the status says why)."""
+    lines = []
+    for row in table.rows:
+        label = f"{row.label} (reference, not run)" if row.reference else _row_name(table.spec, row)
+        for column in table.columns:
+            cell = table.cell(row.key, column.key)
+            paper = cell.paper.mean if cell.paper else None
+            lines.append([label, column.label, cell.mean, paper, cell.diff, cell.n, cell.status])
+    return lines
+
+
 def write_table(table: Table, out_dir: str | Path) -> dict[str, Path]:
     """<out_dir>/<table>.md, .tex and .csv; returns them by format."""
     out_dir = Path(out_dir)
@@ -534,6 +650,6 @@ def write_table(table: Table, out_dir: str | Path) -> dict[str, Path]:
     written = {}
     for suffix in FORMATS:
         path = out_dir / f"{table.spec.name}.{suffix}"
-        path.write_text(renderers[suffix](table), encoding="utf-8")
+        atomic_write_text(renderers[suffix](table), path)
         written[suffix] = path
     return written

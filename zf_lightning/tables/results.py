@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from zf_lightning.utils.errors import InputError
+from zf_lightning.utils.smoke import SMOKE_TASKS, dataset_of, is_smoke_run, is_synthetic, smoke_group
 
 SUMMARY_FILE = "summary.json"  # as written by zf_lightning.cli.common.run_with_summary
 HYDRA_DIR = ".hydra"
@@ -23,6 +24,9 @@ HYDRA_DIR = ".hydra"
 _SKIP_DIRS = {HYDRA_DIR, "checkpoints", "wandb", "__pycache__"}
 
 COMPLETED, FAILED, INCOMPLETE = "completed", "failed", "incomplete"
+# The commands (task_name) whose numbers come from their data config; an analysis's `data` only describes the
+# checkpoint (synthetic by default, whatever images it is given), so it says nothing of the run's data.
+_DATA_TASKS = SMOKE_TASKS | {"features"}
 
 
 @dataclass
@@ -36,6 +40,20 @@ class RunRecord:
     @property
     def group(self) -> str | None:
         return self.data.get("group")
+
+    @property
+    def dataset(self) -> str | None:
+        """The dataset the run is on, from its config ("imagenet", "caltech101", "synthetic"); None if not recorded."""
+        return dataset_of(self.get("config.data")) if self._data_task else None
+
+    @property
+    def synthetic(self) -> bool:
+        return self._data_task and is_synthetic(self.get("config.data"))
+
+    @property
+    def _data_task(self) -> bool:
+        task = self.data.get("task_name") or self.get("config.task_name")
+        return task is None or task in _DATA_TASKS
 
     def get(self, path: str) -> Any:
         """The value at a dotted path ("config.data.train_per_class", "test.test/top1_err"), or None."""
@@ -83,7 +101,11 @@ def read_summary(path: Path) -> RunRecord:
 def incomplete_run(job_dir: Path) -> RunRecord:
     """A job with no summary: placed in its table from Hydra's copy of its config, so that it is marked."""
     config = hydra_job_config(job_dir / HYDRA_DIR)
-    data = {"run_name": config.get("run_name"), "group": config.get("group"), "config": config}
+    group = config.get("group")
+    # As the job would have set it (utils/smoke.py): Hydra saved the config before the job marked it.
+    if isinstance(group, str) and config.get("task_name") in SMOKE_TASKS and is_smoke_run(config):
+        group = smoke_group(group)
+    data = {"run_name": config.get("run_name"), "group": group, "config": config}
     when = (job_dir / HYDRA_DIR).stat().st_mtime if (job_dir / HYDRA_DIR).exists() else 0.0
     return RunRecord(str(job_dir), INCOMPLETE, data, f"no {SUMMARY_FILE}: killed, or still running", when)
 
