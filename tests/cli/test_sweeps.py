@@ -221,3 +221,39 @@ def test_a_failed_job_does_not_stop_the_sweep_and_its_row_is_marked_failed(tmp_p
     assert (by_row["zfnet"].loc[by_row["zfnet"]["column"] != "test_top5", "status"] == "failed").all()
     assert by_row["alexnet"].loc[by_row["alexnet"]["column"] == "val_top1", "ours_mean"].notna().all()
     assert "failed" in (tmp_path / "tables" / "table2.md").read_text()
+
+
+@pytest.mark.slow
+def test_an_optuna_search_minimises_what_zf_train_returns(tmp_path):
+    import yaml
+
+    done, sweep = run_sweep(
+        tmp_path,
+        "optuna",
+        ["+sweep=optuna_lr_wd", "hydra.sweeper.n_trials=3", "debug=smoke"],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for job in range(3)]
+    # what zf-train's main returned: the monitored metric's best (val top-1 error in the quickstart)
+    monitored = [s["best"][s["config"]["callbacks"]["model_checkpoint"]["monitor"]] for s in summaries]
+    assert results["best_value"] == min(monitored)
+    lrs = [s["config"]["model"]["optimizer"]["lr"] for s in summaries]
+    assert len(set(lrs)) == 3 and all(1e-3 <= lr <= 5e-2 for lr in lrs)  # drawn from the search space
+    assert results["best_params"]["model.optimizer.lr"] == lrs[monitored.index(min(monitored))]
+
+
+def test_the_wandb_sweep_recipe_composes_as_hydra_overrides():
+    import yaml
+
+    from zf_lightning.config.checker import config_problems
+
+    recipe = yaml.safe_load((Path(config_dir()).parent / "docs" / "wandb_sweep.yaml").read_text())
+    fixed = [arg for arg in recipe["command"] if "=" in arg]
+    for bound in ("min", "max"):
+        sampled = [f"{name}={spec[bound]}" for name, spec in recipe["parameters"].items()]
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=[*fixed, *sampled], return_hydra_config=True)
+        assert config_problems(cfg) == []
+        assert cfg.model.optimizer.lr == recipe["parameters"]["model.optimizer.lr"][bound]
+    assert recipe["metric"]["name"] == "val/top5_err"  # logged by every ImageNet run

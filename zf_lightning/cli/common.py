@@ -18,7 +18,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from zf_lightning.utils.errors import InputError, user_error_in
-from zf_lightning.utils.io import atomic_write_json
+from zf_lightning.utils.io import atomic_write_json, atomic_write_text
+from zf_lightning.utils.provenance import provenance
 from zf_lightning.utils.secrets import redact_secrets
 
 if TYPE_CHECKING:
@@ -58,26 +59,94 @@ def instantiate_loggers(cfg: DictConfig, output_dir: Path, resume: bool, csv_row
     return loggers
 
 
+# W&B keeps each metric's last value as the run's summary; these keep their best one beside it, for the dashboard.
+LOWER_IS_BETTER = ("top1_err", "top5_err", "loss")
+HIGHER_IS_BETTER = ("mean_class_acc", "mAP")
+
+
+def define_best_summaries(run: Any) -> None:
+    """Each stage's error, loss, accuracy and mAP summarised in W&B by their last and best (min or max) value."""
+    for stage in ("train", "val", "test"):
+        for names, best in ((LOWER_IS_BETTER, "min"), (HIGHER_IS_BETTER, "max")):
+            for name in names:
+                run.define_metric(f"{stage}/{name}", summary="last")
+                run.define_metric(f"{stage}/{name}", summary=best)
+
+
+def checkpoint_lineage(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The checkpoints a run reads, each with the training run that wrote it: its W&B run id (from
+    `wandb_run_id.txt` in that run's directory, the checkpoint's grandparent) and the W&B artifact holding it
+    ("model-<id>", logged when the training run had `wandb_checkpoints` on). For the W&B config: offline runs
+    cannot declare artifact inputs, so the link is recorded there, and `use_artifact` is called when online."""
+    paths = [cfg.get("ckpt_path")] if cfg.get("task_name") != "train" else []
+    paths += list(cfg.get("ckpt_paths") or [])
+    paths.append(OmegaConf.select(cfg, "model.transfer.checkpoint", default=None, throw_on_missing=False))
+    lineage = []
+    for path in dict.fromkeys(str(p) for p in paths if p):
+        run_dir = Path(path).expanduser().resolve().parent.parent
+        id_file = run_dir / WANDB_ID_FILE
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        lineage.append({"checkpoint": path, "training_run": run_id, "artifact": f"model-{run_id}" if run_id else None})
+    return lineage
+
+
 def log_config(loggers: list[Logger], cfg: DictConfig, output_dir: Path) -> None:
-    """Send the resolved config (secrets redacted) to every logger; remember the W&B run id for a later resume."""
+    """Send the resolved config (secrets redacted) and the checkpoints it reads (`checkpoint_lineage`) to every
+    logger; define W&B's best-value summaries; remember the W&B run id for a later resume."""
     resolved = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+    resolved.update(provenance())
+    lineage = checkpoint_lineage(cfg)
+    if lineage:
+        resolved["lineage"] = lineage
     for logger in loggers:
         logger.log_hyperparams(resolved)
         if isinstance(logger, WandbLogger) and is_global_zero():  # other ranks have no W&B run
-            (output_dir / WANDB_ID_FILE).write_text(logger.experiment.id)
+            run = logger.experiment
+            define_best_summaries(run)
+            for source in lineage:
+                if source["artifact"] and not run.settings._offline:
+                    try:
+                        run.use_artifact(f"{source['artifact']}:latest")
+                    except Exception as error:  # the training run logged no artifact, or it is not synced yet
+                        print(
+                            f"W&B: no artifact {source['artifact']} to link ({type(error).__name__})", file=sys.stderr
+                        )
+            atomic_write_text(run.id, output_dir / WANDB_ID_FILE)
 
 
-def finish_loggers(loggers: list[Logger], status: str = "success", error: BaseException | None = None) -> None:
+def log_checkpoint_artifact(loggers: list[Logger], files: dict[str, str], metadata: dict[str, Any]) -> None:
+    """The run's checkpoints (`files`: {name in the artifact: path}) as one W&B artifact "model-<run id>", aliases
+    "best" and "latest"; offline it is kept with the run and uploaded by `wandb sync`."""
+    import wandb
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and is_global_zero():
+            run = logger.experiment
+            artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata)
+            for name, path in files.items():
+                artifact.add_file(path, name=name)
+            run.log_artifact(artifact, aliases=["best", "latest"])
+
+
+def finish_loggers(
+    loggers: list[Logger],
+    status: str = "success",
+    error: BaseException | None = None,
+    summary: dict[str, Any] | None = None,
+) -> None:
     """Close every logger; W&B runs are finished so that the next job of a multirun starts its own run.
 
-    A failed job's W&B run gets `status` and `error` in its summary and a non-zero exit code, so the W&B
-    dashboard (and `zf-tables --wandb`) shows it as failed, not as a finished run without numbers.
+    Each W&B run gets `status` ("completed" or "failed") and `summary` (e.g. the best checkpoint) in its
+    summary; a failed job's also the `error` and a non-zero exit code, so the W&B dashboard (and `zf-tables
+    --wandb`) shows it as failed, not as a finished run without numbers.
     """
     for logger in loggers:
         logger.finalize(status)
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.summary["status"] = "completed" if status == "success" else "failed"
+            if summary:
+                logger.experiment.summary.update(summary)
             if status != "success":
-                logger.experiment.summary["status"] = "failed"
                 if error is not None:
                     logger.experiment.summary["error"] = redact_secrets(f"{type(error).__name__}: {error}")
             logger.experiment.finish(exit_code=0 if status == "success" else 1)
@@ -145,6 +214,7 @@ def run_summary(cfg: DictConfig) -> Iterator[dict[str, Any]]:
         "output_dir": str(output_dir),
         "overrides": _overrides(),
         "config": redact_secrets(OmegaConf.to_container(cfg, resolve=True)),
+        **provenance(),  # package versions and the git commit
     }
     try:
         yield summary

@@ -24,6 +24,7 @@ from zf_lightning.cli.common import (
     finish_loggers,
     instantiate_group,
     instantiate_loggers,
+    log_checkpoint_artifact,
     log_config,
     metrics_as_floats,
     output_dir_of,
@@ -207,12 +208,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 getattr(datamodule, "bad_image_log", None) or output_dir / "bad_images.jsonl"
             )
             result["excluded"] = getattr(datamodule, "excluded", None)  # training files data.exclude left out
+            if cfg.get("wandb_checkpoints") and best:
+                last = Path(best).parent / "last.ckpt"
+                files = {"best.ckpt": best, **({"last.ckpt": str(last)} if last.is_file() else {})}
+                metadata = {"best": result["best"], "epochs": result.get("epochs"), "arch": cfg.model.net.get("arch")}
+                log_checkpoint_artifact(trainer.loggers, files, metadata)
             status = "success"
         except BaseException as raised:
             error = raised
             raise
         finally:
-            finish_loggers(trainer.loggers, status, error)
+            finish_loggers(trainer.loggers, status, error, {"best": result["best"]} if "best" in result else None)
         summary.update(result)
 
     return summary
