@@ -169,6 +169,7 @@ def test_correspondence_figure_names_images_rows_and_layers_and_cuts_nothing():
         repeats=3,
         num_images=3,
         deltas={row: {5: generator.random(3), 7: generator.random(3)} for row in [*parts, "random"]},
+        pair_deltas={row: {5: generator.random(3), 7: generator.random(3)} for row in [*parts, "random"]},
         part_boxes=np.tile(np.array([[4, 4, 12, 12], [14, 14, 24, 24]]), (3, 1, 1)),
         random_boxes=np.tile(np.array([[6, 6, 14, 14], [2, 2, 12, 12]]), (3, 3, 1, 1)),
     )
@@ -179,5 +180,5 @@ def test_correspondence_figure_names_images_rows_and_layers_and_cuts_nothing():
     bars = figure.axes[3]
     assert [label.get_text() for label in bars.get_xticklabels()] == ["Layer 5", "Layer 7"]
     assert [text.get_text() for text in bars.get_legend().get_texts()] == ["left eye", "nose", "Random"]
-    assert bars.get_ylabel() == "Delta per image pair"
+    assert bars.get_ylabel() == "Delta per image pair\n(mean ± std over pairs)"
     assert texts_outside_canvas(figure) == []
