@@ -109,7 +109,8 @@ def test_the_folder_fsync_works_here(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600)], ids=["022", "077"])
+# One real run, under the usual umask; every writer's mode under 002 and 077 is checked in-process above.
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644)], ids=["022"])
 def test_every_file_a_short_run_writes_has_the_mode_of_the_umask(tmp_path, mask, expected):
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     done = subprocess.run(
@@ -253,7 +254,7 @@ def test_a_kill_during_the_write_leaves_the_previous_file_or_none_and_no_half_fi
 def test_kills_at_random_moments_always_leave_a_whole_version_under_the_name(tmp_path):
     target, rng = tmp_path / "data.bin", random.Random(20)
     versions = set()
-    for attempt in range(4):
+    for attempt in range(2):
         child = start_writer(target, first=10 * attempt)
         assert child.stdout is not None
         assert child.stdout.readline() == "ready\n"

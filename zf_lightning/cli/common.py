@@ -68,9 +68,8 @@ def define_best_summaries(run: Any) -> None:
     """Each stage's error, loss, accuracy and mAP summarised in W&B by their last and best (min or max) value."""
     for stage in ("train", "val", "test"):
         for names, best in ((LOWER_IS_BETTER, "min"), (HIGHER_IS_BETTER, "max")):
-            for name in names:
-                run.define_metric(f"{stage}/{name}", summary="last")
-                run.define_metric(f"{stage}/{name}", summary=best)
+            for name in names:  # one call per metric: a second call on a metric waits on the W&B service
+                run.define_metric(f"{stage}/{name}", summary=f"{best},last")
 
 
 def checkpoint_lineage(cfg: DictConfig) -> list[dict[str, Any]]:
