@@ -190,15 +190,18 @@ def test_console_script_runs_a_fast_dev_run_into_a_timestamped_dir(tmp_path):
         assert (run / ".hydra" / "config.yaml").is_file()
 
 
-@pytest.mark.parametrize("deferred", [False, True], ids=["cpu-check", "deferred-as-on-gpu"])
+@pytest.mark.parametrize(
+    "deferred, device",
+    [(False, "cpu"), (True, "cpu"), pytest.param(None, "gpu", marks=pytest.mark.cuda)],
+    ids=["cpu-check", "deferred-as-on-gpu", "on-cuda"],
+)
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
-    compose_train, tmp_path, monkeypatch, deferred
+    compose_train, tmp_path, monkeypatch, deferred, device
 ):
     from zf_lightning.models import ImageClassifier
 
-    monkeypatch.setattr(
-        ImageClassifier, "defer_finite_check", deferred
-    )  # deferred: read a step later, gradients zeroed
+    # deferred: read a step later, gradients zeroed; None: the default (deferred on CUDA, at once on a CPU)
+    monkeypatch.setattr(ImageClassifier, "defer_finite_check", deferred)
     real_loss = ImageClassifier.loss
 
     def poisoned(self, logits, labels):
@@ -206,7 +209,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good
         return loss * float("nan") if self.training and self.current_epoch == 1 and self.global_step == 13 else loss
 
     monkeypatch.setattr(ImageClassifier, "loss", poisoned)
-    cfg = compose_train(["trainer.max_epochs=3", "logger=csv", "test=false"])  # 10 batches per epoch
+    cfg = compose_train([f"trainer={device}", "trainer.max_epochs=3", "logger=csv", "test=false"])  # 10 batches/epoch
     with pytest.raises(
         FloatingPointError, match=r"non-finite training loss \(nan\) at global step 13 \(epoch 1, batch 3\)"
     ):

@@ -73,3 +73,61 @@ def test_the_deferred_loss_check_zeroes_a_bad_steps_gradients_and_raises_once_it
     with pytest.raises(FloatingPointError, match="global step 7"):
         check.raise_finished()  # the first flag passes, the second raises
     check.raise_finished(block=True)  # nothing left
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return float((actual - expected).norm() / expected.norm())
+
+
+# Stated tolerances (relative L2 error of the logits against a float64 CPU reference). CUDA's fp32 convolutions use
+# TF32 by default (10-bit mantissa, about 1e-3 per layer); bf16 autocast keeps 8 bits (6e-3 measured on CPU).
+FP32_ON_CUDA_TOLERANCE = 1e-2
+BF16_TOLERANCE = 5e-2
+
+
+@pytest.mark.cuda
+def test_on_cuda_channels_last_compile_and_bf16_give_the_default_logits_within_stated_tolerances():
+    import copy
+
+    torch.manual_seed(0)
+    net = {"arch": "zfnet", "num_classes": 100, "input_size": 224, "width_multiplier": 0.25}
+    plain = ImageClassifier(net).eval()
+    for module in plain.modules():  # He init: logits that differ between images (N(0, 1e-2) gives near-zero ones)
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(module.weight)
+    images = torch.randn(8, 3, 224, 224) * 60  # the scale of mean-subtracted 0-255 pixels
+    with torch.no_grad():
+        reference = copy.deepcopy(plain).double()(images.double())
+        variants = {
+            "fp32": ImageClassifier(net),
+            "channels_last": ImageClassifier(net, channels_last=True),
+            "compile": ImageClassifier(net, compile=True),  # inductor: Triton kernels
+            "bf16+channels_last+compile": ImageClassifier(net, channels_last=True, compile=True),
+        }
+        errors = {}
+        for name, model in variants.items():
+            model.load_state_dict(plain.state_dict())
+            model = model.cuda().eval()
+            model.configure_model()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=name.startswith("bf16")):
+                logits = model(images.cuda())
+            assert logits.device.type == "cuda" and torch.isfinite(logits).all(), name
+            errors[name] = _relative_error(logits, reference)
+            assert (logits.argmax(1).cpu() == reference.argmax(1)).sum() >= 7, name  # measured on CPU bf16: 8 of 8
+    for name, error in errors.items():
+        assert error < (BF16_TOLERANCE if name.startswith("bf16") else FP32_ON_CUDA_TOLERANCE), errors
+
+
+@pytest.mark.cuda
+def test_on_cuda_a_bf16_channels_last_compiled_run_learns_as_the_fp32_run(compose_train, tmp_path):
+    run = ["trainer=gpu", "trainer.max_epochs=3", "model.net.width_multiplier=0.25", "data.train_per_class=80"]
+    run += ["data.batch_size=32", "test=false", "logger=csv"]
+    fast = ["trainer.precision=bf16-mixed", "model.channels_last=true", "model.compile=true"]
+    results = {}
+    for name, options in {"fp32": [], "fast": fast}.items():
+        summary = train(compose_train([*run, *options], output_dir=tmp_path / name))
+        assert summary["status"] == "completed", name
+        results[name] = summary["train"]["val/top1_err"]
+    # chance is 90 % top-1 error on the 10 synthetic classes; bf16 may cost a little, not the learning
+    assert results["fp32"] < 60 and results["fast"] < results["fp32"] + 15, results
