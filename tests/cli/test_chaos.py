@@ -81,15 +81,13 @@ def wait_for(phases: Path, wanted: list[str], process: subprocess.Popen, timeout
 def plan(signum: int, rng: random.Random) -> list[list[str]]:
     """The moments to stop at, in an order in which each attempt gets there again after resuming."""
     startup: list[str] = []
-    if (
-        signum == signal.SIGKILL
-    ):  # only epoch ends leave checkpoints: every later kill resumes from the first epoch's end
-        later = [[f"step {rng.randint(11, 18)}"], ["validation 1"]]
-        rng.shuffle(later)
-        return [startup, ["validation 0", "checkpoint"], *later]
-    # SIGTERM leaves a checkpoint where it stops: each attempt goes on from the last one's stop (mid-epoch, the
-    # first epoch's end, then the last epoch's checkpoints, after which only testing is left)
-    return [startup, [f"step {rng.randint(2, 7)}"], ["validation 0"], ["validation 1", "checkpoint"]]
+    # Three stops a chain (each attempt is mostly process start-up); the seed picks the middle one's kind.
+    if signum == signal.SIGKILL:  # only epoch ends leave checkpoints: the last kill resumes from the first epoch's end
+        later = rng.choice([[f"step {rng.randint(11, 18)}"], ["validation 1"]])
+        return [startup, ["validation 0", "checkpoint"], later]
+    # SIGTERM leaves a checkpoint where it stops: each attempt goes on from the last one's stop (mid-epoch or the
+    # first epoch's validation, then the last epoch's checkpoints, after which only testing is left)
+    return [startup, rng.choice([[f"step {rng.randint(2, 7)}"], ["validation 0"]]), ["validation 1", "checkpoint"]]
 
 
 def run_until_complete(run_dir: Path, workers: tuple[int, int], signum: int, seed: int, tmp_path: Path) -> list[tuple]:

@@ -230,16 +230,16 @@ def test_an_optuna_search_minimises_what_zf_train_returns(tmp_path):
     done, sweep = run_sweep(
         tmp_path,
         "optuna",
-        ["+sweep=optuna_lr_wd", "hydra.sweeper.n_trials=3", "debug=smoke"],
+        ["+sweep=optuna_lr_wd", "hydra.sweeper.n_trials=2", "debug=smoke"],
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for job in range(3)]
+    summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for job in range(2)]
     # what zf-train's main returned: the monitored metric's best (val top-1 error in the quickstart)
     monitored = [s["best"][s["config"]["callbacks"]["model_checkpoint"]["monitor"]] for s in summaries]
     assert results["best_value"] == min(monitored)
     lrs = [s["config"]["model"]["optimizer"]["lr"] for s in summaries]
-    assert len(set(lrs)) == 3 and all(1e-3 <= lr <= 5e-2 for lr in lrs)  # drawn from the search space
+    assert len(set(lrs)) == 2 and all(1e-3 <= lr <= 5e-2 for lr in lrs)  # drawn from the search space
     assert results["best_params"]["model.optimizer.lr"] == lrs[monitored.index(min(monitored))]
 
 
