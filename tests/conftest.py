@@ -9,6 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from tests.helpers.configs import TINY, compose_config
+from tests.helpers.console_runs import ConsoleRuns, launch_default_runs
 
 
 def pytest_collection_modifyitems(config, items):
@@ -63,3 +64,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def tiny_alexnet_checkpoint(tmp_path_factory) -> Path:
     """The same for AlexNet (11x11/4 first layer)."""
     return _train_tiny(tmp_path_factory, "tiny_alexnet", ["model=alexnet"])
+
+
+@pytest.fixture(scope="session")
+def console_default_runs(tmp_path_factory) -> ConsoleRuns:
+    """Two short runs of the default config launched at once through the console script (read by several tests)."""
+    return launch_default_runs(tmp_path_factory.mktemp("console_runs"))

@@ -3,7 +3,8 @@ validation, checkpoint writing) with `kill -9` or SIGTERM, and resumed with `ckp
 completes, ends as a run that was never stopped: the same global step, bit-equal weights, equal metrics, the same
 feature-evolution snapshots and the same rows in metrics.csv.
 
-The kill -9 chain and the SIGTERM chain run side by side (each is mostly process start-up). In each, the attempts
+The kill -9 chain, the SIGTERM chain and the uninterrupted reference run side by side (each is mostly process
+start-up). In each, the attempts
 alternate between 0 and 2 loader workers, so every resume also reads a checkpoint written with the other setting;
 one uninterrupted run with 2 workers is the reference for both, so the workers' count must not matter either.
 """
@@ -157,28 +158,34 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     assert segments and any(b"test/top1_err" in path.read_bytes() for path in segments)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Iterator[Path]:
+@pytest.fixture
+def shared_wandb_service() -> Iterator[None]:
     import wandb
 
     # As from a notebook or a driver script that uses W&B: the runs inherit its service (WANDB_SERVICE), which
-    # outlives a killed run and still holds its stream when the run resumes. Torn down after this module, so that
+    # outlives a killed run and still holds its stream when the run resumes. Torn down after the test, so that
     # later tests of this process start W&B with their own settings.
     wandb.setup(wandb.Settings(mode="offline", silent=True))
     assert "WANDB_SERVICE" in os.environ
-    tmp_path = tmp_path_factory.mktemp("uninterrupted")
-    process = start(tmp_path / "run", ["data.num_workers=2"], tmp_path / "run.phases", tmp_path)
-    assert process.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
-    yield tmp_path / "run"
+    yield
     wandb.teardown()
     os.environ.pop("WANDB_SERVICE", None)
 
 
-def test_a_run_stopped_at_random_moments_and_resumed_ends_as_the_uninterrupted_run(uninterrupted, tmp_path):
+def run_uninterrupted(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "uninterrupted"
+    process = start(run_dir, ["data.num_workers=2"], tmp_path / "uninterrupted.phases", tmp_path)
+    assert process.wait(timeout=300) == 0, (tmp_path / "uninterrupted.log").read_text()[-3000:]
+    return run_dir
+
+
+def test_a_run_stopped_at_random_moments_and_resumed_ends_as_the_uninterrupted_run(shared_wandb_service, tmp_path):
     seed = int(os.environ.get("ZF_CHAOS_SEED", "15"))
     # Workers alternate by attempt; the chains end with different settings (kill -9: 2 workers, SIGTERM: 0).
     chains = {signal.SIGKILL: (2, 0), signal.SIGTERM: (0, 2)}
-    with ThreadPoolExecutor(len(chains)) as pool:
+    # The reference runs beside the two chains (each process is mostly start-up, and they only meet at the end).
+    with ThreadPoolExecutor(len(chains) + 1) as pool:
+        reference = pool.submit(run_uninterrupted, tmp_path)
         running = {
             signum: pool.submit(
                 run_until_complete, tmp_path / signal.Signals(signum).name, workers, signum, seed + signum, tmp_path
@@ -186,6 +193,7 @@ def test_a_run_stopped_at_random_moments_and_resumed_ends_as_the_uninterrupted_r
             for signum, workers in chains.items()
         }
         stops = {signum: future.result() for signum, future in running.items()}
+        uninterrupted = reference.result()
     for signum in chains:
         assert len(stops[signum]) == len(plan(signum, random.Random(0))), stops[signum]
         assert {workers for _, workers, _ in stops[signum]} == {0, 2}

@@ -164,30 +164,17 @@ def run_cli(args: list[str], tmp_path: Path, script: str = "zf-train") -> subpro
 
 
 @pytest.mark.slow
-def test_console_script_runs_a_fast_dev_run_into_a_timestamped_dir(tmp_path):
-    args = [
-        "debug=fdr",
-        "logger=csv",
-        "data.train_per_class=20",
-        "data.num_workers=0",
-        "model.net.width_multiplier=0.125",
-    ]
-    executable = Path(sys.executable).parent / "zf-train"
-    # Launched at once, as a scheduler would: the two still get a directory each.
-    launched = [
-        subprocess.Popen(
-            [str(executable), *args], env=cli_env(tmp_path), cwd=tmp_path, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
-    for process in launched:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr[-2000:]
-    runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+def test_two_runs_launched_at_once_from_the_console_script_get_a_directory_each(console_default_runs):
+    # Launched at once, as a scheduler would (tests/helpers/console_runs.py): the two still get a directory each.
+    runs = console_default_runs.runs
     assert len(runs) == 2  # a second run never reuses the first one's directory
     for run in runs:
         assert json.loads((run / "summary.json").read_text())["status"] == "completed"
         assert (run / ".hydra" / "config.yaml").is_file()
+    # and share one mean image in the cache, written whole by whichever finished first
+    cached = sorted(path.name for path in console_default_runs.cache.rglob("*") if path.is_file())
+    assert len([name for name in cached if name.startswith("mean_image-")]) == 1, cached
+    assert not [name for name in cached if name.endswith(".tmp")], cached
 
 
 @pytest.mark.parametrize(

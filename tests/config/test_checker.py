@@ -420,28 +420,14 @@ def test_a_failed_run_summary_hides_a_secret_in_its_error(compose_train, tmp_pat
     )
 
 
-def test_no_secret_reaches_logged_configs_or_result_files(tmp_path):
-    secret = f"zfsecret{uuid.uuid4().hex}"  # 40 characters, like a W&B key
-    env = {**cli_env(tmp_path), "WANDB_API_KEY": secret, "WANDB_MODE": "offline"}
-    done = zf_train(
-        [
-            *TINY,
-            "debug=limit",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=1",
-            "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1",
-            "callbacks.feature_evolution=null",
-            "+notes.text=${oc.env:WANDB_API_KEY}",  # a config value that resolves to the secret
-            "+notes.run_note='key is ${oc.env:WANDB_API_KEY}'",  # ... and one that contains it
-            "+notes.service.api_key=not-from-the-env",  # a key whose name says it is secret
-        ],
-        tmp_path,
-        env,
-    )  # logger=default: CSV + W&B offline
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = (tmp_path / "logs" / "train" / "runs").iterdir()
-    files = [path for path in run.rglob("*") if path.is_file()]
+@pytest.mark.slow
+def test_no_secret_reaches_logged_configs_or_result_files(console_default_runs):
+    # The console runs have WANDB_API_KEY set and notes.* overrides that resolve to it, contain it, or are named
+    # like a secret (tests/helpers/console_runs.py); logger=default: CSV + W&B offline.
+    secret = console_default_runs.secret
+    run = console_default_runs.runs[0]
+    files = [path for folder in console_default_runs.runs for path in folder.rglob("*") if path.is_file()]
+    files += [path for path in console_default_runs.cache.rglob("*") if path.is_file()]
     assert {"summary.json", "hparams.yaml", "config.yaml"} <= {path.name for path in files}
     assert any(path.suffix == ".wandb" for path in files)
     for path in files:

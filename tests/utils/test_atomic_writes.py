@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers.configs import TINY, cli_env
+from tests.helpers.console_runs import UMASK
 from zf_lightning.callbacks.fault_tolerance import AtomicCheckpointIO
 from zf_lightning.data.mean_image import cache_path, load_or_compute_mean_image
 from zf_lightning.utils.io import (
@@ -109,40 +109,24 @@ def test_the_folder_fsync_works_here(tmp_path):
 
 
 @pytest.mark.slow
-# One real run, under the usual umask; every writer's mode under 002 and 077 is checked in-process above.
-@pytest.mark.parametrize("mask, expected", [(0o022, 0o644)], ids=["022"])
-def test_every_file_a_short_run_writes_has_the_mode_of_the_umask(tmp_path, mask, expected):
-    run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "zf-train"),
-            *TINY,
-            "trainer.max_epochs=1",
-            "logger=csv",
-            f"data.cache_dir={cache}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        env={**cli_env(tmp_path), "ZF_CACHE_DIR": str(cache)},
-        cwd=tmp_path,
-        umask=mask,  # set in the child only
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_every_file_a_short_run_writes_has_the_mode_of_the_umask(console_default_runs):
+    # The console runs ran under umask 022 (tests/helpers/console_runs.py); every writer's mode under 002 and 077
+    # is checked in-process above.
+    assert UMASK == 0o022
+    folders = (*console_default_runs.runs, console_default_runs.cache)
     files = {
-        path.relative_to(tmp_path).as_posix(): path
-        for folder in (run_dir, cache)
+        path.relative_to(console_default_runs.root).as_posix(): path
+        for folder in folders
         for path in folder.rglob("*")
         if path.is_file()
     }
     names = set(files)
-    # Every kind of file the project writes itself is among them (with Hydra's and Lightning's own).
-    for pattern in ("run/summary.json", "run/checkpoints/last.ckpt", "run/csv/metrics.csv", "run/*/*.npz"):
+    # Every kind of file the project writes itself is among them (with Hydra's, Lightning's and W&B's own).
+    for pattern in ("runs/*/summary.json", "checkpoints/last.ckpt", "csv/metrics.csv", "feature_evolution/*.npz"):
         assert any(Path(name).match(pattern) for name in names), (pattern, sorted(names))
     assert any(name.startswith("cache/mean_image-") for name in names) and any(n.endswith(".png") for n in names)
-    assert {name: oct(mode(path)) for name, path in files.items() if mode(path) != expected} == {}
-    assert not [path for folder in (run_dir, cache) for path in folder.rglob(".*.tmp")]
+    assert {name: oct(mode(path)) for name, path in files.items() if mode(path) != 0o644} == {}
+    assert not [path for folder in folders for path in folder.rglob(".*.tmp")]
 
 
 @pytest.fixture
