@@ -4,9 +4,9 @@ completes, ends as a run that was never stopped: the same global step, bit-equal
 feature-evolution snapshots and the same rows in metrics.csv.
 
 The kill -9 chain, the SIGTERM chain and the uninterrupted reference run side by side (each is mostly process
-start-up). In each, the attempts
-alternate between 0 and 2 loader workers, so every resume also reads a checkpoint written with the other setting;
-one uninterrupted run with 2 workers is the reference for both, so the workers' count must not matter either.
+start-up). In each chain, the attempts alternate between 0 and 2 loader workers, so every resume also reads a
+checkpoint written with the other setting; the reference uses 2 workers and is compared with both chains, so the
+workers' count must not matter either.
 """
 
 from __future__ import annotations
