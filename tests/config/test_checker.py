@@ -349,22 +349,39 @@ def test_zf_train_refuses_a_bad_config_before_making_any_directory(tmp_path):
     assert not (tmp_path / "logs").exists()  # neither the run dir nor its parents
 
 
+def zf_train_in_process(args: list[str], tmp_path: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """zf-train's main with these arguments, in this process (the console script is this function; the test above
+    runs the script itself): its exit status and standard error."""
+    from zf_lightning.cli.train import main
+
+    monkeypatch.setenv("ZF_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["zf-train", *args])
+    with pytest.raises(SystemExit) as ended:
+        main()
+    return ended.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "override, listed", [("model=zfnet_fc9999", "zfnet_fc8192")]
 )  # data=... fails the same way, in Hydra
-def test_an_unknown_model_or_data_name_is_refused_before_making_any_directory(tmp_path, override, listed):
-    done = zf_train([override], tmp_path)
+def test_an_unknown_model_or_data_name_is_refused_before_making_any_directory(
+    tmp_path, monkeypatch, capsys, override, listed
+):
+    code, err = zf_train_in_process([override], tmp_path, monkeypatch, capsys)
     group, name = override.split("=")
-    assert done.returncode != 0
-    assert f"Could not find '{group}/{name}'" in done.stderr and listed in done.stderr, done.stderr[-3000:]
+    assert code != 0
+    assert f"Could not find '{group}/{name}'" in err and listed in err, err[-3000:]
     assert not (tmp_path / "logs").exists()
 
 
-def test_a_multirun_with_one_bad_job_starts_no_job(tmp_path):
-    done = zf_train(["-m", *TINY, "logger=csv", "model.optimizer.lr=0.01,-0.01"], tmp_path)
-    assert done.returncode != 0
-    assert "invalid multirun: 1 of 2 jobs have a bad config; no job was started" in done.stderr, done.stderr[-3000:]
-    assert "job #1 (" in done.stderr and "model.optimizer.lr=-0.01: must be > 0" in done.stderr
+def test_a_multirun_with_one_bad_job_starts_no_job(tmp_path, monkeypatch, capsys):
+    code, err = zf_train_in_process(
+        ["-m", *TINY, "logger=csv", "model.optimizer.lr=0.01,-0.01"], tmp_path, monkeypatch, capsys
+    )
+    assert code != 0
+    assert "invalid multirun: 1 of 2 jobs have a bad config; no job was started" in err, err[-3000:]
+    assert "job #1 (" in err and "model.optimizer.lr=-0.01: must be > 0" in err
     assert not (tmp_path / "logs").exists()  # no sweep dir, no job dir
 
 
