@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.configs import cli_env
+from tests.helpers.configs import cli_env, run_console_main
 from zf_lightning.cli import analyze, evaluate, features, prepare, tables, train, visualize
 
 HYDRA_APPS = {
@@ -24,16 +24,10 @@ HYDRA_APPS = {
 
 def run_main(monkeypatch, tmp_path: Path, command: str, args: list[str]) -> int:
     """The console script `command`, in this process (as its entry point runs it): its exit status."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ZF_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setattr(sys, "argv", [command, *args])
-    try:
-        if command in HYDRA_APPS:
-            HYDRA_APPS[command]()
-            return 0
-        return {"zf-tables": tables.main, "zf-prepare": prepare.main}[command](args)
-    except SystemExit as stopped:
-        return stopped.code if isinstance(stopped.code, int) else 1
+    if command in HYDRA_APPS:
+        return run_console_main(monkeypatch, tmp_path, HYDRA_APPS[command], [command, *args])
+    entry = {"zf-tables": tables.main, "zf-prepare": prepare.main}[command]
+    return run_console_main(monkeypatch, tmp_path, lambda: sys.exit(entry(args)), [command, *args])
 
 
 TYPOS = [

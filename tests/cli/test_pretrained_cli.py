@@ -13,21 +13,9 @@ import pytest
 import torch
 import torchvision
 
-from tests.helpers.configs import cli_env
+from tests.helpers.configs import cli_env, run_console_main
 from tests.helpers.images import photo_like, save_image
 from zf_lightning.cli import analyze, evaluate, visualize
-
-
-def run_main(monkeypatch, tmp_path: Path, main, command: list[str]) -> int:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ZF_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setattr(sys, "argv", command)
-    try:
-        main()
-        return 0
-    except SystemExit as stopped:
-        return stopped.code if isinstance(stopped.code, int) else 1
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +57,9 @@ def only_run_dir(tmp_path: Path, task: str) -> Path:
 def test_top9_of_a_torchvision_resnet_on_a_folder_of_jpegs(monkeypatch, tmp_path, capsys, resnet18_file, jpeg_folder):
     args = [*resnet_args(resnet18_file), f"images.image_dir={jpeg_folder}", "layers=[layer4,layer2.1]"]
     args += ["maps_per_layer=2", "top_k=2", "batch_size=2"]
-    assert run_main(monkeypatch, tmp_path, visualize.main, ["zf-visualize", "top9", *args]) == 0, capsys.readouterr()
+    assert run_console_main(monkeypatch, tmp_path, visualize.main, ["zf-visualize", "top9", *args]) == 0, (
+        capsys.readouterr()
+    )
     run = only_run_dir(tmp_path, "top9")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["num_images"] == 4
@@ -89,7 +79,9 @@ def test_occlusion_of_a_torchvision_resnet_on_a_folder_of_jpegs(
 ):
     args = [*resnet_args(resnet18_file), f"images.image_dir={jpeg_folder}", "occlusion.layer=layer4"]
     args += ["occlusion.window=112", "occlusion.stride=56", "occlusion.batch_size=9"]
-    assert run_main(monkeypatch, tmp_path, analyze.main, ["zf-analyze", "occlusion", *args]) == 0, capsys.readouterr()
+    assert run_console_main(monkeypatch, tmp_path, analyze.main, ["zf-analyze", "occlusion", *args]) == 0, (
+        capsys.readouterr()
+    )
     run = only_run_dir(tmp_path, "occlusion")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["num_images"] == 4
@@ -107,7 +99,7 @@ def test_zf_eval_of_a_pretrained_network_counts_errors_as_an_independent_loop(mo
     args = ["pretrained=torchvision", "pretrained.name=alexnet", f"pretrained.weights={weights}"]
     args += ["pretrained.num_classes=10", "pretrained.convert=false", "logger=csv", "data.test_per_class=3"]
     args += ["data.num_workers=0"]
-    assert run_main(monkeypatch, tmp_path, evaluate.main, ["zf-eval", *args]) == 0, capsys.readouterr()
+    assert run_console_main(monkeypatch, tmp_path, evaluate.main, ["zf-eval", *args]) == 0, capsys.readouterr()
     summary = json.loads((only_run_dir(tmp_path, "eval") / "summary.json").read_text())
     assert summary["num_images"] == 30 and summary["ten_crop"] is False
 
@@ -145,7 +137,7 @@ def test_zf_eval_of_a_pretrained_network_counts_errors_as_an_independent_loop(mo
     ids=["unknown name", "both", "neither", "module without target"],
 )
 def test_a_bad_network_source_is_one_line_without_a_traceback(monkeypatch, tmp_path, capsys, args, message):
-    code = run_main(monkeypatch, tmp_path, analyze.main, ["zf-analyze", "occlusion", "logger=csv", *args])
+    code = run_console_main(monkeypatch, tmp_path, analyze.main, ["zf-analyze", "occlusion", "logger=csv", *args])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and "Traceback" not in err, err
@@ -153,7 +145,7 @@ def test_a_bad_network_source_is_one_line_without_a_traceback(monkeypatch, tmp_p
 
 def test_a_state_dict_of_another_network_names_the_keys(monkeypatch, tmp_path, capsys, resnet18_file):
     args = ["pretrained=torchvision", "pretrained.name=alexnet", f"pretrained.weights={resnet18_file}", "logger=csv"]
-    code = run_main(monkeypatch, tmp_path, visualize.main, ["zf-visualize", "top9", *args])
+    code = run_console_main(monkeypatch, tmp_path, visualize.main, ["zf-visualize", "top9", *args])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
     assert "16 missing keys (features.0.weight" in err and "122 unexpected keys (conv1.weight" in err, err

@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.helpers.configs import TINY, cli_env, compose_config
+from tests.helpers.configs import TINY, cli_env, compose_config, run_console_main
 from zf_lightning.config import config_dir
 from zf_lightning.config.checker import (
     ConfigError,
@@ -354,12 +354,8 @@ def zf_train_in_process(args: list[str], tmp_path: Path, monkeypatch, capsys) ->
     runs the script itself): its exit status and standard error."""
     from zf_lightning.cli.train import main
 
-    monkeypatch.setenv("ZF_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["zf-train", *args])
-    with pytest.raises(SystemExit) as ended:
-        main()
-    return ended.value.code, capsys.readouterr().err
+    code = run_console_main(monkeypatch, tmp_path, main, ["zf-train", *args])
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -49,6 +52,19 @@ def compose_config(name: str, output_dir: Path, overrides: list[str] = ()) -> Di
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """Environment for running the console scripts in a subprocess with outputs under tmp_path."""
     return {**os.environ, "ZF_LOG_DIR": str(tmp_path / "logs"), "WANDB_SILENT": "true"}
+
+
+def run_console_main(monkeypatch, tmp_path: Path, main: Callable[[], Any], argv: list[str]) -> int:
+    """A console script's entry point (`argv[0]` its name), in this process, with outputs under tmp_path: its
+    exit status, as the script would end with it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZF_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        main()
+        return 0
+    except SystemExit as stopped:
+        return stopped.code if isinstance(stopped.code, int) else 1
 
 
 def wandb_run_bytes(run_dir: Path, needle: bytes, timeout: float = 30.0) -> bytes:

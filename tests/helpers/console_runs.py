@@ -22,7 +22,6 @@ class ConsoleRuns:
     runs: list[Path]  # the run directories, as Hydra named them
     cache: Path  # the shared data cache (mean images)
     secret: str  # WANDB_API_KEY's value, referenced by the config
-    stderr: list[str]
 
 
 def launch_default_runs(root: Path, count: int = 2) -> ConsoleRuns:
@@ -49,10 +48,8 @@ def launch_default_runs(root: Path, count: int = 2) -> ConsoleRuns:
         )
         for _ in range(count)
     ]
-    stderr = []
     for process in launched:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-3000:]
-        stderr.append(err)
     runs = sorted((root / "logs" / "train" / "runs").iterdir())
-    return ConsoleRuns(root=root, runs=runs, cache=cache, secret=secret, stderr=stderr)
+    return ConsoleRuns(root=root, runs=runs, cache=cache, secret=secret)
